@@ -1,0 +1,161 @@
+"""The one configuration object of a profilestream run, from CLI flags and environment variables.
+
+Every field of :class:`Config` is a flag (``--embed-max-wait-ms 20``) and an environment
+variable (``PROFILESTREAM_EMBED_MAX_WAIT_MS=20``); a flag wins over the variable, the variable
+over the default. ``python -m bytewax.run dataflow.flow:flow_from_env`` reads only the
+variables, which is how a cluster deployment configures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "PROFILESTREAM_"
+
+
+def _opt(help_text: str, **extra: Any) -> Any:
+    return {"help": help_text, **extra}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where events come from, where deltas go, and how the operators are tuned."""
+
+    source: Literal["kafka", "file"] = field(
+        default="file", metadata=_opt("read events from Kafka or from a JSONL file")
+    )
+    sink: Literal["kafka", "file"] = field(
+        default="file", metadata=_opt("write deltas and dead letters to Kafka or to JSONL files")
+    )
+    input_path: Path | None = field(
+        default=None, metadata=_opt("JSONL file of events (source=file)")
+    )
+    output_dir: Path = field(
+        default=Path("out"),
+        metadata=_opt("folder for deltas.jsonl and dead_letters.jsonl (sink=file)"),
+    )
+    brokers: str = field(default="localhost:9092", metadata=_opt("Kafka bootstrap servers"))
+    events_topic: str = field(default="profile-events", metadata=_opt("input topic"))
+    deltas_topic: str = field(default="profile-deltas", metadata=_opt("profile delta topic"))
+    dlq_topic: str = field(default="profile-dead-letters", metadata=_opt("dead-letter topic"))
+    kafka_tail: bool = field(
+        default=True,
+        metadata=_opt("keep waiting for new events; --no-kafka-tail stops at the end of the topic"),
+    )
+    model_dir: Path | None = field(
+        default=None,
+        metadata=_opt("local sentence-transformers model directory (default: packaged MiniLM)"),
+    )
+    device: str | None = field(
+        default=None, metadata=_opt("cuda or cpu (default: cuda when available)")
+    )
+    embed_batch_size: int = field(
+        default=64, metadata=_opt("distinct texts that close an embedding batch")
+    )
+    embed_max_wait_ms: int = field(
+        default=50, metadata=_opt("longest a text waits for its batch to fill")
+    )
+    embed_cache_size: int = field(default=50_000, metadata=_opt("texts kept in the vector cache"))
+    embed_shards: int = field(
+        default=0,
+        metadata=_opt("batcher shards (0 = one per worker); each batches for its users"),
+    )
+    full_every: int = field(
+        default=100, metadata=_opt("every N-th version of a profile is a full delta")
+    )
+    max_seen_event_ids: int = field(
+        default=512, metadata=_opt("recent event ids kept per user to drop duplicates")
+    )
+    interest_half_life_days: float = field(
+        default=14.0, metadata=_opt("half-life of the interest vector, in event-time days")
+    )
+    affinity_half_life_days: float = field(
+        default=30.0, metadata=_opt("half-life of category and brand affinities")
+    )
+    recovery_dir: Path | None = field(
+        default=None, metadata=_opt("Bytewax recovery database folder (enables recovery)")
+    )
+    snapshot_interval_s: float = field(
+        default=5.0, metadata=_opt("seconds between state snapshots (Bytewax epochs)")
+    )
+    workers: int = field(default=1, metadata=_opt("worker threads in this process"))
+    metrics_port: int = field(
+        default=3030, metadata=_opt("port of the Bytewax API server that serves /metrics")
+    )
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_value(kind: str, raw: str) -> Any:
+    if "bool" in kind:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if "Path" in kind:
+        return Path(raw) if raw else None
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    return raw or None if "None" in kind else raw
+
+
+def _choices(name: str) -> tuple[str, ...] | None:
+    hint = get_type_hints(Config)[name]
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`Config` field (defaults are resolved later, with the env)."""
+    hints = {f.name: f for f in fields(Config)}
+    for name, f in hints.items():
+        kind = str(f.type)
+        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{name.upper()}; default {f.default}]"
+        if "bool" in kind:
+            parser.add_argument(
+                _flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            continue
+        choices = _choices(name)
+        parser.add_argument(
+            _flag(name),
+            default=None,
+            type=lambda raw, k=kind: _parse_value(k, raw),
+            choices=choices or None,
+            help=help_text,
+        )
+
+
+def load_config(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Build the :class:`Config`: flag, else ``PROFILESTREAM_*`` variable, else default.
+
+    >>> load_config(env={"PROFILESTREAM_EMBED_MAX_WAIT_MS": "20"}).embed_max_wait_ms
+    20
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif ENV_PREFIX + f.name.upper() in env:
+            values[f.name] = _parse_value(str(f.type), env[ENV_PREFIX + f.name.upper()])
+    config = Config(**values)
+    for name in ("source", "sink"):
+        allowed = _choices(name)
+        if allowed and getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, not {getattr(config, name)!r}")
+    if config.source == "file" and config.input_path is None:
+        raise ValueError("source=file needs --input-path (or PROFILESTREAM_INPUT_PATH)")
+    return config

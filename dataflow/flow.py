@@ -1,0 +1,243 @@
+"""Wire the operators into the profilestream Bytewax dataflow.
+
+    input (Kafka | JSONL) -> parse -> shard -> embed (micro-batched) -> key by user
+        -> profile (stateful, per user) -> deltas sink
+    parse rejects, duplicates and source errors -> dead-letter sink
+
+All logic lives in ``operators/``; this module only connects steps, sources, sinks and
+metrics. ``build_flow`` takes optional source, sinks, encoder and clock so tests run the
+real flow with ``bytewax.testing``. ``flow_from_env`` is the entry point for
+``python -m bytewax.run dataflow.flow:flow_from_env`` on a cluster.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.files import FileSink, FileSource
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import Sink
+
+from dataflow import metrics
+from dataflow.config import Config, load_config
+from dataflow.sinks import dead_letter_json, dead_letter_message
+from operators.batching import EmbeddedEvent, MicroBatcher
+from operators.deltas import ProfileDelta, delta_to_json
+from operators.embedding import Embedder, TextEncoder
+from operators.events import DeadLetter, Event, RejectReason, parse_event
+from operators.profile import DAY_MS, ProfileParams, apply_event
+
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@lru_cache(maxsize=4)
+def shared_embedder(
+    model_dir: Path | None, device: str | None, cache_size: int, batch_size: int
+) -> Embedder:
+    """One model per process, shared by its worker threads and batcher shards."""
+    return Embedder(model_dir, device=device, cache_size=cache_size, batch_size=batch_size)
+
+
+def profile_params(config: Config, model_name: str) -> ProfileParams:
+    return ProfileParams(
+        interest_half_life_ms=round(config.interest_half_life_days * DAY_MS),
+        affinity_half_life_ms=round(config.affinity_half_life_days * DAY_MS),
+        max_seen_event_ids=config.max_seen_event_ids,
+        full_every=config.full_every,
+        model_version=f"{model_name}+profile-v1",
+    )
+
+
+class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, tuple[list[Event], int | None]]):
+    """Adapts :class:`MicroBatcher` to Bytewax: timers, EOF and snapshots."""
+
+    def __init__(self, batcher: MicroBatcher, clock: Clock) -> None:
+        self.batcher = batcher
+        self.clock = clock
+
+    def _released(self, events: list[EmbeddedEvent]) -> tuple[list[EmbeddedEvent], bool]:
+        # Discard the (empty) state when nothing waits, so idle shards snapshot nothing.
+        return events, not self.batcher.pending()
+
+    def on_item(self, value: Event) -> tuple[list[EmbeddedEvent], bool]:
+        return self._released(self.batcher.add(value, self.clock()))
+
+    def on_notify(self) -> tuple[list[EmbeddedEvent], bool]:
+        return self._released(self.batcher.flush(self.clock()))
+
+    def on_eof(self) -> tuple[list[EmbeddedEvent], bool]:
+        return self._released(self.batcher.flush(self.clock()))
+
+    def notify_at(self) -> datetime | None:
+        due = self.batcher.due_ms()
+        return None if due is None else datetime.fromtimestamp(due / 1000, tz=UTC)
+
+    def snapshot(self) -> tuple[list[Event], int | None]:
+        return self.batcher.pending(), self.batcher.opened_ms
+
+
+def _parse_kafka(message: KafkaSourceMessage, clock: Clock) -> Event | DeadLetter:
+    kind, stamp = message.timestamp or (0, 0)
+    source = f"{message.topic}/{message.partition}/{message.offset}"
+    return parse_event(
+        message.value or b"",
+        key=message.key,
+        source=source,
+        ingest_ms=stamp if kind and stamp > 0 else clock(),
+    )
+
+
+def _source_error(error: Any) -> DeadLetter:
+    msg = error.msg
+    return DeadLetter(
+        RejectReason.SOURCE_ERROR.value,
+        str(error.err),
+        msg.value or b"",
+        msg.key,
+        f"{msg.topic}/{msg.partition}/{msg.offset}",
+    )
+
+
+def _count_event(event: Event | DeadLetter) -> None:
+    if isinstance(event, Event):
+        metrics.EVENTS_IN.labels(event.type).inc()
+
+
+def _count_delta(delta: ProfileDelta, now_ms: int) -> None:
+    metrics.DELTAS_OUT.labels(delta.kind).inc()
+    if delta.ingest_ms:
+        metrics.EVENT_TO_DELTA_SECONDS.observe(max(now_ms - delta.ingest_ms, 0) / 1000)
+
+
+def _inputs(flow: Dataflow, config: Config, source: Source | None, clock: Clock) -> tuple[
+    Stream[Event | DeadLetter], list[Stream[DeadLetter]]
+]:  # fmt: skip
+    if source is None and config.source == "kafka":
+        kafka = kop.input(
+            "kafka_in",
+            flow,
+            brokers=config.brokers.split(","),
+            topics=[config.events_topic],
+            tail=config.kafka_tail,
+        )
+        parsed = op.map("parse", kafka.oks, lambda m: _parse_kafka(m, clock))
+        return parsed, [op.map("source_errors", kafka.errs, _source_error)]
+    if source is None:
+        if config.input_path is None:
+            raise ValueError("source=file needs input_path")
+        source = FileSource(config.input_path)
+        origin = str(config.input_path)
+    else:
+        origin = "testing"
+    lines = op.input("file_in", flow, source)
+    return op.map("parse", lines, lambda line: parse_event(line, source=origin, ingest_ms=clock())), []
+
+
+def _outputs(
+    config: Config,
+    deltas: Stream[ProfileDelta],
+    dead: Stream[DeadLetter],
+    deltas_sink: Sink[Any] | None,
+    dlq_sink: Sink[Any] | None,
+) -> None:
+    if deltas_sink is None and dlq_sink is None and config.sink == "kafka":
+        brokers = config.brokers.split(",")
+        out = op.merge(
+            "to_kafka",
+            op.map(
+                "delta_msg",
+                deltas,
+                lambda d: KafkaSinkMessage(d.user_id.encode(), delta_to_json(d),
+                                           topic=config.deltas_topic),
+            ),
+            op.map("dlq_msg", dead, lambda d: dead_letter_message(d, config.dlq_topic)),
+        )  # fmt: skip
+        kop.output("kafka_out", out, brokers=brokers, topic=None)
+        return
+    if deltas_sink is None or dlq_sink is None:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("deltas.jsonl", "dead_letters.jsonl"):
+            (config.output_dir / name).touch()
+    deltas_sink = deltas_sink or FileSink(config.output_dir / "deltas.jsonl")
+    dlq_sink = dlq_sink or FileSink(config.output_dir / "dead_letters.jsonl")
+    op.output(
+        "deltas_out",
+        op.map("delta_json", deltas, lambda d: (d.user_id, delta_to_json(d).decode())),
+        deltas_sink,
+    )
+    op.output("dlq_out", op.map("dlq_json", dead, lambda d: ("dlq", dead_letter_json(d))), dlq_sink)
+
+
+def build_flow(
+    config: Config,
+    *,
+    encoder: TextEncoder | None = None,
+    source: Source | None = None,
+    deltas_sink: Sink[Any] | None = None,
+    dlq_sink: Sink[Any] | None = None,
+    clock: Clock = wall_clock_ms,
+) -> Dataflow:
+    """Build the dataflow for ``config``; the keyword arguments replace its parts in tests.
+
+    With ``source``, items are raw JSON lines (``str`` or ``bytes``). Sinks receive
+    ``(user_id, delta JSON)`` and ``("dlq", dead-letter JSON)`` pairs.
+    """
+    model = encoder or shared_embedder(
+        config.model_dir, config.device, config.embed_cache_size, config.embed_batch_size
+    )
+    params = profile_params(config, model.name)
+    shards = config.embed_shards or config.workers
+    flow = Dataflow("profilestream")
+
+    parsed, source_errors = _inputs(flow, config, source, clock)
+    parsed = op.inspect("count_events", parsed, lambda _step, item: _count_event(item))
+    valid = op.branch("valid", parsed, lambda item: isinstance(item, Event))
+
+    by_shard = op.key_on("shard", valid.trues, lambda e: str(zlib.crc32(e.user_id.encode()) % shards))
+
+    def batcher(resume: tuple[list[Event], int | None] | None) -> _BatcherLogic:
+        pending, opened_ms = resume or ([], None)
+        micro = MicroBatcher(
+            model,
+            config.embed_batch_size,
+            config.embed_max_wait_ms,
+            pending=pending,
+            opened_ms=opened_ms,
+            on_batch=metrics.observe_batch,
+        )
+        return _BatcherLogic(micro, clock)
+
+    embedded = op.stateful("embed", by_shard, batcher)
+    by_user = op.key_on("by_user", op.map("unshard", embedded, lambda kv: kv[1]),
+                        lambda e: e.event.user_id)  # fmt: skip
+
+    def update(state: Any, item: EmbeddedEvent) -> tuple[Any, list[ProfileDelta | DeadLetter]]:
+        return apply_event(state, item.event, item.vector, params, clock(), dim=model.dim)
+
+    results = op.map("drop_key", op.stateful_flat_map("profile", by_user, update), lambda kv: kv[1])
+    split = op.branch("is_delta", results, lambda item: isinstance(item, ProfileDelta))
+    deltas = op.inspect("count_deltas", split.trues, lambda _s, d: _count_delta(d, clock()))
+    dead = op.merge("dead_letters", valid.falses, split.falses, *source_errors)
+    dead = op.inspect("count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc())
+    _outputs(config, deltas, dead, deltas_sink, dlq_sink)
+    return flow
+
+
+def flow_from_env() -> Dataflow:
+    """The dataflow configured by ``PROFILESTREAM_*`` variables (for ``python -m bytewax.run``)."""
+    return build_flow(load_config())

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the dataflow, served on Bytewax's API server at ``/metrics``.
+
+Bytewax's webserver renders prometheus-client's default registry next to its own metrics,
+so these appear at ``http://HOST:PORT/metrics`` (``--metrics-port``, default 3030) of every
+process. Counters are per process; sum them across processes in Grafana.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from operators.batching import BatchReport
+
+EVENTS_IN = Counter(
+    "profilestream_events", "Valid events that entered the flow, by type", ["type"]
+)
+DEAD_LETTERS = Counter(
+    "profilestream_dead_letters", "Messages sent to the dead-letter sink, by reason", ["reason"]
+)
+DELTAS_OUT = Counter("profilestream_deltas", "Profile deltas emitted, by kind", ["kind"])
+EMBED_BATCH_SIZE = Histogram(
+    "profilestream_embed_batch_size",
+    "Distinct texts embedded per model call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+EMBED_BATCH_SECONDS = Histogram(
+    "profilestream_embed_batch_seconds",
+    "Model time per embedding batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EMBED_BATCH_WAIT_SECONDS = Histogram(
+    "profilestream_embed_batch_wait_seconds",
+    "How long the oldest text of a batch waited before the batch closed",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+EVENT_TO_DELTA_SECONDS = Histogram(
+    "profilestream_event_to_delta_seconds",
+    "From an event entering the system (Kafka timestamp or file read) to its delta",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def observe_batch(report: BatchReport) -> None:
+    EMBED_BATCH_SIZE.observe(report.size)
+    EMBED_BATCH_SECONDS.observe(report.embed_seconds)
+    EMBED_BATCH_WAIT_SECONDS.observe(report.wait_ms / 1000)

