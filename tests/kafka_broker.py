@@ -1,0 +1,152 @@
+"""A real single-node Apache Kafka broker (KRaft mode) for the test suite.
+
+The broker jars come from Maven Central through Maven (``tests/kafka/pom.xml``) and are
+cached under ``$PROFILESTREAM_CACHE`` (default ``~/.cache/profilestream``), so only the first
+run downloads them. Each test session formats a fresh log directory, starts the broker on
+free loopback ports with the machine's JDK, and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+HERE = Path(__file__).parent / "kafka"
+KAFKA_VERSION = "4.1.1"
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PROFILESTREAM_CACHE", Path.home() / ".cache" / "profilestream"))
+
+
+def ensure_jars() -> Path:
+    """Download (once) the broker and its dependencies; return the folder of jars."""
+    libs = cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+    if libs.is_dir() and any(libs.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka broker jars")
+    staging = libs.with_name(f"libs.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    subprocess.run(
+        [mvn, "-q", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
+         f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={staging}",
+         "-DincludeScope=runtime"],
+        check=True,
+    )  # fmt: skip
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)  # atomic: a half-finished download never looks complete
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class KafkaBroker:
+    """Start and stop one KRaft broker+controller on loopback."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_path = workdir / "broker.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _java(self, libs: Path, *args: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise RuntimeError("a JDK (java) is needed to run the Kafka broker")
+        return [
+            java, "-Xms256m", "-Xmx768m",
+            f"-Dlog4j2.configurationFile={HERE / 'log4j2.properties'}",
+            "-cp", f"{libs}/*", *args,
+        ]  # fmt: skip
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        libs = ensure_jars()
+        data = self.workdir / "data"
+        config = self.workdir / "server.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=3",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                ]
+            )
+            + "\n"
+        )
+        subprocess.run(
+            self._java(libs, STORAGE_TOOL, "format", "-t", _cluster_id(),
+                       "-c", str(config)),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                self._java(libs, MAIN_CLASS, str(config)), stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"Kafka broker exited: {self.log_tail()}")
+            try:
+                admin.list_topics(timeout=2)
+                return
+            except Exception:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"Kafka broker did not answer within {timeout_s}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def create_topic(self, name: str, partitions: int = 3) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+
+
+def _cluster_id() -> str:
+    """A random Kafka cluster id: 16 bytes in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

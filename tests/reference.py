@@ -1,0 +1,43 @@
+"""Reference profiles computed by the pure functions alone, to check the dataflow against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from operators.deltas import MaterializedProfile
+from operators.embedding import TextEncoder, embedding_text
+from operators.events import Event, parse_event
+from operators.profile import ProfileParams, UserState, apply_event
+
+
+def reference_states(
+    lines: Iterable[bytes | str], encoder: TextEncoder, params: ProfileParams
+) -> dict[str, UserState]:
+    """Fold every valid line, in order, into per-user state with ``apply_event``."""
+    events = [e for e in (parse_event(line) for line in lines) if isinstance(e, Event)]
+    texts = sorted({t for e in events if (t := embedding_text(e)) is not None})
+    vectors = dict(zip(texts, encoder.encode(texts), strict=True)) if texts else {}
+    states: dict[str, UserState] = {}
+    for event in events:
+        text = embedding_text(event)
+        vector = vectors[text] if text is not None else None
+        new, _ = apply_event(states.get(event.user_id), event, vector, params, 0, dim=encoder.dim)
+        if new is None:
+            states.pop(event.user_id, None)
+        else:
+            states[event.user_id] = new
+    return states
+
+
+def assert_profiles_match(
+    materialized: dict[str, MaterializedProfile], reference: dict[str, UserState], atol: float
+) -> None:
+    """Same users, versions and fields exactly; interest vectors within ``atol``."""
+    assert sorted(materialized) == sorted(reference)
+    for user, state in reference.items():
+        got = materialized[user]
+        assert (got.version, got.incarnation) == (state.profile.version, state.profile.incarnation)
+        assert got.fields == state.profile.public_fields(), user
+        assert np.allclose(got.interest, state.profile.interest, atol=atol, rtol=0), user

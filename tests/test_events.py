@@ -1,0 +1,73 @@
+"""Validation of incoming events: every bad message becomes a dead letter with its reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from operators.events import DeadLetter, Event, parse_event
+
+BASE = {"event_id": "e1", "user_id": "u1", "ts": 1_714_564_800_000, "type": "view", "item_id": "i1"}
+
+
+def message(**changes: object) -> bytes:
+    body = {**BASE, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (message(event_id=None), "missing_field"),
+        (message(item_id=None), "missing_field"),
+        (message(type="purchase"), "missing_field"),
+        (message(type="search", item_id=None, text="   "), "missing_field"),
+        (message(type="teleport"), "unknown_type"),
+        (message(price=-1.0), "invalid_field"),
+        (message(price="12"), "invalid_field"),
+        (message(quantity=0), "invalid_field"),
+        (message(rating=6), "invalid_field"),
+        (message(text="x" * 2001), "invalid_field"),
+        (message(user_id=""), "invalid_field"),
+        (message(ts=1_714_564_800), "bad_timestamp"),
+        (message(ts="yesterday"), "bad_timestamp"),
+        (message(ts="2024-05-01T12:00:00"), "bad_timestamp"),
+        (message(ts=None), "missing_field"),
+        (b'{"pad": "' + b"x" * 20_000 + b'"}', "too_large"),
+    ],
+)
+def test_rejects_with_reason_and_original_bytes(raw: bytes, reason: str) -> None:
+    result = parse_event(raw, key=b"u1", source="events/0/7")
+    assert isinstance(result, DeadLetter)
+    assert (result.reason, result.original, result.key, result.source) == (
+        reason, raw, b"u1", "events/0/7",
+    )  # fmt: skip
+    assert result.error
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, {"type": "view", "item_id": "i1", "quantity": 1}),
+        ({"ts": "2024-05-01T12:00:00Z"}, {"ts_ms": 1_714_564_800_000}),
+        ({"ts": "2024-05-01T14:00:00+02:00"}, {"ts_ms": 1_714_564_800_000}),
+        ({"user_id": 42, "item_id": 7}, {"user_id": "42", "item_id": "7"}),
+        ({"type": "search", "item_id": None, "text": "  red shoes "}, {"text": "red shoes"}),
+        ({"type": "purchase", "price": 0.0, "quantity": 3}, {"price": 0.0, "quantity": 3}),
+        ({"type": "login", "item_id": None, "future_field": [1]}, {"type": "login"}),
+    ],
+)
+def test_accepts_valid_events(changes: dict[str, object], expected: dict[str, object]) -> None:
+    raw = message(**changes)
+    event = parse_event(raw, ingest_ms=5)
+    assert isinstance(event, Event)
+    assert {k: getattr(event, k) for k in expected} == expected
+    assert (event.raw, event.ingest_ms) == (raw, 5)
+
+
+def test_accepts_str_lines_like_file_sources_give() -> None:
+    assert isinstance(parse_event(message().decode()), Event)
