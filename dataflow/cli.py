@@ -1,8 +1,8 @@
 """The ``profilestream`` command: run the dataflow, generate events, run the demo.
 
-    profilestream run --source kafka --sink kafka --brokers host:9092 --workers 2
-    profilestream generate --events 100000 --users 5000 --out events.jsonl
-    profilestream demo
+profilestream run --source kafka --sink kafka --brokers host:9092 --workers 2
+profilestream generate --events 100000 --users 5000 --out events.jsonl
+profilestream demo
 """
 
 from __future__ import annotations
@@ -50,8 +50,11 @@ def run_flow(config: Config) -> None:
 def _parser() -> argparse.ArgumentParser:
     from dataflow import demo, generator
 
-    parser = argparse.ArgumentParser(prog="profilestream", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="profilestream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the profile dataflow")
     add_config_arguments(run)

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -129,7 +130,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             _flag(name),
             default=None,
-            type=lambda raw, k=kind: _parse_value(k, raw),
+            type=partial(_parse_value, kind),
             choices=choices or None,
             help=help_text,
         )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.connectors.files import FileSink, FileSource
@@ -63,7 +63,10 @@ def profile_params(config: Config, model_name: str) -> ProfileParams:
     )
 
 
-class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, tuple[list[Event], int | None]]):
+BatcherSnapshot = tuple[list[Event], int | None]
+
+
+class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, BatcherSnapshot]):
     """Adapts :class:`MicroBatcher` to Bytewax: timers, EOF and snapshots."""
 
     def __init__(self, batcher: MicroBatcher, clock: Clock) -> None:
@@ -87,7 +90,7 @@ class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, tuple[list[Event], int |
         due = self.batcher.due_ms()
         return None if due is None else datetime.fromtimestamp(due / 1000, tz=UTC)
 
-    def snapshot(self) -> tuple[list[Event], int | None]:
+    def snapshot(self) -> BatcherSnapshot:
         return self.batcher.pending(), self.batcher.opened_ms
 
 
@@ -113,6 +116,14 @@ def _source_error(error: Any) -> DeadLetter:
     )
 
 
+def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
+    return isinstance(item, Event)
+
+
+def _is_delta(item: ProfileDelta | DeadLetter) -> TypeGuard[ProfileDelta]:
+    return isinstance(item, ProfileDelta)
+
+
 def _count_event(event: Event | DeadLetter) -> None:
     if isinstance(event, Event):
         metrics.EVENTS_IN.labels(event.type).inc()
@@ -124,9 +135,9 @@ def _count_delta(delta: ProfileDelta, now_ms: int) -> None:
         metrics.EVENT_TO_DELTA_SECONDS.observe(max(now_ms - delta.ingest_ms, 0) / 1000)
 
 
-def _inputs(flow: Dataflow, config: Config, source: Source | None, clock: Clock) -> tuple[
-    Stream[Event | DeadLetter], list[Stream[DeadLetter]]
-]:  # fmt: skip
+def _inputs(
+    flow: Dataflow, config: Config, source: Source | None, clock: Clock
+) -> tuple[Stream[Event | DeadLetter], list[Stream[DeadLetter]]]:
     if source is None and config.source == "kafka":
         kafka = kop.input(
             "kafka_in",
@@ -145,7 +156,9 @@ def _inputs(flow: Dataflow, config: Config, source: Source | None, clock: Clock)
     else:
         origin = "testing"
     lines = op.input("file_in", flow, source)
-    return op.map("parse", lines, lambda line: parse_event(line, source=origin, ingest_ms=clock())), []
+    return op.map(
+        "parse", lines, lambda line: parse_event(line, source=origin, ingest_ms=clock())
+    ), []
 
 
 def _outputs(
@@ -162,12 +175,14 @@ def _outputs(
             op.map(
                 "delta_msg",
                 deltas,
-                lambda d: KafkaSinkMessage(d.user_id.encode(), delta_to_json(d),
-                                           topic=config.deltas_topic),
+                lambda d: KafkaSinkMessage(
+                    d.user_id.encode(), delta_to_json(d), topic=config.deltas_topic
+                ),
             ),
             op.map("dlq_msg", dead, lambda d: dead_letter_message(d, config.dlq_topic)),
-        )  # fmt: skip
-        kop.output("kafka_out", out, brokers=brokers, topic=None)
+        )
+        # topic=None: each message names its own topic (deltas or dead letters).
+        kop.output("kafka_out", out, brokers=brokers, topic=None)  # type: ignore[arg-type]
         return
     if deltas_sink is None or dlq_sink is None:
         config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -206,11 +221,14 @@ def build_flow(
 
     parsed, source_errors = _inputs(flow, config, source, clock)
     parsed = op.inspect("count_events", parsed, lambda _step, item: _count_event(item))
-    valid = op.branch("valid", parsed, lambda item: isinstance(item, Event))
+    valid = op.branch("valid", parsed, _is_event)
+    rejected = cast(Stream[DeadLetter], valid.falses)
 
-    by_shard = op.key_on("shard", valid.trues, lambda e: str(zlib.crc32(e.user_id.encode()) % shards))
+    by_shard = op.key_on(
+        "shard", valid.trues, lambda e: str(zlib.crc32(e.user_id.encode()) % shards)
+    )
 
-    def batcher(resume: tuple[list[Event], int | None] | None) -> _BatcherLogic:
+    def batcher(resume: BatcherSnapshot | None) -> _BatcherLogic:
         pending, opened_ms = resume or ([], None)
         micro = MicroBatcher(
             model,
@@ -223,16 +241,18 @@ def build_flow(
         return _BatcherLogic(micro, clock)
 
     embedded = op.stateful("embed", by_shard, batcher)
-    by_user = op.key_on("by_user", op.map("unshard", embedded, lambda kv: kv[1]),
-                        lambda e: e.event.user_id)  # fmt: skip
+    by_user = op.key_on(
+        "by_user", op.map("unshard", embedded, lambda kv: kv[1]), lambda e: e.event.user_id
+    )
 
     def update(state: Any, item: EmbeddedEvent) -> tuple[Any, list[ProfileDelta | DeadLetter]]:
         return apply_event(state, item.event, item.vector, params, clock(), dim=model.dim)
 
     results = op.map("drop_key", op.stateful_flat_map("profile", by_user, update), lambda kv: kv[1])
-    split = op.branch("is_delta", results, lambda item: isinstance(item, ProfileDelta))
+    split = op.branch("is_delta", results, _is_delta)
     deltas = op.inspect("count_deltas", split.trues, lambda _s, d: _count_delta(d, clock()))
-    dead = op.merge("dead_letters", valid.falses, split.falses, *source_errors)
+    duplicates = cast(Stream[DeadLetter], split.falses)
+    dead = op.merge("dead_letters", rejected, duplicates, *source_errors)
     dead = op.inspect("count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc())
     _outputs(config, deltas, dead, deltas_sink, dlq_sink)
     return flow

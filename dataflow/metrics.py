@@ -13,9 +13,7 @@ from operators.batching import BatchReport
 
 disable_created_metrics()  # the *_created series double the scrape size and nobody graphs them
 
-EVENTS_IN = Counter(
-    "profilestream_events", "Valid events that entered the flow, by type", ["type"]
-)
+EVENTS_IN = Counter("profilestream_events", "Valid events that entered the flow, by type", ["type"])
 DEAD_LETTERS = Counter(
     "profilestream_dead_letters", "Messages sent to the dead-letter sink, by reason", ["reason"]
 )

@@ -197,7 +197,10 @@ def _update(
         return None
     aff_shrink = decay(ahead, params.affinity_half_life_ms)
     aff_weight = weight * decay(behind, params.affinity_half_life_ms)
-    for scores_name, key in (("category_affinity", event.category), ("brand_affinity", event.brand)):
+    for scores_name, key in (
+        ("category_affinity", event.category),
+        ("brand_affinity", event.brand),
+    ):
         if key is not None:
             scores = add_decayed(
                 getattr(profile, scores_name), key, aff_weight, aff_shrink, params.max_affinities
@@ -230,9 +233,16 @@ def apply_event(
         incarnation = state.profile.incarnation if state is not None else ""
         version = state.profile.version + 1 if state is not None else 1
         tombstone = ProfileDelta(
-            event.user_id, version, "tombstone", incarnation, event.ts_ms, [event.event_id],
-            params.model_version, ingest_ms=event.ingest_ms, processed_ms=now_ms,
-        )  # fmt: skip
+            event.user_id,
+            version,
+            "tombstone",
+            incarnation,
+            event.ts_ms,
+            [event.event_id],
+            params.model_version,
+            ingest_ms=event.ingest_ms,
+            processed_ms=now_ms,
+        )
         return None, [tombstone]
     if state is not None and event.event_id in state.seen_event_ids:
         return state, [duplicate_of(event)]

@@ -49,7 +49,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(Path(tmp_path_factory.mktemp("kafka")))
     try:
         broker.start()
-    except Exception as exc:  # noqa: BLE001 - any failure to start means the same thing here
+    except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Kafka broker failed to start under CI: {exc}")
         pytest.skip(f"Kafka broker unavailable ({exc}); these tests need a JDK and Maven")

@@ -40,11 +40,19 @@ def ensure_jars() -> Path:
     staging = libs.with_name(f"libs.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     subprocess.run(
-        [mvn, "-q", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
-         f"-Dkafka.version={KAFKA_VERSION}", f"-DoutputDirectory={staging}",
-         "-DincludeScope=runtime"],
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(HERE / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-Dkafka.version={KAFKA_VERSION}",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
         check=True,
-    )  # fmt: skip
+    )
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)  # atomic: a half-finished download never looks complete
     return libs
@@ -72,10 +80,14 @@ class KafkaBroker:
         if java is None:
             raise RuntimeError("a JDK (java) is needed to run the Kafka broker")
         return [
-            java, "-Xms256m", "-Xmx768m",
+            java,
+            "-Xms256m",
+            "-Xmx768m",
             f"-Dlog4j2.configurationFile={HERE / 'log4j2.properties'}",
-            "-cp", f"{libs}/*", *args,
-        ]  # fmt: skip
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
 
     def start(self, timeout_s: float = 90.0) -> None:
         libs = ensure_jars()
@@ -104,10 +116,10 @@ class KafkaBroker:
             + "\n"
         )
         subprocess.run(
-            self._java(libs, STORAGE_TOOL, "format", "-t", _cluster_id(),
-                       "-c", str(config)),
-            check=True, capture_output=True,
-        )  # fmt: skip
+            self._java(libs, STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(config)),
+            check=True,
+            capture_output=True,
+        )
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 self._java(libs, MAIN_CLASS, str(config)), stdout=log, stderr=subprocess.STDOUT
@@ -143,7 +155,9 @@ class KafkaBroker:
 
     def create_topic(self, name: str, partitions: int = 3) -> None:
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+        )
         futures[name].result(timeout=30)
 
 

@@ -81,7 +81,9 @@ def test_restored_pending_events_are_embedded_on_flush() -> None:
     first = MicroBatcher(HashEncoder(), max_batch=100, max_wait_ms=50)
     first.add(search(1, "a", "x"), 3)
     first.add(login(2, "a"), 4)
-    restored = MicroBatcher(HashEncoder(), 100, 50, pending=first.pending(), opened_ms=first.opened_ms)
+    restored = MicroBatcher(
+        HashEncoder(), 100, 50, pending=first.pending(), opened_ms=first.opened_ms
+    )
     assert restored.due_ms() == 53
     out = restored.flush(60)
     assert [r.event.event_id for r in out] == ["e1", "e2"] and out[0].vector is not None

@@ -18,14 +18,32 @@ from operators.deltas import (
 
 def full(version: int, incarnation: str = "e1", vector: float = 1.0) -> ProfileDelta:
     interest = encode_vector(np.full(3, vector, np.float32))
-    return ProfileDelta("u", version, "full", incarnation, version, [f"x{version}"], "m",
-                        changed={"spend": float(version)}, interest=interest)  # fmt: skip
+    return ProfileDelta(
+        "u",
+        version,
+        "full",
+        incarnation,
+        version,
+        [f"x{version}"],
+        "m",
+        changed={"spend": float(version)},
+        interest=interest,
+    )
 
 
 def patch(version: int, incarnation: str = "e1", step: float = 0.25) -> ProfileDelta:
     move = encode_vector(np.full(3, step, np.float32))
-    return ProfileDelta("u", version, "patch", incarnation, version, [f"x{version}"], "m",
-                        changed={"spend": float(version)}, interest_delta=move)  # fmt: skip
+    return ProfileDelta(
+        "u",
+        version,
+        "patch",
+        incarnation,
+        version,
+        [f"x{version}"],
+        "m",
+        changed={"spend": float(version)},
+        interest_delta=move,
+    )
 
 
 def tombstone(version: int, incarnation: str = "e1") -> ProfileDelta:

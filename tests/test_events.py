@@ -44,8 +44,11 @@ def test_rejects_with_reason_and_original_bytes(raw: bytes, reason: str) -> None
     result = parse_event(raw, key=b"u1", source="events/0/7")
     assert isinstance(result, DeadLetter)
     assert (result.reason, result.original, result.key, result.source) == (
-        reason, raw, b"u1", "events/0/7",
-    )  # fmt: skip
+        reason,
+        raw,
+        b"u1",
+        "events/0/7",
+    )
     assert result.error
 
 

@@ -25,9 +25,18 @@ def stream(n: int, users: int = 7) -> list[str]:
     lines = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        event = {"event_id": f"e{i}", "user_id": f"u{(i * 7) % users}", "ts": T0 + 1000 * i,
-                 "type": kind, "item_id": f"i{i % 13}", "category": f"c{i % 4}", "brand": "b",
-                 "price": 2.5, "text": f"query {i % 9}", "rating": 4}  # fmt: skip
+        event = {
+            "event_id": f"e{i}",
+            "user_id": f"u{(i * 7) % users}",
+            "ts": T0 + 1000 * i,
+            "type": kind,
+            "item_id": f"i{i % 13}",
+            "category": f"c{i % 4}",
+            "brand": "b",
+            "price": 2.5,
+            "text": f"query {i % 9}",
+            "rating": 4,
+        }
         lines.append(json.dumps(event))
     return lines
 
@@ -38,17 +47,27 @@ BAD = ['{"event_id": "x1"', '{"event_id":"x2","user_id":"u1","ts":1,"type":"logi
 def run_flow(lines: list, encoder: HashEncoder, workers: int = 1, recovery: Path | None = None):
     deltas: list = []
     dead: list = []
-    flow = build_flow(CONFIG.replace(workers=workers), encoder=encoder,
-                      source=TestingSource(lines, batch_size=5),
-                      deltas_sink=TestingSink(deltas), dlq_sink=TestingSink(dead))  # fmt: skip
+    flow = build_flow(
+        CONFIG.replace(workers=workers),
+        encoder=encoder,
+        source=TestingSource(lines, batch_size=5),
+        deltas_sink=TestingSink(deltas),
+        dlq_sink=TestingSink(dead),
+    )
     recovery_config = RecoveryConfig(str(recovery)) if recovery else None
     # A zero epoch interval snapshots after every input batch, so an abort loses little.
     epoch = timedelta(0)
     if workers == 1:
         run_main(flow, epoch_interval=epoch, recovery_config=recovery_config)
     else:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=epoch,
-                     recovery_config=recovery_config)  # fmt: skip
+        cluster_main(
+            flow,
+            [],
+            0,
+            worker_count_per_proc=workers,
+            epoch_interval=epoch,
+            recovery_config=recovery_config,
+        )
     return [delta_from_json(v) for _, v in deltas], [json.loads(v) for _, v in dead]
 
 
@@ -94,6 +113,9 @@ def test_resume_after_abort_gives_the_uninterrupted_result(tmp_path: Path) -> No
     second, _ = run_flow(interrupted, HashEncoder(), recovery=tmp_path)
     assert 0 < len(second) < len(expected)  # it resumed from a snapshot, not from scratch
     resumed = materialize([*first, *second])
-    assert_profiles_match(resumed, reference_states(lines, HashEncoder(),
-                          profile_params(CONFIG, "hash-encoder")), atol=0)  # fmt: skip
+    assert_profiles_match(
+        resumed,
+        reference_states(lines, HashEncoder(), profile_params(CONFIG, "hash-encoder")),
+        atol=0,
+    )
     assert sorted(resumed) == sorted(materialize(expected))

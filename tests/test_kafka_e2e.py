@@ -62,7 +62,9 @@ def generated() -> list[GeneratedEvent]:
 @pytest.fixture(scope="module")
 def reference(generated: list[GeneratedEvent]) -> dict:
     model = shared_embedder(None, None, 50_000, 64)
-    return reference_states([g.line for g in generated], model, profile_params(Config(), model.name))
+    return reference_states(
+        [g.line for g in generated], model, profile_params(Config(), model.name)
+    )
 
 
 def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str, bytes]]:
@@ -85,12 +87,28 @@ def start_flow(
     kafka: KafkaBroker, topics: Topics, log: Path, metrics_port: int, *extra: str
 ) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "dataflow.cli", "run",
-        "--source", "kafka", "--sink", "kafka", "--brokers", kafka.bootstrap,
-        "--events-topic", topics.events, "--deltas-topic", topics.deltas,
-        "--dlq-topic", topics.dlq, "--workers", "2", "--metrics-port", str(metrics_port),
+        sys.executable,
+        "-m",
+        "dataflow.cli",
+        "run",
+        "--source",
+        "kafka",
+        "--sink",
+        "kafka",
+        "--brokers",
+        kafka.bootstrap,
+        "--events-topic",
+        topics.events,
+        "--deltas-topic",
+        topics.deltas,
+        "--dlq-topic",
+        topics.dlq,
+        "--workers",
+        "2",
+        "--metrics-port",
+        str(metrics_port),
         *extra,
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -101,10 +119,15 @@ class TopicReader:
 
     def __init__(self, kafka: KafkaBroker, topic: str) -> None:
         self.messages: list[Message] = []
-        self._consumer = Consumer({
-            "bootstrap.servers": kafka.bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0,
-        })  # fmt: skip
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "group.id": f"test-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "log_level": 0,
+            }
+        )
         self._consumer.subscribe([topic])
 
     def read_until(self, done: Callable[[list[Message]], bool], timeout_s: float) -> list[Message]:
@@ -200,7 +223,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     return sum(values)
 
 
-def test_metrics_count_what_was_sent(uninterrupted: FlowRun, generated: list[GeneratedEvent]) -> None:
+def test_metrics_count_what_was_sent(
+    uninterrupted: FlowRun, generated: list[GeneratedEvent]
+) -> None:
     text = uninterrupted.metrics
     parsed = [parse_event(g.line) for g in generated]
     by_type = Counter(e.type for e in parsed if not hasattr(e, "reason"))
@@ -225,8 +250,13 @@ def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
 ) -> None:
     topics = Topics.create(kafka)
     produce(kafka, topics.events, generated)
-    args = ("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval-s", "0.5",
-            "--no-kafka-tail")  # fmt: skip
+    args = (
+        "--recovery-dir",
+        str(tmp_path / "recovery"),
+        "--snapshot-interval-s",
+        "0.5",
+        "--no-kafka-tail",
+    )
     want = expected_delta_count(generated)
     deltas = TopicReader(kafka, topics.deltas)
     process = start_flow(kafka, topics, tmp_path / "first.log", free_port(), *args)

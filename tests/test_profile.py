@@ -15,7 +15,9 @@ PARAMS = ProfileParams()
 
 def event(i: int, kind: str = "view", ts: int | None = None, **fields: object) -> Event:
     defaults: dict[str, object] = {"item_id": f"i{i}", "category": "shoes", "brand": "acme"}
-    return Event(f"e{i}", "u1", T0 + i * 60_000 if ts is None else ts, kind, **{**defaults, **fields})
+    return Event(
+        f"e{i}", "u1", T0 + i * 60_000 if ts is None else ts, kind, **{**defaults, **fields}
+    )
 
 
 def run(events: list[tuple[Event, np.ndarray | None]], params: ProfileParams = PARAMS):
@@ -41,7 +43,9 @@ def test_sgd_step_matches_the_weighted_mean_it_minimises() -> None:
 def test_loss_falls_on_a_stream_of_one_interest() -> None:
     rng = np.random.default_rng(2)
     interest = np.array([1, 0, 0, 0], np.float32)
-    events = [(event(i), (interest + 0.1 * rng.standard_normal(4)).astype(np.float32)) for i in range(40)]
+    events = [
+        (event(i), (interest + 0.1 * rng.standard_normal(4)).astype(np.float32)) for i in range(40)
+    ]
     state, _ = run(events)
     losses = []
     vector, total = np.zeros(4, np.float32), 0.0
@@ -81,7 +85,9 @@ def test_counts_spend_and_affinities() -> None:
 
 
 def test_late_event_is_discounted_not_reordered() -> None:
-    state, _ = run([(event(1, ts=T0 + 30 * DAY_MS), None), (event(2, ts=T0, category="bags"), None)])
+    state, _ = run(
+        [(event(1, ts=T0 + 30 * DAY_MS), None), (event(2, ts=T0, category="bags"), None)]
+    )
     assert state is not None
     assert state.profile.last_seen_ms == T0 + 30 * DAY_MS
     assert state.profile.first_seen_ms == T0
@@ -108,7 +114,11 @@ def test_duplicates_are_dead_lettered_and_change_nothing() -> None:
 def test_delete_user_erases_state_and_emits_a_tombstone() -> None:
     state, outputs = run([(event(1), None), (event(2, "delete_user", item_id=None), None)])
     assert state is None
-    assert (outputs[-1].kind, outputs[-1].version, outputs[-1].incarnation) == ("tombstone", 2, "e1")
+    assert (outputs[-1].kind, outputs[-1].version, outputs[-1].incarnation) == (
+        "tombstone",
+        2,
+        "e1",
+    )
 
 
 def test_deltas_materialise_to_exactly_the_state() -> None:
