@@ -141,8 +141,10 @@ def load_config(
 ) -> Config:
     """Build the :class:`Config`: flag, else ``PROFILESTREAM_*`` variable, else default.
 
-    >>> load_config(env={"PROFILESTREAM_EMBED_MAX_WAIT_MS": "20"}).embed_max_wait_ms
-    20
+    >>> env = {"PROFILESTREAM_INPUT_PATH": "events.jsonl", "PROFILESTREAM_EMBED_MAX_WAIT_MS": "20"}
+    >>> config = load_config(env=env)
+    >>> config.input_path, config.embed_max_wait_ms
+    (PosixPath('events.jsonl'), 20)
     """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
