@@ -1,0 +1,50 @@
+"""One configuration object: flag beats environment variable beats default."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from dataflow.config import Config, add_config_arguments, load_config
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"PROFILESTREAM_WORKERS": "3", "PROFILESTREAM_EMBED_BATCH_SIZE": "16"}
+    config = load_config(parse("--source", "kafka", "--workers", "2"), env)
+    assert (config.source, config.workers, config.embed_batch_size) == ("kafka", 2, 16)
+    assert config.full_every == Config().full_every
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--no-kafka-tail"], {}, False),
+        ([], {"PROFILESTREAM_KAFKA_TAIL": "false"}, False),
+        (["--kafka-tail"], {"PROFILESTREAM_KAFKA_TAIL": "0"}, True),
+        ([], {}, True),
+    ],
+)
+def test_boolean_flags(argv: list[str], env: dict[str, str], expected: bool) -> None:
+    assert load_config(parse("--source", "kafka", *argv), env).kafka_tail is expected
+
+
+def test_paths_and_floats() -> None:
+    config = load_config(parse("--input-path", "e.jsonl", "--interest-half-life-days", "2.5"), {})
+    assert (config.input_path, config.interest_half_life_days) == (Path("e.jsonl"), 2.5)
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse("--source", "carrier-pigeon")
+    with pytest.raises(ValueError, match="source must be one of"):
+        load_config(env={"PROFILESTREAM_SOURCE": "ftp"})
+    with pytest.raises(ValueError, match="needs --input-path"):
+        load_config(env={})
