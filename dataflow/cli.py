@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from datetime import timedelta
 
 from dataflow.config import Config, add_config_arguments, load_config
@@ -33,6 +34,8 @@ def run_flow(config: Config) -> None:
 
     os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
     os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics_port)
+    # The API server also writes the rendered dataflow (dataflow.json); keep it out of the cwd.
+    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", tempfile.gettempdir())
     recovery = None
     if config.recovery_dir is not None:
         if not config.recovery_dir.exists() or not any(config.recovery_dir.iterdir()):

@@ -45,6 +45,12 @@ class Config:
     events_topic: str = field(default="profile-events", metadata=_opt("input topic"))
     deltas_topic: str = field(default="profile-deltas", metadata=_opt("profile delta topic"))
     dlq_topic: str = field(default="profile-dead-letters", metadata=_opt("dead-letter topic"))
+    kafka_config_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "librdkafka properties file (key=value lines: SASL, TLS, ...) for source and sinks"
+        ),
+    )
     kafka_tail: bool = field(
         default=True,
         metadata=_opt("keep waiting for new events; --no-kafka-tail stops at the end of the topic"),
@@ -92,6 +98,21 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    def kafka_properties(self) -> dict[str, str]:
+        """Extra librdkafka settings from ``kafka_config_file`` (``#`` starts a comment)."""
+        if self.kafka_config_file is None:
+            return {}
+        properties = {}
+        for number, line in enumerate(self.kafka_config_file.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise ValueError(f"{self.kafka_config_file}:{number}: expected key=value")
+            properties[key.strip()] = value.strip()
+        return properties
 
 
 def _flag(name: str) -> str:

@@ -145,6 +145,7 @@ def _inputs(
             brokers=config.brokers.split(","),
             topics=[config.events_topic],
             tail=config.kafka_tail,
+            add_config=config.kafka_properties(),
         )
         parsed = op.map("parse", kafka.oks, lambda m: _parse_kafka(m, clock))
         return parsed, [op.map("source_errors", kafka.errs, _source_error)]
@@ -182,7 +183,13 @@ def _outputs(
             op.map("dlq_msg", dead, lambda d: dead_letter_message(d, config.dlq_topic)),
         )
         # topic=None: each message names its own topic (deltas or dead letters).
-        kop.output("kafka_out", out, brokers=brokers, topic=None)  # type: ignore[arg-type]
+        kop.output(
+            "kafka_out",
+            out,
+            brokers=brokers,
+            topic=None,  # type: ignore[arg-type]
+            add_config=config.kafka_properties(),
+        )
         return
     if deltas_sink is None or dlq_sink is None:
         config.output_dir.mkdir(parents=True, exist_ok=True)

@@ -48,3 +48,15 @@ def test_bad_values_are_refused() -> None:
         load_config(env={"PROFILESTREAM_SOURCE": "ftp"})
     with pytest.raises(ValueError, match="needs --input-path"):
         load_config(env={})
+
+
+def test_kafka_properties_file(tmp_path: Path) -> None:
+    path = tmp_path / "client.properties"
+    path.write_text(
+        "# SASL for the shared cluster\nsecurity.protocol = SASL_SSL\n\nsasl.mechanism=PLAIN\n"
+    )
+    config = Config(kafka_config_file=path)
+    assert config.kafka_properties() == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+    path.write_text("no equals sign\n")
+    with pytest.raises(ValueError, match="client.properties:1"):
+        config.kafka_properties()

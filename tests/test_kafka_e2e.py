@@ -27,7 +27,7 @@ from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
 from dataflow.generator import GeneratedEvent, generate_events
 from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
-from operators.events import RejectReason, parse_event
+from operators.events import Event, RejectReason, parse_event
 from tests.kafka_broker import KafkaBroker, free_port
 from tests.reference import assert_profiles_match, reference_states
 
@@ -130,9 +130,17 @@ class TopicReader:
         )
         self._consumer.subscribe([topic])
 
-    def read_until(self, done: Callable[[list[Message]], bool], timeout_s: float) -> list[Message]:
+    def read_until(
+        self,
+        done: Callable[[list[Message]], bool],
+        timeout_s: float,
+        flow: subprocess.Popen[bytes] | None = None,
+    ) -> list[Message]:
+        """Poll until ``done``, the timeout, or (if given) the flow process exiting."""
         deadline = time.monotonic() + timeout_s
         while not done(self.messages) and time.monotonic() < deadline:
+            if flow is not None and flow.poll() is not None:
+                break
             batch = self._consumer.consume(1000, timeout=0.5)
             self.messages += [m for m in batch if m.error() is None]
         return self.messages
@@ -179,8 +187,8 @@ def uninterrupted(
     deltas, dlq = TopicReader(kafka, topics.deltas), TopicReader(kafka, topics.dlq)
     try:
         want_deltas, want_dead = expected_delta_count(generated), expected_dead_letters(generated)
-        delta_msgs = deltas.read_until(lambda ms: len(ms) >= want_deltas, timeout_s=480)
-        dead_msgs = dlq.read_until(lambda ms: len(ms) >= sum(want_dead.values()), timeout_s=60)
+        delta_msgs = deltas.read_until(lambda ms: len(ms) >= want_deltas, 480, process)
+        dead_msgs = dlq.read_until(lambda ms: len(ms) >= sum(want_dead.values()), 60, process)
         assert process.poll() is None, log.read_text()[-3000:]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
         run = FlowRun(
@@ -228,7 +236,7 @@ def test_metrics_count_what_was_sent(
 ) -> None:
     text = uninterrupted.metrics
     parsed = [parse_event(g.line) for g in generated]
-    by_type = Counter(e.type for e in parsed if not hasattr(e, "reason"))
+    by_type = Counter(e.type for e in parsed if isinstance(e, Event))
     for event_type, count in by_type.items():
         assert metric(text, "profilestream_events_total", type=event_type) == count
     by_reason = Counter(reason for reason, _ in expected_dead_letters(generated).elements())
@@ -260,7 +268,7 @@ def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
     want = expected_delta_count(generated)
     deltas = TopicReader(kafka, topics.deltas)
     process = start_flow(kafka, topics, tmp_path / "first.log", free_port(), *args)
-    deltas.read_until(lambda ms: len(ms) >= want // 3, timeout_s=300)
+    deltas.read_until(lambda ms: len(ms) >= want // 3, 300, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert want // 3 <= len(deltas.messages) < want, "the kill must land mid-stream"
