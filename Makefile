@@ -5,6 +5,8 @@ PROFILESTREAM_VENV ?= .venv
 PYTHON ?= python3
 BIN := $(PROFILESTREAM_VENV)/bin
 PYTEST_ARGS ?=
+# Event files are UTF-8 (Chinese text); do not depend on the machine's locale.
+export PYTHONUTF8 := 1
 
 .PHONY: venv demo test bench
 

@@ -58,5 +58,5 @@ def test_kafka_properties_file(tmp_path: Path) -> None:
     config = Config(kafka_config_file=path)
     assert config.kafka_properties() == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
     path.write_text("no equals sign\n")
-    with pytest.raises(ValueError, match="client.properties:1"):
+    with pytest.raises(ValueError, match=r"client\.properties:1"):
         config.kafka_properties()
