@@ -144,21 +144,39 @@ class Embedder:
     def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        encoded = self._tokenizer(texts, truncation=True, max_length=self._max_length)
         result = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self._tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._max_length,
+            for chunk in length_buckets(
+                [len(ids) for ids in encoded["input_ids"]], self.batch_size
+            ):
+                features = self._tokenizer.pad(
+                    {key: [values[i] for i in chunk] for key, values in encoded.items()},
                     return_tensors="pt",
                 ).to(self.device)
-                hidden = self._model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                hidden = self._model(**features).last_hidden_state.float()
+                mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                result[idx] = pooled.cpu().numpy()
+                result[chunk] = torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
         return result
+
+
+def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Group indices into forward passes of similar token length, longest first.
+
+    A pass is padded to its longest text, so a 250-token review among 8-token queries makes
+    every query cost 250 tokens. A new pass starts when the batch is full or the next text is
+    less than half as long as the pass's longest (at most half of any pass is padding).
+
+    >>> length_buckets([8, 250, 9, 240, 7], batch_size=64)
+    [[1, 3], [2, 0, 4]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        current = buckets[-1] if buckets else None
+        if current is None or len(current) >= batch_size or 2 * lengths[i] < lengths[current[0]]:
+            buckets.append([i])
+        else:
+            current.append(i)
+    return buckets
