@@ -73,18 +73,16 @@ class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, BatcherSnapshot]):
         self.batcher = batcher
         self.clock = clock
 
-    def _released(self, events: list[EmbeddedEvent]) -> tuple[list[EmbeddedEvent], bool]:
-        # Discard the (empty) state when nothing waits, so idle shards snapshot nothing.
-        return events, not self.batcher.pending()
+    # A shard lives as long as the flow (there are only a few), so it is always retained.
 
     def on_item(self, value: Event) -> tuple[list[EmbeddedEvent], bool]:
-        return self._released(self.batcher.add(value, self.clock()))
+        return self.batcher.add(value, self.clock()), StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[list[EmbeddedEvent], bool]:
-        return self._released(self.batcher.flush(self.clock()))
+        return self.batcher.flush(self.clock()), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[EmbeddedEvent], bool]:
-        return self._released(self.batcher.flush(self.clock()))
+        return self.batcher.flush(self.clock()), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         due = self.batcher.due_ms()

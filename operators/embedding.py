@@ -16,6 +16,7 @@ The dataflow only needs the small :class:`TextEncoder` protocol, so tests can sw
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
@@ -109,12 +110,15 @@ class Embedder:
         self.dim = int(model.config.hidden_size)
         self.name = self.model_dir.name if model_dir is not None else "all-MiniLM-L6-v2"
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # Bytewax workers of one process are threads sharing this model and cache.
+        self._cache_lock = threading.Lock()
 
     def lookup(self, text: str) -> np.ndarray | None:
-        vector = self._cache.get(text)
-        if vector is not None:
-            self._cache.move_to_end(text)
-        return vector
+        with self._cache_lock:
+            vector = self._cache.get(text)
+            if vector is not None:
+                self._cache.move_to_end(text)
+            return vector
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts``; returns float32 ``(n, dim)`` with unit-length rows, in input order."""
@@ -137,9 +141,10 @@ class Embedder:
     def _remember(self, text: str, vector: np.ndarray) -> None:
         if self.cache_size <= 0:
             return
-        self._cache[text] = vector
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[text] = vector
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
