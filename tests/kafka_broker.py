@@ -15,8 +15,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 HERE = Path(__file__).parent / "kafka"
@@ -164,3 +166,23 @@ class KafkaBroker:
 def _cluster_id() -> str:
     """A random Kafka cluster id: 16 bytes in URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def send(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+    """Produce one message, waiting for librdkafka to drain its queue when it is full."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            break
+        except BufferError:
+            producer.poll(0.05)
+    producer.poll(0)
+
+
+def produce_all(bootstrap: str, topic: str, messages: Iterable[tuple[bytes, bytes]]) -> None:
+    """Produce ``(key, value)`` messages in order and wait until every one is delivered."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for key, value in messages:
+        send(producer, topic, key, value)
+    if producer.flush(60) != 0:
+        raise RuntimeError(f"could not deliver every message to {topic}")

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message
 
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
 from dataflow.generator import GeneratedEvent, generate_events
 from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
 from operators.events import Event, RejectReason, parse_event
-from tests.kafka_broker import KafkaBroker, free_port
+from tests.kafka_broker import KafkaBroker, free_port, produce_all
 from tests.reference import assert_profiles_match, reference_states
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -76,11 +76,8 @@ def expected_delta_count(generated: list[GeneratedEvent]) -> int:
 
 
 def produce(kafka: KafkaBroker, topic: str, generated: list[GeneratedEvent]) -> None:
-    producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
-    for event in generated:
-        producer.produce(topic, key=event.user_id.encode(), value=event.line)
-        producer.poll(0)
-    assert producer.flush(30) == 0
+    """Keyed by user id, as producers must, so each user's events stay in order."""
+    produce_all(kafka.bootstrap, topic, ((g.user_id.encode(), g.line) for g in generated))
 
 
 def start_flow(
