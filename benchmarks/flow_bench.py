@@ -61,7 +61,7 @@ from operators.deltas import ProfileDelta, delta_from_json, delta_to_json
 from operators.embedding import Embedder, embedding_text
 from operators.events import Event, parse_event
 from operators.profile import UserState, apply_event
-from tests.kafka_broker import KafkaBroker, free_port, produce_all, send
+from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all, send
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_TYPES = frozenset({"search", "review"})
@@ -329,24 +329,9 @@ def read_topic(
 
 
 def kafka_flags(bootstrap: str, topics: Topics, workers: int) -> list[str]:
-    return [
-        "--source",
-        "kafka",
-        "--sink",
-        "kafka",
-        "--brokers",
-        bootstrap,
-        "--events-topic",
-        topics.events,
-        "--deltas-topic",
-        topics.deltas,
-        "--dlq-topic",
-        topics.dlq,
-        "--workers",
-        str(workers),
-        "--metrics-port",
-        str(free_port()),
-    ]
+    return kafka_flow_args(
+        bootstrap, topics.events, topics.deltas, topics.dlq, workers, free_port()
+    )
 
 
 def run_kafka_case(

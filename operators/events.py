@@ -165,7 +165,10 @@ def parse_timestamp_ms(ts: int | str) -> int:
             raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts is not RFC 3339: {ts!r}") from exc
         if parsed.tzinfo is None:
             raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts has no time zone: {ts!r}")
-        ms = round(parsed.timestamp() * 1000)
+        try:
+            ms = round(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError) as exc:  # year 1 or 9999 shifted past the calendar
+            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts out of range: {ts!r}") from exc
     else:
         ms = ts
     if not MIN_TS_MS <= ms < MAX_TS_MS:

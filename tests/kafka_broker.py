@@ -186,3 +186,14 @@ def produce_all(bootstrap: str, topic: str, messages: Iterable[tuple[bytes, byte
         send(producer, topic, key, value)
     if producer.flush(60) != 0:
         raise RuntimeError(f"could not deliver every message to {topic}")
+
+
+def kafka_flow_args(
+    bootstrap: str, events: str, deltas: str, dlq: str, workers: int, metrics_port: int
+) -> list[str]:
+    """``profilestream run`` flags for a Kafka-to-Kafka flow on these topics."""
+    return [
+        "--source", "kafka", "--sink", "kafka", "--brokers", bootstrap,
+        "--events-topic", events, "--deltas-topic", deltas, "--dlq-topic", dlq,
+        "--workers", str(workers), "--metrics-port", str(metrics_port),
+    ]  # fmt: skip

@@ -28,7 +28,7 @@ from dataflow.flow import profile_params, shared_embedder
 from dataflow.generator import GeneratedEvent, generate_events
 from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
 from operators.events import Event, RejectReason, parse_event
-from tests.kafka_broker import KafkaBroker, free_port, produce_all
+from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 from tests.reference import assert_profiles_match, reference_states
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -88,22 +88,9 @@ def start_flow(
         "-m",
         "dataflow.cli",
         "run",
-        "--source",
-        "kafka",
-        "--sink",
-        "kafka",
-        "--brokers",
-        kafka.bootstrap,
-        "--events-topic",
-        topics.events,
-        "--deltas-topic",
-        topics.deltas,
-        "--dlq-topic",
-        topics.dlq,
-        "--workers",
-        "2",
-        "--metrics-port",
-        str(metrics_port),
+        *kafka_flow_args(
+            kafka.bootstrap, topics.events, topics.deltas, topics.dlq, 2, metrics_port
+        ),
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
