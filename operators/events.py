@@ -2,8 +2,9 @@
 
 Every message that enters profilestream passes through :func:`parse_event`, which either
 returns a validated :class:`Event` or a :class:`DeadLetter` carrying the original bytes, a
-reason code and the error text. Nothing raises and nothing is dropped: the dataflow routes
-dead letters to the DLQ topic (or file) and counts them by reason.
+reason code and the error text. Whatever the bytes, it returns one of the two and never
+raises, so bad input cannot crash the flow; the dataflow routes dead letters to the DLQ
+topic (or file) and counts them by reason.
 
 >>> event = parse_event(b'{"event_id": "e1", "user_id": "u1", "ts": 1700000000000, '
 ...                     b'"type": "view", "item_id": "i9", "category": "shoes"}')
@@ -16,6 +17,7 @@ dead letters to the DLQ topic (or file) and counts them by reason.
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 from typing import Annotated, Final, Literal, get_args
 
@@ -79,19 +81,24 @@ class RejectReason(enum.StrEnum):
     SOURCE_ERROR = "source_error"
 
 
-Id = Annotated[str, Meta(min_length=1, max_length=128)]
-Label = Annotated[str, Meta(min_length=1, max_length=128)]
+# Ids and labels: 1-128 characters with at least one visible one and no control characters.
+Label = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^(?=.*\S)[^\x00-\x1f\x7f]+\Z")]
+IntId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]  # a 64-bit integer id, as producers have
 Short = Annotated[str, Meta(max_length=128)]
+# RFC 3339 date-time: a full date, "T" (or "t"), a time, and a zone ("Z" or +hh:mm).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 
 
 class _WireEvent(msgspec.Struct):
     """The JSON shape on the wire; unknown fields are ignored for forward compatibility."""
 
-    event_id: Id
-    user_id: Id | int
+    event_id: Label
+    user_id: Label | IntId
     ts: int | str
     type: EventType
-    item_id: Id | int | None = None
+    item_id: Label | IntId | None = None
     category: Label | None = None
     brand: Label | None = None
     price: Annotated[float, Meta(ge=0, le=10_000_000)] | None = None
@@ -107,9 +114,9 @@ class _WireEvent(msgspec.Struct):
 class Event(msgspec.Struct, frozen=True, gc=False):
     """A validated behaviour event. Times are integer epoch milliseconds (``*_ms``).
 
-    ``raw`` keeps the original message so a later step (de-duplication) can still
-    dead-letter it verbatim; ``ingest_ms`` is the wall-clock time it entered the system,
-    used for the event-to-delta latency metric.
+    ``raw``, ``key`` and ``source`` keep the original message and where it came from, so a
+    later step (de-duplication) can still dead-letter it verbatim; ``ingest_ms`` is the
+    wall-clock time it entered the system, used for the event-to-delta latency metric.
     """
 
     event_id: str
@@ -129,6 +136,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     channel: str | None = None
     ingest_ms: int = 0
     raw: bytes = b""
+    key: bytes | None = None
+    source: str = ""
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -159,12 +168,12 @@ def parse_timestamp_ms(ts: int | str) -> int:
     1714564800000
     """
     if isinstance(ts, str):
+        if _RFC3339.fullmatch(ts) is None:
+            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts is not RFC 3339 with a zone: {ts!r}")
         try:
-            parsed = datetime.fromisoformat(ts)
+            parsed = datetime.fromisoformat(ts.upper().replace("Z", "+00:00"))
         except ValueError as exc:
-            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts is not RFC 3339: {ts!r}") from exc
-        if parsed.tzinfo is None:
-            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts has no time zone: {ts!r}")
+            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts is not a valid time: {ts!r}") from exc
         try:
             ms = round(parsed.timestamp() * 1000)
         except (OverflowError, ValueError) as exc:  # year 1 or 9999 shifted past the calendar
@@ -189,7 +198,9 @@ def _reason_for(error: msgspec.ValidationError) -> RejectReason:
     return RejectReason.INVALID_FIELD
 
 
-def _validated(wire: _WireEvent, raw: bytes, ingest_ms: int) -> Event:
+def _validated(
+    wire: _WireEvent, raw: bytes, key: bytes | None, source: str, ingest_ms: int
+) -> Event:
     text = wire.text.strip() if wire.text is not None else None
     values = {"item_id": wire.item_id, "price": wire.price, "text": text or None}
     for name in REQUIRED_FIELDS[wire.type]:
@@ -215,6 +226,8 @@ def _validated(wire: _WireEvent, raw: bytes, ingest_ms: int) -> Event:
         channel=wire.channel,
         ingest_ms=ingest_ms,
         raw=raw,
+        key=key,
+        source=source,
     )
 
 
@@ -236,11 +249,14 @@ def parse_event(
             wire = _decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise _Rejected(_reason_for(exc), str(exc)) from exc
-        except msgspec.DecodeError as exc:
-            raise _Rejected(RejectReason.INVALID_JSON, str(exc)) from exc
-        return _validated(wire, data, ingest_ms)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # Invalid UTF-8 inside a string, or nesting too deep to decode.
+            raise _Rejected(RejectReason.INVALID_JSON, f"{type(exc).__name__}: {exc}") from exc
+        return _validated(wire, data, key, source, ingest_ms)
     except _Rejected as rejected:
         return DeadLetter(rejected.reason.value, str(rejected), data, key, source)
+    except Exception as exc:
+        return DeadLetter(RejectReason.INVALID_FIELD.value, repr(exc), data, key, source)
 
 
 def duplicate_of(event: Event) -> DeadLetter:
@@ -249,5 +265,6 @@ def duplicate_of(event: Event) -> DeadLetter:
         RejectReason.DUPLICATE_EVENT.value,
         f"event_id {event.event_id!r} already processed for user {event.user_id!r}",
         event.raw,
-        event.user_id.encode(),
+        event.key,
+        event.source,
     )

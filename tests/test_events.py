@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from operators.events import DeadLetter, Event, parse_event
+from operators.events import DeadLetter, Event, duplicate_of, parse_event
 
 BASE = {"event_id": "e1", "user_id": "u1", "ts": 1_714_564_800_000, "type": "view", "item_id": "i1"}
 
@@ -38,6 +38,16 @@ def message(**changes: object) -> bytes:
         (message(ts="2024-05-01T12:00:00"), "bad_timestamp"),
         (message(ts=None), "missing_field"),
         (b'{"pad": "' + b"x" * 20_000 + b'"}', "too_large"),
+        (b'{"deep": ' + b"[" * 3000 + b"]" * 3000 + b"}", "invalid_json"),
+        (message(user_id="\udcff").replace(b'"\\udcff"', b'"\xff"'), "invalid_json"),
+        (message(user_id=10**30), "invalid_field"),
+        (message(user_id="   "), "invalid_field"),
+        (message(item_id="a\u0000b"), "invalid_field"),
+        (message(ts="20240501T120000Z"), "bad_timestamp"),
+        (message(ts="2024-W18-3T12:00:00Z"), "bad_timestamp"),
+        (message(ts="2024-05-01 12:00:00Z"), "bad_timestamp"),
+        (message(ts="2024-02-30T12:00:00Z"), "bad_timestamp"),
+        (message(ts="9999-12-31T23:59:59-14:00"), "bad_timestamp"),
     ],
 )
 def test_rejects_with_reason_and_original_bytes(raw: bytes, reason: str) -> None:
@@ -58,6 +68,11 @@ def test_rejects_with_reason_and_original_bytes(raw: bytes, reason: str) -> None
         ({}, {"type": "view", "item_id": "i1", "quantity": 1}),
         ({"ts": "2024-05-01T12:00:00Z"}, {"ts_ms": 1_714_564_800_000}),
         ({"ts": "2024-05-01T14:00:00+02:00"}, {"ts_ms": 1_714_564_800_000}),
+        ({"ts": "2024-05-01t12:00:00.250z"}, {"ts_ms": 1_714_564_800_250}),
+        (
+            {"user_id": "用户 7", "item_id": 2**63 - 1},
+            {"user_id": "用户 7", "item_id": str(2**63 - 1)},
+        ),
         ({"user_id": 42, "item_id": 7}, {"user_id": "42", "item_id": "7"}),
         ({"type": "search", "item_id": None, "text": "  red shoes "}, {"text": "red shoes"}),
         ({"type": "purchase", "price": 0.0, "quantity": 3}, {"price": 0.0, "quantity": 3}),
@@ -74,3 +89,15 @@ def test_accepts_valid_events(changes: dict[str, object], expected: dict[str, ob
 
 def test_accepts_str_lines_like_file_sources_give() -> None:
     assert isinstance(parse_event(message().decode()), Event)
+
+
+def test_a_duplicate_is_dead_lettered_with_its_own_origin() -> None:
+    event = parse_event(message(), key=b"k1", source="events/2/41")
+    assert isinstance(event, Event)
+    dead = duplicate_of(event)
+    assert (dead.reason, dead.original, dead.key, dead.source) == (
+        "duplicate_event",
+        message(),
+        b"k1",
+        "events/2/41",
+    )
