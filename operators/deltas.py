@@ -106,15 +106,15 @@ class ProfileView:
 
     def __init__(self) -> None:
         self.profiles: dict[str, MaterializedProfile] = {}
-        self._deleted: dict[str, str] = {}
+        self._deleted: dict[str, set[str]] = {}  # user -> incarnations seen deleted
 
     def apply(self, delta: ProfileDelta) -> Applied:
         uid = delta.user_id
-        if self._deleted.get(uid) == delta.incarnation:
+        if delta.incarnation in self._deleted.get(uid, ()):
             return Applied.STALE
         if delta.kind == "tombstone":
             self.profiles.pop(uid, None)
-            self._deleted[uid] = delta.incarnation
+            self._deleted.setdefault(uid, set()).add(delta.incarnation)
             return Applied.APPLIED
         current = self.profiles.get(uid)
         if current is not None and current.incarnation == delta.incarnation:

@@ -73,6 +73,10 @@ class ProfileParams:
     full_every: int = 100
     model_version: str = "profile-v1"
 
+    def moves_interest(self, event: Event) -> bool:
+        """Whether this event's vector changes the interest vector (its type has weight)."""
+        return self.type_weights.get(event.type, 0.0) > 0.0
+
 
 @dataclass
 class UserProfile:
@@ -163,10 +167,23 @@ def sgd_step(
     return (interest + delta).astype(np.float32), new_weight, delta
 
 
+def incarnation_of(event: Event) -> str:
+    """Name a profile after the event that created it, and where that event was read.
+
+    The origin (Kafka ``topic/partition/offset`` or ``file:offset``) is stable across
+    replays, and it tells a profile re-created after ``delete_user`` apart from the deleted
+    one even when a late re-send repeats the very event that created the first.
+
+    >>> incarnation_of(Event("e1", "u", 1, "login", source="events/0/17"))
+    'e1@events/0/17'
+    """
+    return f"{event.event_id}@{event.source}" if event.source else event.event_id
+
+
 def new_profile(event: Event, dim: int, params: ProfileParams) -> UserProfile:
     return UserProfile(
         user_id=event.user_id,
-        incarnation=event.event_id,
+        incarnation=incarnation_of(event),
         version=0,
         model_version=params.model_version,
         interest=np.zeros(dim, dtype=np.float32),

@@ -89,6 +89,9 @@ def test_tombstone_erases_and_a_new_incarnation_starts_fresh() -> None:
     # a replay of the deleted incarnation's deltas must not resurrect it
     assert materialize([*stream, full(1), patch(2)])["u"].incarnation == "e9"
     assert "u" not in materialize([full(1), tombstone(2)])
+    # a second delete of an unknown profile must not let a replay resurrect the first
+    again = [full(1), tombstone(2), tombstone(1, incarnation=""), full(1), patch(2)]
+    assert "u" not in materialize(again)
 
 
 def test_materialize_accepts_json_lines() -> None:
