@@ -5,7 +5,7 @@ PROFILESTREAM_VENV ?= .venv
 PYTHON ?= python3
 BIN := $(PROFILESTREAM_VENV)/bin
 PYTEST_ARGS ?=
-# Event files are UTF-8 (Chinese text); do not depend on the machine's locale.
+# Bytewax's FileSink writes deltas as text: make it UTF-8 (Chinese labels) whatever the locale.
 export PYTHONUTF8 := 1
 
 .PHONY: venv demo test bench

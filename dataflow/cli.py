@@ -30,7 +30,7 @@ def run_flow(config: Config) -> None:
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
-    from dataflow.flow import build_flow
+    from dataflow.flow import build_flow, check_recovery_shards
 
     os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
     os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics_port)
@@ -41,6 +41,7 @@ def run_flow(config: Config) -> None:
         if not config.recovery_dir.exists() or not any(config.recovery_dir.iterdir()):
             config.recovery_dir.mkdir(parents=True, exist_ok=True)
             init_db_dir(config.recovery_dir, 1)
+        check_recovery_shards(config.recovery_dir, config.batcher_shards)
         recovery = RecoveryConfig(str(config.recovery_dir))
     cli_main(
         build_flow(config),

@@ -96,6 +96,33 @@ class Config:
         default=3030, metadata=_opt("port of the Bytewax API server that serves /metrics")
     )
 
+    def __post_init__(self) -> None:
+        for name in ("source", "sink"):
+            allowed = _choices(name)
+            if allowed and getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        at_least = {
+            "embed_batch_size": 1,
+            "embed_max_wait_ms": 0,
+            "embed_cache_size": 0,
+            "embed_shards": 0,
+            "full_every": 1,
+            "max_seen_event_ids": 1,
+            "workers": 1,
+            "interest_half_life_days": 1e-6,
+            "affinity_half_life_days": 1e-6,
+            "snapshot_interval_s": 0.0,
+            "metrics_port": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, not {getattr(self, name)}")
+
+    @property
+    def batcher_shards(self) -> int:
+        """How many micro-batcher shards the flow keys text events into."""
+        return self.embed_shards or self.workers
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
@@ -119,16 +146,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _parse_value(kind: str, raw: str) -> Any:
-    if "bool" in kind:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if "Path" in kind:
-        return Path(raw) if raw else None
-    if kind.startswith("int"):
+    """Parse a flag or variable by the field's annotation; an empty optional means ``None``."""
+    if "None" in kind and raw == "":
+        return None
+    if kind == "bool":
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ValueError(f"expected one of {_TRUE + _FALSE}, not {raw!r}")
+        return word in _TRUE
+    if kind.startswith("Path"):
+        return Path(raw)
+    if kind == "int":
         return int(raw)
-    if kind.startswith("float"):
+    if kind == "float":
         return float(raw)
-    return raw or None if "None" in kind else raw
+    return raw
 
 
 def _choices(name: str) -> tuple[str, ...] | None:
@@ -157,6 +193,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def config_values(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The fields set by flags or ``PROFILESTREAM_*`` variables (a flag wins), by name."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        variable = ENV_PREFIX + f.name.upper()
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif variable in env:
+            try:
+                values[f.name] = _parse_value(str(f.type), env[variable])
+            except ValueError as exc:
+                raise ValueError(f"{variable}: {exc}") from exc
+    return values
+
+
 def load_config(
     args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
@@ -167,19 +222,7 @@ def load_config(
     >>> config.input_path, config.embed_max_wait_ms
     (PosixPath('events.jsonl'), 20)
     """
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    for f in fields(Config):
-        flag_value = getattr(args, f.name, None) if args is not None else None
-        if flag_value is not None:
-            values[f.name] = flag_value
-        elif ENV_PREFIX + f.name.upper() in env:
-            values[f.name] = _parse_value(str(f.type), env[ENV_PREFIX + f.name.upper()])
-    config = Config(**values)
-    for name in ("source", "sink"):
-        allowed = _choices(name)
-        if allowed and getattr(config, name) not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, not {getattr(config, name)!r}")
+    config = Config(**config_values(args, env))
     if config.source == "file" and config.input_path is None:
         raise ValueError("source=file needs --input-path (or PROFILESTREAM_INPUT_PATH)")
     return config

@@ -15,14 +15,14 @@ import argparse
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from dataflow.config import Config, add_config_arguments
+from dataflow.config import Config, add_config_arguments, config_values
 from dataflow.generator import (
     DEFAULT_CATALOG_ITEMS,
     CatalogItem,
@@ -82,16 +82,13 @@ class DemoReport:
 
 
 def demo_config(args: argparse.Namespace) -> Config:
-    """The :class:`Config` of a demo run: the given flags, with file source and sinks in ``--out``.
+    """The :class:`Config` of a demo run: flags and ``PROFILESTREAM_*`` variables, with file
+    source and sinks in ``--out``.
 
     >>> demo_config(argparse.Namespace(workers=2)).input_path
     PosixPath('out/demo/events.jsonl')
     """
-    values = {
-        f.name: getattr(args, f.name)
-        for f in fields(Config)
-        if getattr(args, f.name, None) is not None
-    }
+    values = config_values(args)
     for name in ("source", "sink"):
         if values.pop(name, "file") != "file":
             raise ValueError(f"the demo runs with --{name} file; use `profilestream run` for Kafka")

@@ -12,6 +12,7 @@ real flow with ``bytewax.testing``. ``flow_from_env`` is the entry point for
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
-from bytewax.connectors.files import FileSink, FileSource
+from bytewax.connectors.files import FileSink
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
@@ -32,9 +33,10 @@ from bytewax.outputs import Sink
 from dataflow import metrics
 from dataflow.config import Config, load_config
 from dataflow.sinks import dead_letter_json, dead_letter_message
+from dataflow.sources import JsonlSource
 from operators.batching import EmbeddedEvent, MicroBatcher
 from operators.deltas import ProfileDelta, delta_to_json
-from operators.embedding import Embedder, TextEncoder
+from operators.embedding import Embedder, TextEncoder, embedding_text
 from operators.events import DeadLetter, Event, RejectReason, parse_event
 from operators.profile import DAY_MS, ProfileParams, apply_event
 
@@ -150,14 +152,12 @@ def _inputs(
     if source is None:
         if config.input_path is None:
             raise ValueError("source=file needs input_path")
-        source = FileSource(config.input_path)
-        origin = str(config.input_path)
-    else:
-        origin = "testing"
+        source = JsonlSource(config.input_path)
     lines = op.input("file_in", flow, source)
-    return op.map(
-        "parse", lines, lambda line: parse_event(line, source=origin, ingest_ms=clock())
-    ), []
+    parsed = op.map(
+        "parse", lines, lambda line: parse_event(line[0], source=line[1], ingest_ms=clock())
+    )
+    return parsed, []
 
 
 def _outputs(
@@ -186,7 +186,9 @@ def _outputs(
             out,
             brokers=brokers,
             topic=None,  # type: ignore[arg-type]
-            add_config=config.kafka_properties(),
+            # Idempotent producer: retries can neither duplicate nor reorder a partition, so
+            # consumers see each user's versions in order.
+            add_config={"enable.idempotence": "true", **config.kafka_properties()},
         )
         return
     if deltas_sink is None or dlq_sink is None:
@@ -214,14 +216,15 @@ def build_flow(
 ) -> Dataflow:
     """Build the dataflow for ``config``; the keyword arguments replace its parts in tests.
 
-    With ``source``, items are raw JSON lines (``str`` or ``bytes``). Sinks receive
+    With ``source``, items are ``(raw JSON line, origin)`` pairs, as :class:`JsonlSource`
+    gives them; the origin is what makes a profile's incarnation unique. Sinks receive
     ``(user_id, delta JSON)`` and ``("dlq", dead-letter JSON)`` pairs.
     """
     model = encoder or shared_embedder(
         config.model_dir, config.device, config.embed_cache_size, config.embed_batch_size
     )
     params = profile_params(config, model.name)
-    shards = config.embed_shards or config.workers
+    shards = config.batcher_shards
     flow = Dataflow("profilestream")
 
     parsed, source_errors = _inputs(flow, config, source, clock)
@@ -242,6 +245,7 @@ def build_flow(
             pending=pending,
             opened_ms=opened_ms,
             on_batch=metrics.observe_batch,
+            text_of=lambda event: embedding_text(event) if params.moves_interest(event) else None,
         )
         return _BatcherLogic(micro, clock)
 
@@ -263,6 +267,34 @@ def build_flow(
     return flow
 
 
+def check_recovery_shards(recovery_dir: Path, shards: int) -> None:
+    """Refuse to resume a recovery store written with another batcher shard count.
+
+    Pending events are snapshotted under their shard's key; with another count a user's new
+    events would go to another shard and could overtake the restored ones. The count is
+    recorded beside Bytewax's partitions on first use.
+    """
+    marker = recovery_dir / "profilestream-batcher-shards"
+    if not marker.exists():
+        marker.write_text(f"{shards}\n")
+        return
+    recorded = int(marker.read_text())
+    if recorded != shards:
+        raise ValueError(
+            f"{recovery_dir} was written with {recorded} batcher shards, not {shards}: "
+            f"pass --embed-shards {recorded} (or drain the flow and start a new recovery dir)"
+        )
+
+
 def flow_from_env() -> Dataflow:
-    """The dataflow configured by ``PROFILESTREAM_*`` variables (for ``python -m bytewax.run``)."""
-    return build_flow(load_config())
+    """The dataflow configured by ``PROFILESTREAM_*`` variables (for ``python -m bytewax.run``).
+
+    ``bytewax.run`` itself takes the recovery directory, snapshot interval and worker count
+    (``-r``, ``-s``, ``-w`` or ``BYTEWAX_*`` variables); the shard count is checked against a
+    recovery directory named by ``BYTEWAX_RECOVERY_DIRECTORY``.
+    """
+    config = load_config()
+    recovery_dir = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
+    if recovery_dir:
+        check_recovery_shards(Path(recovery_dir), config.batcher_shards)
+    return build_flow(config)

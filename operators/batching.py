@@ -63,6 +63,9 @@ class MicroBatcher:
         max_wait_ms: Longest time the first text of a batch waits.
         pending: Events restored from a snapshot (re-embedded on the next flush).
         on_batch: Called with a :class:`BatchReport` after each batch (metrics).
+        text_of: The text an event needs embedded, or ``None`` (default
+            :func:`~operators.embedding.embedding_text`); the flow skips event types whose
+            vector the profile would ignore.
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class MicroBatcher:
         pending: list[Event] | None = None,
         opened_ms: int | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
+        text_of: Callable[[Event], str | None] = embedding_text,
     ) -> None:
         self.encoder = encoder
+        self.text_of = text_of
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         self.on_batch = on_batch
@@ -83,7 +88,7 @@ class MicroBatcher:
         self._texts: set[str] = set()
         self._opened_ms = opened_ms
         for event in pending or []:
-            self._enqueue(event, embedding_text(event), None)
+            self._enqueue(event, text_of(event), None)
 
     def pending(self) -> list[Event]:
         """Events still waiting, in arrival order (what a snapshot must keep)."""
@@ -99,7 +104,7 @@ class MicroBatcher:
 
     def add(self, event: Event, now_ms: int) -> list[EmbeddedEvent]:
         """Take one event; return the events that can go on now (possibly a whole batch)."""
-        text = embedding_text(event)
+        text = self.text_of(event)
         vector = self.encoder.lookup(text) if text is not None else None
         needs_model = text is not None and vector is None
         if not needs_model and self._waiting_users[event.user_id] == 0:

@@ -25,8 +25,6 @@ import numpy as np
 
 from operators.events import Event
 
-EMBEDDING_DIM = 384
-
 
 class TextEncoder(Protocol):
     """What the dataflow needs from an embedding model."""

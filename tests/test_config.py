@@ -60,3 +60,16 @@ def test_kafka_properties_file(tmp_path: Path) -> None:
     path.write_text("no equals sign\n")
     with pytest.raises(ValueError, match=r"client\.properties:1"):
         config.kafka_properties()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("full_every", 0), ("max_seen_event_ids", 0), ("workers", 0)]
+)
+def test_out_of_range_settings_are_refused(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be at least"):
+        Config(**{field: value})
+
+
+def test_a_mistyped_boolean_is_an_error_not_false() -> None:
+    with pytest.raises(ValueError, match="PROFILESTREAM_KAFKA_TAIL"):
+        load_config(env={"PROFILESTREAM_SOURCE": "kafka", "PROFILESTREAM_KAFKA_TAIL": "flase"})
