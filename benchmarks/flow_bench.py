@@ -456,7 +456,7 @@ class PlainLoopResult:
     stream: str
     events: int  # lines processed (a prefix when the time budget ran out)
     valid_events: int
-    model_calls: int
+    model_calls: int  # Embedder.encode calls (cache hits included)
     seconds: float
     events_per_s: float
     budget_hit: bool
@@ -616,7 +616,7 @@ def print_notes(
         budget = " (time budget hit: prefix)" if p.budget_hit else ""
         print(
             f"  {p.stream:<9} {p.events_per_s:>8,.0f} events/s "
-            f"({p.valid_events} events, {p.model_calls} model calls, {p.seconds:.1f} s{budget})"
+            f"({p.valid_events} events, {p.model_calls} encode calls, {p.seconds:.1f} s{budget})"
         )
     short = [f"{c.stream} {c.io} w{c.workers}" for c in cases if (c.span_s or 0) < 2.0]
     if short:
