@@ -94,25 +94,28 @@ class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, BatcherSnapshot]):
         return self.batcher.pending(), self.batcher.opened_ms
 
 
+def _origin(message: KafkaSourceMessage) -> str:
+    return f"{message.topic}/{message.partition}/{message.offset}"
+
+
 def _parse_kafka(message: KafkaSourceMessage, clock: Clock) -> Event | DeadLetter:
     kind, stamp = message.timestamp or (0, 0)
-    source = f"{message.topic}/{message.partition}/{message.offset}"
     return parse_event(
         message.value or b"",
         key=message.key,
-        source=source,
+        source=_origin(message),
         ingest_ms=stamp if kind and stamp > 0 else clock(),
     )
 
 
 def _source_error(error: Any) -> DeadLetter:
-    msg = error.msg
+    message = error.msg
     return DeadLetter(
         RejectReason.SOURCE_ERROR.value,
         str(error.err),
-        msg.value or b"",
-        msg.key,
-        f"{msg.topic}/{msg.partition}/{msg.offset}",
+        message.value or b"",
+        message.key,
+        _origin(message),
     )
 
 
