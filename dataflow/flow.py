@@ -127,11 +127,6 @@ def _is_delta(item: ProfileDelta | DeadLetter) -> TypeGuard[ProfileDelta]:
     return isinstance(item, ProfileDelta)
 
 
-def _count_event(event: Event | DeadLetter) -> None:
-    if isinstance(event, Event):
-        metrics.EVENTS_IN.labels(event.type).inc()
-
-
 def _count_delta(delta: ProfileDelta, now_ms: int) -> None:
     metrics.DELTAS_OUT.labels(delta.kind).inc()
     if delta.ingest_ms:
@@ -231,13 +226,13 @@ def build_flow(
     flow = Dataflow("profilestream")
 
     parsed, source_errors = _inputs(flow, config, source, clock)
-    parsed = op.inspect("count_events", parsed, lambda _step, item: _count_event(item))
     valid = op.branch("valid", parsed, _is_event)
     rejected = cast(Stream[DeadLetter], valid.falses)
-
-    by_shard = op.key_on(
-        "shard", valid.trues, lambda e: str(zlib.crc32(e.user_id.encode()) % shards)
+    events = op.inspect(
+        "count_events", valid.trues, lambda _s, e: metrics.EVENTS_IN.labels(e.type).inc()
     )
+
+    by_shard = op.key_on("shard", events, lambda e: str(zlib.crc32(e.user_id.encode()) % shards))
 
     def batcher(resume: BatcherSnapshot | None) -> _BatcherLogic:
         pending, opened_ms = resume or ([], None)

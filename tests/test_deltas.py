@@ -6,6 +6,7 @@ import numpy as np
 
 from operators.deltas import (
     Applied,
+    DeltaKind,
     ProfileDelta,
     ProfileView,
     decode_vector,
@@ -16,38 +17,25 @@ from operators.deltas import (
 )
 
 
-def full(version: int, incarnation: str = "e1", vector: float = 1.0) -> ProfileDelta:
-    interest = encode_vector(np.full(3, vector, np.float32))
+def delta(kind: DeltaKind, version: int, incarnation: str, **vectors: str) -> ProfileDelta:
+    """A delta of user "u" whose ``spend`` field records its version."""
+    changed = {} if kind == "tombstone" else {"spend": float(version)}
     return ProfileDelta(
-        "u",
-        version,
-        "full",
-        incarnation,
-        version,
-        [f"x{version}"],
-        "m",
-        changed={"spend": float(version)},
-        interest=interest,
+        "u", version, kind, incarnation, version, [f"x{version}"], "m", changed=changed, **vectors
     )
+
+
+def full(version: int, incarnation: str = "e1", vector: float = 1.0) -> ProfileDelta:
+    return delta("full", version, incarnation, interest=encode_vector(np.full(3, vector, "f4")))
 
 
 def patch(version: int, incarnation: str = "e1", step: float = 0.25) -> ProfileDelta:
-    move = encode_vector(np.full(3, step, np.float32))
-    return ProfileDelta(
-        "u",
-        version,
-        "patch",
-        incarnation,
-        version,
-        [f"x{version}"],
-        "m",
-        changed={"spend": float(version)},
-        interest_delta=move,
-    )
+    move = encode_vector(np.full(3, step, "f4"))
+    return delta("patch", version, incarnation, interest_delta=move)
 
 
 def tombstone(version: int, incarnation: str = "e1") -> ProfileDelta:
-    return ProfileDelta("u", version, "tombstone", incarnation, version, [f"x{version}"], "m")
+    return delta("tombstone", version, incarnation)
 
 
 def test_vector_encoding_is_exact() -> None:
