@@ -1,8 +1,10 @@
 """The per-user profile and the pure step that updates it with one event.
 
 ``apply_event(state, event, vector, params, now_ms) -> (state, outputs)`` is the whole
-stateful logic of a user: de-duplicate by event id, update counts, spend and time-decayed
-category/brand affinities, take one online SGD step on the interest vector, and emit a
+stateful logic of a user: de-duplicate by event id, update counts, spend, time-decayed
+category/brand affinities and keywords, the decayed mean sentiment of the user's reviews and
+complaints (overall and per category), take one online SGD step on the interest vector, and
+emit a
 :class:`~operators.deltas.ProfileDelta`. Returning ``None`` as the state erases the user
 (``delete_user``). It knows nothing of Bytewax, so it is tested and reused (reference
 computations, replays) as a plain function.
@@ -37,6 +39,7 @@ import numpy as np
 
 from operators.deltas import ProfileDelta, encode_vector
 from operators.events import DeadLetter, Event, duplicate_of
+from operators.nlp import TextSignals
 
 DAY_MS = 86_400_000
 
@@ -69,6 +72,7 @@ class ProfileParams:
     interest_half_life_ms: int = 14 * DAY_MS
     affinity_half_life_ms: int = 30 * DAY_MS
     max_affinities: int = 32
+    max_keywords: int = 32
     max_seen_event_ids: int = 512
     full_every: int = 100
     model_version: str = "profile-v1"
@@ -82,8 +86,10 @@ class ProfileParams:
 class UserProfile:
     """What we know of one user; everything but the vector is published as plain fields.
 
-    Affinities and ``interest_weight`` are expressed as of ``last_seen_ms`` (the latest event
-    time seen), so a reader decays them further to its own clock if it needs to.
+    Affinities, keywords and the weights are expressed as of ``last_seen_ms`` (the latest
+    event time seen), so a reader decays them further to its own clock if it needs to.
+    ``sentiment`` is the decayed mean polarity (-1 to 1) of the user's opinions, of total
+    weight ``sentiment_weight``; ``category_sentiment`` maps a category to (mean, weight).
     """
 
     user_id: str
@@ -94,6 +100,10 @@ class UserProfile:
     interest_weight: float = 0.0
     category_affinity: dict[str, float] = field(default_factory=dict)
     brand_affinity: dict[str, float] = field(default_factory=dict)
+    keywords: dict[str, float] = field(default_factory=dict)
+    sentiment: float = 0.0
+    sentiment_weight: float = 0.0
+    category_sentiment: dict[str, tuple[float, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     spend: float = 0.0
     refunded: float = 0.0
@@ -106,6 +116,10 @@ class UserProfile:
             "interest_weight": self.interest_weight,
             "category_affinity": dict(self.category_affinity),
             "brand_affinity": dict(self.brand_affinity),
+            "keywords": dict(self.keywords),
+            "sentiment": self.sentiment,
+            "sentiment_weight": self.sentiment_weight,
+            "category_sentiment": {k: list(v) for k, v in self.category_sentiment.items()},
             "counts": dict(self.counts),
             "spend": self.spend,
             "refunded": self.refunded,
@@ -132,15 +146,16 @@ def decay(elapsed_ms: int, half_life_ms: int) -> float:
 
 
 def add_decayed(
-    scores: dict[str, float], key: str, weight: float, shrink: float, capacity: int
+    scores: dict[str, float], added: Mapping[str, float], shrink: float, capacity: int
 ) -> dict[str, float]:
-    """Multiply every score by ``shrink``, add ``weight`` to ``key``, keep the top ``capacity``.
+    """Multiply every score by ``shrink``, add the ``added`` weights, keep the top ``capacity``.
 
-    >>> add_decayed({"a": 2.0, "b": 1.0}, "c", 3.0, 0.5, capacity=2)
+    >>> add_decayed({"a": 2.0, "b": 1.0}, {"c": 3.0}, 0.5, capacity=2)
     {'c': 3.0, 'a': 1.0}
     """
     updated = {k: v * shrink for k, v in scores.items()}
-    updated[key] = updated.get(key, 0.0) + weight
+    for key, weight in added.items():
+        updated[key] = updated.get(key, 0.0) + weight
     if len(updated) > capacity:
         updated = dict(sorted(updated.items(), key=lambda kv: kv[1], reverse=True)[:capacity])
     return updated
@@ -192,8 +207,47 @@ def new_profile(event: Event, dim: int, params: ProfileParams) -> UserProfile:
     )
 
 
+def add_to_mean(
+    mean: float, weight: float, value: float, value_weight: float, shrink: float
+) -> tuple[float, float]:
+    """Fold ``value`` into a decayed weighted mean; returns (mean, total weight).
+
+    >>> add_to_mean(1.0, 1.0, -1.0, 1.0, shrink=1.0)
+    (0.0, 2.0)
+    >>> add_to_mean(1.0, 2.0, -1.0, 1.0, shrink=0.5)
+    (0.0, 2.0)
+    """
+    kept = weight * shrink
+    total = kept + value_weight
+    return (mean * kept + value * value_weight) / total, total
+
+
+def _update_opinion(
+    profile: UserProfile,
+    category: str | None,
+    polarity: float,
+    weight: float,
+    shrink: float,
+    capacity: int,
+) -> None:
+    profile.sentiment, profile.sentiment_weight = add_to_mean(
+        profile.sentiment, profile.sentiment_weight, polarity, weight, shrink
+    )
+    by_category = {k: (m, w * shrink) for k, (m, w) in profile.category_sentiment.items()}
+    if category is not None:
+        mean, total = by_category.get(category, (0.0, 0.0))
+        by_category[category] = add_to_mean(mean, total, polarity, weight, 1.0)
+    if len(by_category) > capacity:
+        by_category = dict(sorted(by_category.items(), key=lambda kv: -kv[1][1])[:capacity])
+    profile.category_sentiment = by_category
+
+
 def _update(
-    profile: UserProfile, event: Event, vector: np.ndarray | None, params: ProfileParams
+    profile: UserProfile,
+    event: Event,
+    vector: np.ndarray | None,
+    signals: TextSignals | None,
+    params: ProfileParams,
 ) -> np.ndarray | None:
     """Fold ``event`` into ``profile`` in place; return the interest delta, if any."""
     # Values are kept "as of last_seen_ms": a newer event decays the past, a late one is
@@ -209,20 +263,40 @@ def _update(
         profile.refunded += event.price * event.quantity
     profile.model_version = params.model_version
 
+    aff_shrink = decay(ahead, params.affinity_half_life_ms)
+    lateness = decay(behind, params.affinity_half_life_ms)
+    if signals is not None and signals.polarity is not None:
+        _update_opinion(
+            profile,
+            event.category,
+            signals.polarity,
+            lateness,
+            aff_shrink,
+            params.max_affinities,
+        )
     weight = params.type_weights.get(event.type, 0.0)
     if weight <= 0.0:
         return None
-    aff_shrink = decay(ahead, params.affinity_half_life_ms)
-    aff_weight = weight * decay(behind, params.affinity_half_life_ms)
+    aff_weight = weight * lateness
     for scores_name, key in (
         ("category_affinity", event.category),
         ("brand_affinity", event.brand),
     ):
         if key is not None:
             scores = add_decayed(
-                getattr(profile, scores_name), key, aff_weight, aff_shrink, params.max_affinities
+                getattr(profile, scores_name),
+                {key: aff_weight},
+                aff_shrink,
+                params.max_affinities,
             )
             setattr(profile, scores_name, scores)
+    if signals is not None and signals.keywords:
+        profile.keywords = add_decayed(
+            profile.keywords,
+            {word: aff_weight * share for word, share in signals.keywords},
+            aff_shrink,
+            params.max_keywords,
+        )
     if vector is None:
         return None
     total = profile.interest_weight * decay(ahead, params.interest_half_life_ms)
@@ -240,11 +314,13 @@ def apply_event(
     params: ProfileParams,
     now_ms: int,
     dim: int | None = None,
+    signals: TextSignals | None = None,
 ) -> tuple[UserState | None, list[ProfileDelta | DeadLetter]]:
     """Apply one event of a user; return the new state (``None`` = erased) and what to emit.
 
     ``vector`` is the event's embedding (see :func:`operators.embedding.embedding_text`) or
-    ``None``; ``dim`` sizes the interest vector of a new user when ``vector`` is ``None``.
+    ``None``; ``dim`` sizes the interest vector of a new user when ``vector`` is ``None``;
+    ``signals`` are what its text says (:func:`operators.nlp.read_text`).
     """
     if event.type == "delete_user":
         incarnation = state.profile.incarnation if state is not None else ""
@@ -274,7 +350,7 @@ def apply_event(
 
     profile = state.profile
     before = profile.public_fields()
-    interest_delta = _update(profile, event, vector, params)
+    interest_delta = _update(profile, event, vector, signals, params)
     profile.version += 1
     after = profile.public_fields()
     full = profile.version == 1 or profile.version % params.full_every == 0

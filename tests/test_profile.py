@@ -7,6 +7,7 @@ import pytest
 
 from operators.deltas import materialize
 from operators.events import Event
+from operators.nlp import TextSignals
 from operators.profile import DAY_MS, ProfileParams, UserState, apply_event, sgd_step
 
 T0 = 1_714_564_800_000
@@ -140,3 +141,74 @@ def test_deltas_materialise_to_exactly_the_state() -> None:
     # a consumer that joins late starts at the last full delta and still ends exact
     late = materialize(outputs[120:])["u1"]
     assert np.array_equal(late.interest, state.profile.interest)
+
+
+def signals(*words: str, polarity: float | None = None) -> TextSignals:
+    return TextSignals([(w, 1 / len(words)) for w in words], polarity)
+
+
+def test_keywords_are_decayed_bounded_and_carried_by_deltas() -> None:
+    params = ProfileParams(max_keywords=3, affinity_half_life_ms=DAY_MS)
+    state: UserState | None = None
+    deltas = []
+    day_words = [("boots", "leather"), ("boots", "winter"), ("tent", "camping"), ("tent", "stove")]
+    for day, words in enumerate(day_words):
+        search = Event(f"s{day}", "u1", T0 + day * DAY_MS, "search", text=" ".join(words))
+        state, out = apply_event(
+            state, search, None, params, now_ms=0, dim=4, signals=signals(*words)
+        )
+        deltas.extend(out)
+    assert state is not None
+    keywords = state.profile.keywords
+    # Three kept: the recent words beat the older, equally frequent "boots".
+    assert set(keywords) == {"tent", "stove", "camping"}
+    assert keywords["tent"] == pytest.approx(0.25 + 0.5) and keywords["stove"] == 0.5
+    assert all("keywords" in d.changed for d in deltas)
+    assert materialize(deltas)["u1"].fields["keywords"] == keywords
+
+
+def test_sentiment_is_a_decayed_mean_overall_and_per_category() -> None:
+    params = ProfileParams(affinity_half_life_ms=DAY_MS)
+    reviews = [
+        (0, "shoes", 1.0),
+        (0, "shoes", 0.5),
+        (1, "phones", -1.0),  # a day later: the shoe reviews weigh half as much
+    ]
+    state: UserState | None = None
+    deltas = []
+    for i, (day, category, polarity) in enumerate(reviews):
+        review = Event(
+            f"r{i}",
+            "u1",
+            T0 + day * DAY_MS,
+            "review",
+            item_id=f"i{i}",
+            category=category,
+            text="...",
+        )
+        state, out = apply_event(
+            state, review, None, params, now_ms=0, dim=4, signals=signals("x", polarity=polarity)
+        )
+        deltas.extend(out)
+    assert state is not None
+    profile = state.profile
+    assert profile.sentiment == pytest.approx((0.5 * 1.0 + 0.5 * 0.5 - 1.0) / 2.0)
+    assert profile.sentiment_weight == pytest.approx(2.0)
+    assert profile.category_sentiment["shoes"] == pytest.approx((0.75, 1.0))
+    assert profile.category_sentiment["phones"] == pytest.approx((-1.0, 1.0))
+    # A complaint (no interest weight) still moves sentiment, not the interest vector.
+    before = profile.sentiment
+    complaint = Event("c1", "u1", T0 + DAY_MS, "complaint", text="never arrived")
+    state, out = apply_event(
+        state,
+        complaint,
+        np.ones(4, np.float32),
+        params,
+        now_ms=0,
+        signals=signals("arrived", polarity=-1.0),
+    )
+    assert state is not None and state.profile.sentiment < before
+    assert out[0].interest_delta is None
+    materialized = materialize([*deltas, *out])["u1"].fields
+    assert materialized["sentiment"] == state.profile.sentiment
+    assert materialized == state.profile.public_fields()
