@@ -623,7 +623,7 @@ def _bad_line(reason: RejectReason, base: dict[str, Any], event_id: str, d: _Dra
         shapes = (b"[" + encode(event) + b"]", encode(event["type"]), b"null", encode(event["ts"]))
         return bytes(d.choice(shapes))
     if reason is RejectReason.MISSING_FIELD:
-        required = {"purchase": "price", "refund": "price", "search": "text", "review": "text"}
+        required = {"refund": "price", "search": "text", "review": "text"}
         name = required.get(event["type"], "item_id" if "item_id" in event else "")
         if name and d.chance(0.6):
             if name == "text" and d.chance(0.5):

@@ -51,7 +51,7 @@ REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "add_to_cart": ("item_id",),
     "remove_from_cart": ("item_id",),
     "favorite": ("item_id",),
-    "purchase": ("item_id", "price"),
+    "purchase": ("item_id",),  # price optional: many logs (Taobao's) do not carry it
     "refund": ("item_id", "price"),
     "review": ("item_id", "text"),
     "complaint": ("text",),

@@ -24,7 +24,7 @@ def message(**changes: object) -> bytes:
         (b"[1, 2]", "not_an_object"),
         (message(event_id=None), "missing_field"),
         (message(item_id=None), "missing_field"),
-        (message(type="purchase"), "missing_field"),
+        (message(type="refund"), "missing_field"),  # a refund without its amount
         (message(type="search", item_id=None, text="   "), "missing_field"),
         (message(type="teleport"), "unknown_type"),
         (message(price=-1.0), "invalid_field"),
@@ -76,6 +76,8 @@ def test_rejects_with_reason_and_original_bytes(raw: bytes, reason: str) -> None
         ({"user_id": 42, "item_id": 7}, {"user_id": "42", "item_id": "7"}),
         ({"type": "search", "item_id": None, "text": "  red shoes "}, {"text": "red shoes"}),
         ({"type": "purchase", "price": 0.0, "quantity": 3}, {"price": 0.0, "quantity": 3}),
+        ({"type": "purchase"}, {"type": "purchase", "price": None}),  # Taobao logs have no price
+        ({"type": "complaint", "item_id": None, "text": "late"}, {"type": "complaint"}),
         ({"type": "login", "item_id": None, "future_field": [1]}, {"type": "login"}),
     ],
 )
