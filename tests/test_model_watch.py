@@ -1,0 +1,56 @@
+"""Hot reload: the watcher serves the newest complete model version, polling on a clock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dataflow.model_watch import ModelWatcher
+
+
+def publish(root: Path, version: str, payload: object) -> None:
+    folder = root / version
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"payload": payload}))
+
+
+def load(folder: Path) -> object:
+    payload = json.loads((folder / "manifest.json").read_text())["payload"]
+    if payload == "broken":
+        raise ValueError("corrupt arrays")
+    return payload
+
+
+def test_newer_versions_are_picked_up_after_the_poll_interval(tmp_path: Path) -> None:
+    now = [0.0]
+    loaded: list[str] = []
+    errors: list[str] = []
+    watcher = ModelWatcher(
+        tmp_path,
+        10.0,
+        load=load,
+        clock=lambda: now[0],
+        on_load=lambda folder: loaded.append(folder.name),
+        on_error=lambda folder, _exc: errors.append(folder.name),
+    )
+    publish(tmp_path, "v20260101", "first")
+    assert watcher.current() == "first"
+    publish(tmp_path, "v20260102", "second")
+    now[0] = 5.0
+    assert watcher.current() == "first"  # not checked again before the interval
+    now[0] = 10.0
+    assert watcher.current() == "second"
+    (tmp_path / "v20260103").mkdir()  # still being written: no manifest yet
+    publish(tmp_path, "v20260104", "broken")
+    now[0] = 20.0
+    assert watcher.current() == "second"  # the broken one is skipped, the old one kept
+    now[0] = 30.0
+    assert watcher.current() == "second"  # and not retried on every poll
+    assert loaded == ["v20260101", "v20260102"] and errors == ["v20260104"]
+
+
+def test_a_missing_folder_means_no_model_yet(tmp_path: Path) -> None:
+    watcher = ModelWatcher(tmp_path / "absent", 0.0, load=load)
+    assert watcher.current() is None
+    publish(tmp_path / "absent", "v1", "late")
+    assert watcher.current() == "late"
