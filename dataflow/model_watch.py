@@ -25,19 +25,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from operators.item_model import ItemModel, UserItemMemory, newest_version
+from operators.recommend import TypeWeightLearner, type_evidence
+
 Model = TypeVar("Model")
 log = logging.getLogger(__name__)
-
-
-def newest_version(root: Path) -> Path | None:
-    """The complete version folder of ``root`` whose name sorts last, if any."""
-    if not root.is_dir():
-        return None
-    complete = [p for p in root.iterdir() if (p / "manifest.json").is_file()]
-    return max(complete, key=lambda p: p.name, default=None)
 
 
 class ModelWatcher(Generic[Model]):
@@ -94,3 +90,65 @@ class ModelWatcher(Generic[Model]):
         self._model, self._folder = model, folder
         log.info("serving model version %s", folder.name)
         self._on_load(folder)
+
+
+class ItemModelFeed:
+    """The item model the profile step uses: the newest version, type weights learned online.
+
+    Before an item event updates a user's memory, :meth:`observe` asks, for each event type
+    in the memory, how well that type's recent items alone ranked the item the user chose
+    (:func:`operators.recommend.type_evidence`), and the :class:`TypeWeightLearner` moves
+    weight towards the types that predict. Every ``publish_every`` lessons the served model
+    takes the learned weights; a new model version restarts from its offline weights.
+    Scoring the catalogue per type costs milliseconds, so only every ``sample_every``-th
+    eligible event is a lesson.
+    """
+
+    def __init__(
+        self,
+        watcher: ModelWatcher[ItemModel],
+        *,
+        rate: float = 0.05,
+        sample_every: int = 10,
+        publish_every: int = 100,
+        on_weights: Callable[[dict[str, float]], None] = lambda _weights: None,
+    ) -> None:
+        self.watcher = watcher
+        self.rate = rate
+        self.sample_every = sample_every
+        self.publish_every = publish_every
+        self._on_weights = on_weights
+        self._lock = threading.Lock()
+        self._base: ItemModel | None = None
+        self._served: ItemModel | None = None
+        self._learner = TypeWeightLearner()
+        self._eligible = 0
+        self._lessons = 0
+
+    def model(self) -> ItemModel | None:
+        base = self.watcher.current()
+        if base is not self._base:
+            with self._lock:
+                self._base = self._served = base
+                weights = dict(base.type_weights) if base is not None else {}
+                self._learner = TypeWeightLearner(weights, rate=self.rate)
+            self._on_weights(weights)
+        return self._served
+
+    def observe(self, memory: UserItemMemory | None, item_id: str | None) -> None:
+        """Learn from the item a user is about to interact with, given their memory so far."""
+        served = self._served
+        if served is None or memory is None or item_id is None:
+            return
+        if memory.model_version != served.version or len({t for _, t, _ in memory.recent}) < 2:
+            return
+        with self._lock:
+            self._eligible += 1
+            if self._eligible % self.sample_every:
+                return
+            self._learner.learn_one(type_evidence(served, memory, item_id))
+            self._lessons += 1
+            if self._lessons % self.publish_every == 0 and self._base is not None:
+                weights = dict(self._learner.weights)
+                self._served = replace(self._base, type_weights=weights)
+                self._on_weights(weights)

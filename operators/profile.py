@@ -39,6 +39,7 @@ import numpy as np
 
 from operators.deltas import ProfileDelta, encode_vector
 from operators.events import DeadLetter, Event, duplicate_of
+from operators.item_model import ItemModel, UserItemMemory, update_memory
 from operators.nlp import TextSignals
 
 DAY_MS = 86_400_000
@@ -90,6 +91,8 @@ class UserProfile:
     event time seen), so a reader decays them further to its own clock if it needs to.
     ``sentiment`` is the decayed mean polarity (-1 to 1) of the user's opinions, of total
     weight ``sentiment_weight``; ``category_sentiment`` maps a category to (mean, weight).
+    ``item_memory`` is the user's state in the item model (recent items, long-term vector):
+    what :func:`operators.recommend.recommend` ranks items from.
     """
 
     user_id: str
@@ -104,6 +107,7 @@ class UserProfile:
     sentiment: float = 0.0
     sentiment_weight: float = 0.0
     category_sentiment: dict[str, tuple[float, float]] = field(default_factory=dict)
+    item_memory: UserItemMemory | None = None
     counts: dict[str, int] = field(default_factory=dict)
     spend: float = 0.0
     refunded: float = 0.0
@@ -120,6 +124,7 @@ class UserProfile:
             "sentiment": self.sentiment,
             "sentiment_weight": self.sentiment_weight,
             "category_sentiment": {k: list(v) for k, v in self.category_sentiment.items()},
+            "item_memory": self.item_memory.to_dict() if self.item_memory else None,
             "counts": dict(self.counts),
             "spend": self.spend,
             "refunded": self.refunded,
@@ -180,6 +185,17 @@ def sgd_step(
     lr = np.float32(weight / new_weight)
     delta = (lr * (target - interest)).astype(np.float32)
     return (interest + delta).astype(np.float32), new_weight, delta
+
+
+def model_version(params: ProfileParams, items: ItemModel | None) -> str:
+    """The versions a profile is built with: the profile model's and the item model's.
+
+    >>> model_version(ProfileParams(model_version="minilm+profile-v1"), None)
+    'minilm+profile-v1'
+    """
+    return (
+        params.model_version if items is None else f"{params.model_version}+items-{items.version}"
+    )
 
 
 def incarnation_of(event: Event) -> str:
@@ -248,6 +264,7 @@ def _update(
     vector: np.ndarray | None,
     signals: TextSignals | None,
     params: ProfileParams,
+    items: ItemModel | None,
 ) -> np.ndarray | None:
     """Fold ``event`` into ``profile`` in place; return the interest delta, if any."""
     # Values are kept "as of last_seen_ms": a newer event decays the past, a late one is
@@ -261,7 +278,7 @@ def _update(
         profile.spend += event.price * event.quantity
     elif event.type == "refund" and event.price is not None:
         profile.refunded += event.price * event.quantity
-    profile.model_version = params.model_version
+    profile.model_version = model_version(params, items)
 
     aff_shrink = decay(ahead, params.affinity_half_life_ms)
     lateness = decay(behind, params.affinity_half_life_ms)
@@ -297,6 +314,10 @@ def _update(
             aff_shrink,
             params.max_keywords,
         )
+    if items is not None and event.item_id is not None:
+        profile.item_memory = update_memory(
+            profile.item_memory, items, event.item_id, event.type, event.ts_ms
+        )
     if vector is None:
         return None
     total = profile.interest_weight * decay(ahead, params.interest_half_life_ms)
@@ -315,12 +336,14 @@ def apply_event(
     now_ms: int,
     dim: int | None = None,
     signals: TextSignals | None = None,
+    items: ItemModel | None = None,
 ) -> tuple[UserState | None, list[ProfileDelta | DeadLetter]]:
     """Apply one event of a user; return the new state (``None`` = erased) and what to emit.
 
     ``vector`` is the event's embedding (see :func:`operators.embedding.embedding_text`) or
     ``None``; ``dim`` sizes the interest vector of a new user when ``vector`` is ``None``;
-    ``signals`` are what its text says (:func:`operators.nlp.read_text`).
+    ``signals`` are what its text says (:func:`operators.nlp.read_text`); ``items`` is the
+    item model whose per-user memory item events update (see :mod:`operators.item_model`).
     """
     if event.type == "delete_user":
         incarnation = state.profile.incarnation if state is not None else ""
@@ -350,7 +373,7 @@ def apply_event(
 
     profile = state.profile
     before = profile.public_fields()
-    interest_delta = _update(profile, event, vector, signals, params)
+    interest_delta = _update(profile, event, vector, signals, params, items)
     profile.version += 1
     after = profile.public_fields()
     full = profile.version == 1 or profile.version % params.full_every == 0

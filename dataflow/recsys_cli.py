@@ -1,0 +1,247 @@
+"""``profilestream train`` and ``eval-recsys``: the item model, offline and on a benchmark.
+
+profilestream train --events events.jsonl --out models/
+profilestream eval-recsys --sequences Beauty.txt --attributes Beauty_item2attributes.json --json
+profilestream eval-recsys --taobao UserBehavior.csv
+
+``train`` reads a historical event log (the JSONL the flow consumes), groups each user's item
+events in time order, trains :func:`operators.item_model.train_item_model` and writes a new
+version folder under ``--out``; a flow started with ``--item-model-dir`` on that folder picks
+it up without a restart.
+
+``eval-recsys`` measures the whole system on a public benchmark with the protocol of its
+published tables: it trains the model on everything but each user's last interaction,
+replays that part as events through the real dataflow (file source, all operators, one
+profile per user), reads the profiles back from the deltas it wrote, ranks every item for
+each user (earlier items masked) and scores the held-out item with HR@K and NDCG@K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataflow.benchmarks_data import Benchmark, load_amazon, load_taobao, replay_lines
+from dataflow.config import Config
+from operators.deltas import materialize
+from operators.events import Event, parse_event
+from operators.item_model import (
+    ItemInteraction,
+    ItemModel,
+    UserItemMemory,
+    save_item_model,
+    score_users,
+    train_item_model,
+)
+from operators.profile import DEFAULT_TYPE_WEIGHTS
+from operators.ranking_metrics import DEFAULT_KS, hit_rate_and_ndcg, target_ranks
+
+Log = Callable[[str], None]
+
+
+def histories_from_events(lines: list[bytes]) -> dict[str, list[ItemInteraction]]:
+    """Each user's item events with interest weight, in event-time order (bad lines skipped)."""
+    histories: dict[str, list[ItemInteraction]] = {}
+    for line in lines:
+        event = parse_event(line)
+        if not isinstance(event, Event) or event.item_id is None:
+            continue
+        if DEFAULT_TYPE_WEIGHTS.get(event.type, 0.0) <= 0.0:
+            continue
+        histories.setdefault(event.user_id, []).append(
+            ItemInteraction(event.item_id, event.type, event.ts_ms, event.category, event.brand)
+        )
+    for history in histories.values():
+        history.sort(key=lambda x: x.ts_ms)
+    return histories
+
+
+def train(
+    histories: dict[str, list[ItemInteraction]],
+    attributes: dict[str, list[str]] | None,
+    out: Path,
+) -> tuple[ItemModel, Path]:
+    """Train on ``histories`` and save a new version under ``out``; returns model and folder."""
+    types = {x.type for h in histories.values() for x in h}
+    # The profile's prior of what each type says about interest; rescaled by the trainer.
+    prior = {t: DEFAULT_TYPE_WEIGHTS[t] for t in types if t in DEFAULT_TYPE_WEIGHTS}
+    model = train_item_model(histories.values(), attributes, type_weights=prior)
+    return model, save_item_model(model, out)
+
+
+@dataclass
+class RecsysReport:
+    """What ``eval-recsys`` measured."""
+
+    dataset: str
+    users: int
+    events: int
+    items: int
+    train_s: float
+    replay_s: float
+    rank_s: float
+    metrics: dict[str, float]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.replay_s if self.replay_s else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "users": self.users,
+            "events": self.events,
+            "items": self.items,
+            "events_per_s": round(self.events_per_s, 1),
+            "train_s": round(self.train_s, 1),
+            "replay_s": round(self.replay_s, 1),
+            "rank_s": round(self.rank_s, 1),
+            **self.metrics,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def replay_through_flow(
+    histories: dict[str, list[ItemInteraction]], model_root: Path, work: Path, workers: int
+) -> dict[str, UserItemMemory | None]:
+    """Run the real dataflow over the histories; return each user's item memory from the deltas."""
+    from dataflow.cli import run_flow
+
+    events = work / "events.jsonl"
+    with events.open("wb") as f:
+        for line in replay_lines(histories):
+            f.write(line + b"\n")
+    config = Config(
+        source="file",
+        input_path=events,
+        output_dir=work / "out",
+        item_model_dir=model_root,
+        workers=workers,
+        metrics_port=_free_port(),
+    )
+    run_flow(config)
+    profiles = materialize((work / "out" / "deltas.jsonl").read_bytes().splitlines())
+    memories: dict[str, UserItemMemory | None] = {}
+    for user, profile in profiles.items():
+        stored = profile.fields.get("item_memory")
+        memories[user] = UserItemMemory.from_dict(stored) if stored else None
+    return memories
+
+
+def rank_targets(
+    model: ItemModel,
+    memories: list[UserItemMemory | None],
+    seen: list[list[str]],
+    targets: list[str],
+    chunk: int = 2048,
+) -> np.ndarray:
+    """0-based rank of each user's target among all items, the user's earlier items masked."""
+    unknown = model.n_items  # a target the model never saw ranks last
+    ranks = np.empty(len(targets), np.int64)
+    for start in range(0, len(targets), chunk):
+        stop = start + chunk
+        scores = score_users(model, memories[start:stop])
+        rows = [i for i, t in enumerate(targets[start:stop]) if t in model.index]
+        target_index = np.array([model.index[targets[start + i]] for i in rows], np.int64)
+        masked = [
+            np.array([model.index[x] for x in seen[start + i] if x in model.index], np.int64)
+            for i in rows
+        ]
+        ranks[start:stop] = unknown
+        ranks[start + np.array(rows, np.int64)] = target_ranks(scores[rows], target_index, masked)
+    return ranks
+
+
+def evaluate(bench: Benchmark, workers: int = 1, log: Log = print) -> RecsysReport:
+    """Train on the replayed part, replay it through the dataflow, rank the held-out items."""
+    replay, targets = bench.split_last()
+    users = sorted(targets)
+    n_events = sum(len(h) for h in replay.values())
+    log(f"{bench.name}: {len(users):,} users, {n_events:,} events to replay")
+    work = Path(tempfile.mkdtemp(prefix="profilestream-eval-"))
+    try:
+        started = time.perf_counter()
+        model, _ = train(replay, bench.attributes or None, work / "models")
+        train_s = time.perf_counter() - started
+        log(f"trained item model {model.version} in {train_s:.1f} s: {model.n_items:,} items")
+        started = time.perf_counter()
+        memories = replay_through_flow(replay, work / "models", work, workers)
+        replay_s = time.perf_counter() - started
+        log(f"replayed through the dataflow in {replay_s:.1f} s")
+        started = time.perf_counter()
+        ranks = rank_targets(
+            model,
+            [memories.get(u) for u in users],
+            [[x.item_id for x in replay[u]] for u in users],
+            [targets[u].item_id for u in users],
+        )
+        rank_s = time.perf_counter() - started
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    metrics = hit_rate_and_ndcg(ranks, DEFAULT_KS)
+    return RecsysReport(
+        bench.name, len(users), n_events, model.n_items, train_s, replay_s, rank_s, metrics
+    )
+
+
+def _print_report(report: RecsysReport, as_json: bool) -> None:
+    print(f"\n{report.dataset}: {report.users:,} users, {report.items:,} items")
+    print(
+        f"  train {report.train_s:.1f} s | replay {report.events:,} events through the dataflow "
+        f"in {report.replay_s:.1f} s ({report.events_per_s:,.0f} events/s) | "
+        f"rank {report.rank_s:.1f} s"
+    )
+    print("  " + "  ".join(f"{k}={v:.4f}" for k, v in report.metrics.items()))
+    if as_json:
+        print(json.dumps(report.as_json()))
+
+
+def _load(args: argparse.Namespace) -> Benchmark:
+    if args.taobao is not None:
+        return load_taobao(args.taobao)
+    if args.sequences is None:
+        raise ValueError("give --sequences (Amazon format) or --taobao")
+    return load_amazon(args.sequences, args.attributes)
+
+
+def _train_command(args: argparse.Namespace) -> None:
+    lines = args.events.read_bytes().splitlines()
+    histories = histories_from_events(lines)
+    attributes = json.loads(args.attributes.read_text()) if args.attributes else None
+    model, folder = train(histories, attributes, args.out)
+    print(f"trained {model.n_items:,} items on {model.manifest['n_events']:,} events -> {folder}")
+
+
+def add_command(commands: Any) -> None:
+    trainer = commands.add_parser("train", help="train the item model from an event log")
+    trainer.add_argument("--events", type=Path, required=True, help="JSONL event log")
+    trainer.add_argument("--out", type=Path, required=True, help="model folder (versions inside)")
+    trainer.add_argument("--attributes", type=Path, help="JSON: item id -> list of attribute ids")
+    trainer.set_defaults(handler=_train_command)
+
+    evaluator = commands.add_parser(
+        "eval-recsys", help="score next-item recommendations on a public benchmark"
+    )
+    evaluator.add_argument("--sequences", type=Path, help="Amazon <Cat>.txt (user item item ...)")
+    evaluator.add_argument("--attributes", type=Path, help="Amazon <Cat>_item2attributes.json")
+    evaluator.add_argument("--taobao", type=Path, help="Taobao UserBehavior CSV instead")
+    evaluator.add_argument("--workers", type=int, default=1, help="dataflow worker threads")
+    evaluator.add_argument("--json", action="store_true", help="end with one JSON line")
+    evaluator.set_defaults(
+        handler=lambda args: _print_report(evaluate(_load(args), args.workers), args.json)
+    )
