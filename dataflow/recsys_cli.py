@@ -170,6 +170,8 @@ def rank_targets(
 def evaluate(bench: Benchmark, workers: int = 1, log: Log = print) -> RecsysReport:
     """Train on the replayed part, replay it through the dataflow, rank the held-out items."""
     replay, targets = bench.split_last()
+    if not targets:
+        raise ValueError(f"{bench.name}: no user has two interactions to hold one out")
     users = sorted(targets)
     n_events = sum(len(h) for h in replay.values())
     log(f"{bench.name}: {len(users):,} users, {n_events:,} events to replay")

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dataflow.model_watch import ModelWatcher
+import numpy as np
+
+from dataflow.model_watch import ItemModelFeed, ModelWatcher
+from operators.item_model import (
+    ItemInteraction,
+    ScorerParams,
+    load_item_model,
+    save_item_model,
+    train_item_model,
+    update_memory,
+)
 
 
 def publish(root: Path, version: str, payload: object) -> None:
@@ -54,3 +64,30 @@ def test_a_missing_folder_means_no_model_yet(tmp_path: Path) -> None:
     assert watcher.current() is None
     publish(tmp_path / "absent", "v1", "late")
     assert watcher.current() == "late"
+
+
+def test_the_feed_learns_which_event_type_predicts_the_next_item(tmp_path: Path) -> None:
+    # Purchases walk a chain (i -> i+1); views are noise. Both start with weight 1.
+    rng = np.random.default_rng(0)
+    chains = [[ItemInteraction(f"i{s + k}") for k in range(6)] for s in range(40)]
+    model = train_item_model(chains, params=ScorerParams(), version="v1")
+    save_item_model(model, tmp_path)
+    published: list[dict[str, float]] = []
+    feed = ItemModelFeed(
+        ModelWatcher(tmp_path, 60.0, load=load_item_model),
+        rate=0.2,
+        sample_every=1,
+        publish_every=10,
+        on_weights=lambda w: published.append(dict(w)),
+    )
+    assert feed.model() is not None and published == [{"purchase": 1.0}]
+    for start in range(30):
+        memory = None
+        for k in range(4):
+            memory = update_memory(memory, model, f"i{start + k}", "purchase", 0)
+            noise = f"i{int(rng.integers(0, 45))}"
+            memory = update_memory(memory, model, noise, "view", 0)
+            feed.observe(memory, f"i{start + k + 1}")
+    weights = feed.model().type_weights  # type: ignore[union-attr]
+    assert weights["purchase"] == 1.0 and weights["view"] < 0.5
+    assert len(published) > 1  # the learned weights were served, not just computed
