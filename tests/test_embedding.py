@@ -81,7 +81,7 @@ def test_int8_stays_within_cosine_0_99_of_fp32_on_real_reviews() -> None:
 def test_thread_setting_is_honoured() -> None:
     import torch
 
-    default, before = max(1, usable_cores() // 2), torch.get_num_threads()
+    default, before = usable_cores(), torch.get_num_threads()
     try:
         assert Embedder(cache_size=0).threads == torch.get_num_threads() == default
         model = Embedder(cache_size=0, threads=default + 1)
