@@ -3,6 +3,7 @@
 profilestream train --events events.jsonl --out models/
 profilestream eval-recsys --sequences Beauty.txt --attributes Beauty_item2attributes.json --json
 profilestream eval-recsys --taobao UserBehavior.csv
+profilestream eval-recsys --sequences Beauty.txt --attributes ... --prequential --plot beauty.png
 
 ``train`` reads a historical event log (the JSONL the flow consumes), groups each user's item
 events in time order, trains :func:`operators.item_model.train_item_model` and writes a new
@@ -14,6 +15,9 @@ published tables: it trains the model on everything but each user's last interac
 replays that part as events through the real dataflow (file source, all operators, one
 profile per user), reads the profiles back from the deltas it wrote, ranks every item for
 each user (earlier items masked) and scores the held-out item with HR@K and NDCG@K.
+With ``--prequential`` it runs :mod:`dataflow.prequential` instead: every event after a
+cut-off is predicted before it is applied, by the live profile, by the profile frozen at the
+cut-off and by popularity, and HR@20 over time is written as a PNG (and JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ def rank_targets(
     chunk: int = 2048,
 ) -> np.ndarray:
     """0-based rank of each user's target among all items, the user's earlier items masked."""
-    unknown = model.n_items  # a target the model never saw ranks last
+    unknown = np.iinfo(np.int64).max  # a target the model never saw is never a hit
     ranks = np.empty(len(targets), np.int64)
     for start in range(0, len(targets), chunk):
         stop = start + chunk
@@ -229,6 +233,21 @@ def _train_command(args: argparse.Namespace) -> None:
     print(f"trained {model.n_items:,} items on {model.manifest['n_events']:,} events -> {folder}")
 
 
+def _eval_command(args: argparse.Namespace) -> None:
+    bench = _load(args)
+    if not args.prequential:
+        _print_report(evaluate(bench, args.workers), args.json)
+        return
+    from dataflow.prequential import run_prequential, write_plot  # it imports this module
+
+    report = run_prequential(bench, cutoff=args.cutoff)
+    plot = args.plot or Path(f"prequential-{report.dataset}.png")
+    write_plot(report, plot)
+    print(f"\n{report.summary()}\n  plot: {plot}")
+    if args.json:
+        print(json.dumps(report.as_json()))
+
+
 def add_command(commands: Any) -> None:
     trainer = commands.add_parser("train", help="train the item model from an event log")
     trainer.add_argument("--events", type=Path, required=True, help="JSONL event log")
@@ -244,6 +263,20 @@ def add_command(commands: Any) -> None:
     evaluator.add_argument("--taobao", type=Path, help="Taobao UserBehavior CSV instead")
     evaluator.add_argument("--workers", type=int, default=1, help="dataflow worker threads")
     evaluator.add_argument("--json", action="store_true", help="end with one JSON line")
-    evaluator.set_defaults(
-        handler=lambda args: _print_report(evaluate(_load(args), args.workers), args.json)
+    evaluator.add_argument(
+        "--prequential",
+        action="store_true",
+        help="instead of leave-one-out, predict each event after --cutoff before applying it",
     )
+    evaluator.add_argument(
+        "--cutoff",
+        type=float,
+        default=0.5,
+        help="with --prequential: the fraction of the stream the model trains on (default 0.5)",
+    )
+    evaluator.add_argument(
+        "--plot",
+        type=Path,
+        help="with --prequential: the PNG to write (default prequential-<dataset>.png)",
+    )
+    evaluator.set_defaults(handler=_eval_command)

@@ -39,6 +39,7 @@ __all__ = [
     "ItemIndex",
     "TypeWeightLearner",
     "cold_start_scores",
+    "is_cold",
     "recommend",
     "score_items",
     "score_users",
@@ -65,7 +66,8 @@ def cold_start_scores(
     return scores.astype(np.float32)
 
 
-def _is_cold(model: ItemModel, memory: UserItemMemory | None) -> bool:
+def is_cold(model: ItemModel, memory: UserItemMemory | None) -> bool:
+    """Whether the user has no recent item this model knows (so popularity must serve)."""
     return memory is None or not any(item in model.index for item, _, _ in memory.recent)
 
 
@@ -75,7 +77,7 @@ def score_items(
     category_affinity: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """Scores of every item for one user (cold start when the memory knows no item)."""
-    if _is_cold(model, memory):
+    if is_cold(model, memory):
         return cold_start_scores(model, category_affinity)
     return score_users(model, [memory])[0]
 
@@ -130,7 +132,7 @@ def recommend(
 ) -> list[tuple[str, float]]:
     """The top-``k`` (item id, score) for a user, best first, skipping ``exclude``."""
     banned = np.array([model.index[i] for i in exclude or () if i in model.index], np.int64)
-    if index is None or _is_cold(model, memory):
+    if index is None or is_cold(model, memory):
         scores = score_items(model, memory, category_affinity)
         pool = np.arange(model.n_items)
     else:

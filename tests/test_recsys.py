@@ -122,7 +122,7 @@ def test_rank_targets_masks_earlier_items_and_ranks_unknown_targets_last() -> No
     ranks = rank_targets(
         model, [None, None], seen=[["i0", "i1"], []], targets=["i2", "never-seen"], chunk=1
     )
-    assert ranks[1] == model.n_items
+    assert ranks[1] > model.n_items
     assert 0 <= ranks[0] < model.n_items - 2
 
 
