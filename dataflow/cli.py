@@ -52,7 +52,7 @@ def run_flow(config: Config) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from dataflow import demo, generator
+    from dataflow import demo, generator, recsys_cli, sentiment_cli
 
     parser = argparse.ArgumentParser(
         prog="profilestream",
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=lambda args: run_flow(load_config(args)))
     generator.add_command(commands)
     demo.add_command(commands)
+    sentiment_cli.add_command(commands)
+    recsys_cli.add_command(commands)
     return parser
 
 

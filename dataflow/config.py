@@ -62,6 +62,16 @@ class Config:
     device: str | None = field(
         default=None, metadata=_opt("cuda or cpu (default: cuda when available)")
     )
+    embed_precision: Literal["auto", "fp32", "fp16", "int8"] = field(
+        default="auto",
+        metadata=_opt(
+            "model precision: auto = fp32; fp16 on CUDA; int8 = per-token int8 products (CPU)"
+        ),
+    )
+    embed_threads: int = field(
+        default=0,
+        metadata=_opt("intra-op threads of the embedding model on CPU (0 = every usable core)"),
+    )
     embed_batch_size: int = field(
         default=64, metadata=_opt("distinct texts that close an embedding batch")
     )
@@ -72,6 +82,23 @@ class Config:
     embed_shards: int = field(
         default=0,
         metadata=_opt("batcher shards (0 = one per worker); each batches for its users"),
+    )
+    sentiment_model: Path | None = field(
+        default=None,
+        metadata=_opt("folder of a trained sentiment model (default: the shipped one)"),
+    )
+    keywords_per_text: int = field(
+        default=5, metadata=_opt("keywords taken from each query or review")
+    )
+    max_keywords: int = field(default=32, metadata=_opt("keywords kept per profile"))
+    item_model_dir: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "folder of item model versions from `profilestream train` (hot-reloaded; off if unset)"
+        ),
+    )
+    model_poll_s: float = field(
+        default=30.0, metadata=_opt("seconds between checks for a newer item model version")
     )
     full_every: int = field(
         default=100, metadata=_opt("every N-th version of a profile is a full delta")
@@ -97,7 +124,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name in ("source", "sink"):
+        for name in ("source", "sink", "embed_precision"):
             allowed = _choices(name)
             if allowed and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
@@ -105,13 +132,17 @@ class Config:
             "embed_batch_size": 1,
             "embed_max_wait_ms": 0,
             "embed_cache_size": 0,
+            "embed_threads": 0,
             "embed_shards": 0,
             "full_every": 1,
+            "keywords_per_text": 1,
+            "max_keywords": 1,
             "max_seen_event_ids": 1,
             "workers": 1,
             "interest_half_life_days": 1e-6,
             "affinity_half_life_days": 1e-6,
             "snapshot_interval_s": 0.0,
+            "model_poll_s": 0.0,
             "metrics_port": 0,
         }
         for name, low in at_least.items():

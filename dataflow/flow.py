@@ -32,12 +32,15 @@ from bytewax.outputs import Sink
 
 from dataflow import metrics
 from dataflow.config import Config, load_config
+from dataflow.model_watch import ItemModelFeed, ModelWatcher
 from dataflow.sinks import dead_letter_json, dead_letter_message
 from dataflow.sources import JsonlSource
 from operators.batching import EmbeddedEvent, MicroBatcher
 from operators.deltas import ProfileDelta, delta_to_json
 from operators.embedding import Embedder, TextEncoder, embedding_text
 from operators.events import DeadLetter, Event, RejectReason, parse_event
+from operators.item_model import load_item_model
+from operators.nlp import SentimentScorer, read_text
 from operators.profile import DAY_MS, ProfileParams, apply_event
 
 Clock = Callable[[], int]
@@ -47,12 +50,35 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@lru_cache(maxsize=4)
-def shared_embedder(
-    model_dir: Path | None, device: str | None, cache_size: int, batch_size: int
-) -> Embedder:
+def shared_embedder(config: Config) -> Embedder:
     """One model per process, shared by its worker threads and batcher shards."""
-    return Embedder(model_dir, device=device, cache_size=cache_size, batch_size=batch_size)
+    return _embedder(
+        config.model_dir,
+        config.device,
+        config.embed_precision,
+        config.embed_threads or None,
+        config.embed_cache_size,
+        config.embed_batch_size,
+    )
+
+
+@lru_cache(maxsize=4)
+def _embedder(
+    model_dir: Path | None,
+    device: str | None,
+    precision: str,
+    threads: int | None,
+    cache_size: int,
+    batch_size: int,
+) -> Embedder:
+    return Embedder(
+        model_dir,
+        device=device,
+        precision=precision,
+        threads=threads,
+        cache_size=cache_size,
+        batch_size=batch_size,
+    )
 
 
 def profile_params(config: Config, model_name: str) -> ProfileParams:
@@ -60,6 +86,7 @@ def profile_params(config: Config, model_name: str) -> ProfileParams:
         interest_half_life_ms=round(config.interest_half_life_days * DAY_MS),
         affinity_half_life_ms=round(config.affinity_half_life_days * DAY_MS),
         max_seen_event_ids=config.max_seen_event_ids,
+        max_keywords=config.max_keywords,
         full_every=config.full_every,
         model_version=f"{model_name}+profile-v1",
     )
@@ -207,6 +234,7 @@ def build_flow(
     config: Config,
     *,
     encoder: TextEncoder | None = None,
+    sentiment: SentimentScorer | None = None,
     source: Source | None = None,
     deltas_sink: Sink[Any] | None = None,
     dlq_sink: Sink[Any] | None = None,
@@ -218,9 +246,11 @@ def build_flow(
     gives them; the origin is what makes a profile's incarnation unique. Sinks receive
     ``(user_id, delta JSON)`` and ``("dlq", dead-letter JSON)`` pairs.
     """
-    model = encoder or shared_embedder(
-        config.model_dir, config.device, config.embed_cache_size, config.embed_batch_size
-    )
+    model = encoder or shared_embedder(config)
+    if sentiment is None:
+        from operators.sentiment import load_sentiment_model
+
+        sentiment = load_sentiment_model(config.sentiment_model)
     params = profile_params(config, model.name)
     shards = config.batcher_shards
     flow = Dataflow("profilestream")
@@ -252,8 +282,19 @@ def build_flow(
         "by_user", op.map("unshard", embedded, lambda kv: kv[1]), lambda e: e.event.user_id
     )
 
+    feed = item_model_feed(config)
+
     def update(state: Any, item: EmbeddedEvent) -> tuple[Any, list[ProfileDelta | DeadLetter]]:
-        return apply_event(state, item.event, item.vector, params, clock(), dim=model.dim)
+        event = item.event
+        signals = read_text(event, sentiment, config.keywords_per_text)
+        if signals is not None and signals.polarity is not None:
+            metrics.OPINION_POLARITY.labels(event.type).observe(signals.polarity)
+        items = feed.model() if feed is not None else None
+        if feed is not None and state is not None and params.moves_interest(event):
+            feed.observe(state.profile.item_memory, event.item_id)
+        return apply_event(
+            state, event, item.vector, params, clock(), model.dim, signals=signals, items=items
+        )
 
     results = op.map("drop_key", op.stateful_flat_map("profile", by_user, update), lambda kv: kv[1])
     split = op.branch("is_delta", results, _is_delta)
@@ -263,6 +304,20 @@ def build_flow(
     dead = op.inspect("count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc())
     _outputs(config, deltas, dead, deltas_sink, dlq_sink)
     return flow
+
+
+def item_model_feed(config: Config) -> ItemModelFeed | None:
+    """The hot-reloaded item model of ``config.item_model_dir`` (``None`` when unset)."""
+    if config.item_model_dir is None:
+        return None
+    watcher = ModelWatcher(
+        config.item_model_dir,
+        config.model_poll_s,
+        load=load_item_model,
+        on_load=metrics.model_loaded,
+        on_error=metrics.model_failed,
+    )
+    return ItemModelFeed(watcher, on_weights=metrics.type_weights_changed)
 
 
 def check_recovery_shards(recovery_dir: Path, shards: int) -> None:

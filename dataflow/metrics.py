@@ -7,7 +7,9 @@ process. Counters are per process; sum them across processes in Grafana.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from operators.batching import BatchReport
 
@@ -44,3 +46,39 @@ def observe_batch(report: BatchReport) -> None:
     EMBED_BATCH_SIZE.observe(report.size)
     EMBED_BATCH_SECONDS.observe(report.embed_seconds)
     EMBED_BATCH_WAIT_SECONDS.observe(report.wait_ms / 1000)
+
+
+OPINION_POLARITY = Histogram(
+    "profilestream_opinion_polarity",
+    "Sentiment of review and complaint texts, from -1 (negative) to 1 (positive), by type",
+    ["type"],
+    buckets=(-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+)
+ITEM_MODEL_LOADS = Counter(
+    "profilestream_item_model_loads",
+    "Item model versions loaded by the running flow, by result (ok, error)",
+    ["result"],
+)
+ITEM_MODEL_INFO = Gauge(
+    "profilestream_item_model_info", "1 for the item model version being served", ["version"]
+)
+EVENT_TYPE_WEIGHT = Gauge(
+    "profilestream_event_type_weight",
+    "Weight of each event type in the item model, as learned online",
+    ["type"],
+)
+
+
+def model_loaded(folder: Path) -> None:
+    ITEM_MODEL_LOADS.labels("ok").inc()
+    ITEM_MODEL_INFO.clear()
+    ITEM_MODEL_INFO.labels(folder.name).set(1)
+
+
+def model_failed(_folder: Path, _exc: Exception) -> None:
+    ITEM_MODEL_LOADS.labels("error").inc()
+
+
+def type_weights_changed(weights: dict[str, float]) -> None:
+    for event_type, weight in weights.items():
+        EVENT_TYPE_WEIGHT.labels(event_type).set(weight)

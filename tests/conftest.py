@@ -1,7 +1,11 @@
-"""Shared fixtures: a fake text encoder, and the real Kafka broker the test command starts.
+"""Shared fixtures: a fake text encoder, the real Kafka broker, and the shared data sets.
 
 The broker starts once per session, on first use. With ``CI=true`` a broker that cannot
 start fails the Kafka tests; elsewhere (a laptop without a JDK) they are skipped, loudly.
+
+Tests that evaluate on the real data sets in ``../shared/data`` (licences forbid copying
+them here) ask for the ``shared_data`` fixture: it fails with a message naming the missing
+folder, unless pytest is given ``--skip-shared-data``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,34 @@ import numpy as np
 import pytest
 
 from tests.kafka_broker import KafkaBroker
+
+SHARED_DATA = Path(
+    os.environ.get(
+        "PROFILESTREAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--skip-shared-data",
+        action="store_true",
+        help="skip the evaluations that read the real data sets in ../shared/data",
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data(request: pytest.FixtureRequest) -> Path:
+    """The folder of real data sets; a clear failure (or a skip, if asked) when it is absent."""
+    if request.config.getoption("--skip-shared-data"):
+        pytest.skip("--skip-shared-data given")
+    if not SHARED_DATA.is_dir():
+        pytest.fail(
+            f"this test reads the real data sets in {SHARED_DATA}, which is missing: put the "
+            "shared folder beside the project (or set PROFILESTREAM_SHARED_DATA), or run "
+            "pytest with --skip-shared-data to skip these tests"
+        )
+    return SHARED_DATA
 
 
 class HashEncoder:
@@ -37,6 +69,15 @@ class HashEncoder:
         ]
         vectors = np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class WordListSentiment:
+    """A stand-in sentiment model: positive when the text has a praising word."""
+
+    PRAISE = ("good", "great", "love", "好", "喜欢")
+
+    def score_one(self, text: str) -> float:
+        return 0.9 if any(word in text.lower() for word in self.PRAISE) else 0.2
 
 
 @pytest.fixture

@@ -9,11 +9,16 @@ import numpy as np
 from operators.deltas import MaterializedProfile
 from operators.embedding import TextEncoder, embedding_text
 from operators.events import Event, parse_event
+from operators.nlp import SentimentScorer, read_text
 from operators.profile import ProfileParams, UserState, apply_event
 
 
 def reference_states(
-    lines: Iterable[bytes | str], encoder: TextEncoder, params: ProfileParams
+    lines: Iterable[bytes | str],
+    encoder: TextEncoder,
+    params: ProfileParams,
+    sentiment: SentimentScorer,
+    keywords_per_text: int = 5,
 ) -> dict[str, UserState]:
     """Fold every valid line, in order, into per-user state with ``apply_event``."""
     events = [e for e in (parse_event(line) for line in lines) if isinstance(e, Event)]
@@ -23,7 +28,10 @@ def reference_states(
     for event in events:
         text = embedding_text(event)
         vector = vectors[text] if text is not None else None
-        new, _ = apply_event(states.get(event.user_id), event, vector, params, 0, dim=encoder.dim)
+        signals = read_text(event, sentiment, keywords_per_text)
+        new, _ = apply_event(
+            states.get(event.user_id), event, vector, params, 0, dim=encoder.dim, signals=signals
+        )
         if new is None:
             states.pop(event.user_id, None)
         else:

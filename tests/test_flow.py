@@ -13,7 +13,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from dataflow.config import Config
 from dataflow.flow import build_flow, check_recovery_shards, profile_params
 from operators.deltas import delta_from_json, materialize
-from tests.conftest import HashEncoder
+from tests.conftest import HashEncoder, WordListSentiment
 from tests.reference import assert_profiles_match, reference_states
 
 T0 = 1_714_564_800_000
@@ -61,6 +61,7 @@ def run_flow(
     flow = build_flow(
         config.replace(workers=workers),
         encoder=encoder,
+        sentiment=WordListSentiment(),
         source=TestingSource(with_origins(lines), batch_size=5),
         deltas_sink=TestingSink(deltas),
         dlq_sink=TestingSink(dead),
@@ -89,7 +90,9 @@ def test_flow_matches_the_pure_reference(workers: int) -> None:
     lines.insert(90, BAD[1])
     lines.insert(120, lines[30])  # a duplicate of an earlier valid event
     deltas, dead = run_flow(lines, HashEncoder(), workers)
-    reference = reference_states(lines, HashEncoder(), profile_params(CONFIG, "hash-encoder"))
+    reference = reference_states(
+        lines, HashEncoder(), profile_params(CONFIG, "hash-encoder"), WordListSentiment()
+    )
     assert_profiles_match(materialize(deltas), reference, atol=0)
     assert sorted((d["reason"], d["original"]) for d in dead) == sorted(
         [("invalid_json", BAD[0]), ("bad_timestamp", BAD[1]), ("duplicate_event", lines[30])]
@@ -136,7 +139,9 @@ def test_resume_after_abort_gives_the_uninterrupted_result(
     resumed_input = [*["junk"] * 100, *lines[100:120], abort, *lines[120:]]
     second, dead = run_flow(resumed_input, HashEncoder(), recovery=tmp_path, config=config)
     assert dead == []
-    reference = reference_states(lines, HashEncoder(), profile_params(CONFIG, "hash-encoder"))
+    reference = reference_states(
+        lines, HashEncoder(), profile_params(CONFIG, "hash-encoder"), WordListSentiment()
+    )
     assert_profiles_match(materialize([*first, *second]), reference, atol=0)
 
 
@@ -145,3 +150,32 @@ def test_resuming_with_another_shard_count_is_refused(tmp_path: Path) -> None:
     check_recovery_shards(tmp_path, 2)  # the same layout resumes
     with pytest.raises(ValueError, match="written with 2 batcher shards, not 3"):
         check_recovery_shards(tmp_path, 3)
+
+
+def test_reviews_move_sentiment_and_keywords_in_the_deltas() -> None:
+    def review(i: int, category: str, text: str) -> str:
+        event = {
+            "event_id": f"r{i}",
+            "user_id": "u1",
+            "ts": T0 + i,
+            "type": "review",
+            "item_id": f"i{i}",
+            "category": category,
+            "text": text,
+        }
+        return json.dumps(event)
+
+    lines = [
+        review(0, "shoes", "Great leather boots, love them"),
+        review(1, "phones", "Battery died after two days"),
+        review(2, "phones", "Screen cracked, refund please"),
+    ]
+    deltas, _ = run_flow(lines, HashEncoder())
+    polarity = [d.changed["sentiment"] for d in deltas]
+    assert polarity[0] == pytest.approx(0.8)  # WordListSentiment: 0.9 -> 2 * 0.9 - 1
+    assert polarity[2] < polarity[1] < polarity[0]
+    by_category = deltas[-1].changed["category_sentiment"]
+    assert by_category["shoes"][0] == pytest.approx(0.8)
+    assert by_category["phones"][0] == pytest.approx(-0.6)
+    assert {"leather", "boots"} <= set(deltas[0].changed["keywords"])
+    assert {"battery", "screen", "cracked"} <= set(deltas[-1].changed["keywords"])

@@ -28,6 +28,7 @@ from dataflow.flow import profile_params, shared_embedder
 from dataflow.generator import GeneratedEvent, generate_events
 from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
 from operators.events import Event, RejectReason, parse_event
+from operators.sentiment import load_sentiment_model
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 from tests.reference import assert_profiles_match, reference_states
 
@@ -66,9 +67,12 @@ def generated() -> list[GeneratedEvent]:
 
 @pytest.fixture(scope="module")
 def reference(generated: list[GeneratedEvent]) -> dict:
-    model = shared_embedder(None, None, 50_000, 64)
+    model = shared_embedder(Config())
     return reference_states(
-        [g.line for g in generated], model, profile_params(Config(), model.name)
+        [g.line for g in generated],
+        model,
+        profile_params(Config(), model.name),
+        load_sentiment_model(),  # the flow process runs the shipped default too
     )
 
 

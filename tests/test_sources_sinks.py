@@ -13,7 +13,7 @@ from dataflow.flow import build_flow
 from dataflow.sinks import dead_letter_json, dead_letter_message
 from operators.deltas import delta_from_json
 from operators.events import DeadLetter
-from tests.conftest import HashEncoder
+from tests.conftest import HashEncoder, WordListSentiment
 
 GOOD = b'{"event_id": "e1", "user_id": "u1", "ts": 1714564800000, "type": "login"}'
 NOT_UTF8 = b'{"event_id": "e2", "user_id": "\xff", "ts": 1714564800000, "type": "login"}'
@@ -29,6 +29,7 @@ def test_a_file_with_invalid_utf8_and_blank_lines_is_dead_lettered_not_fatal(
     flow = build_flow(
         Config(input_path=path),
         encoder=HashEncoder(),
+        sentiment=WordListSentiment(),
         deltas_sink=TestingSink(deltas),
         dlq_sink=TestingSink(dead),
     )
