@@ -5,8 +5,8 @@ takes, minus Kafka: synthetic events (:mod:`dataflow.generator`) in a JSONL file
 dataflow with the file source and file sinks (:func:`dataflow.cli.run_flow`), and the consumer
 side, :func:`operators.deltas.materialize`, rebuilding profiles from ``deltas.jsonl``. The
 summary shows throughput, deltas by kind, dead letters by reason (checked against the reasons
-the generator planted) and three sample profiles with the catalog items nearest to their
-interest vectors.
+the generator planted) and three sample profiles (affinities, keywords, sentiment) with the
+catalog items nearest to their interest vectors.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class ProfileSummary:
     refunded: float
     top_categories: list[tuple[str, float]]
     top_brands: list[tuple[str, float]]
+    top_keywords: list[tuple[str, float]]
+    sentiment: float
+    opinions: float
     nearest: list[Neighbour]
 
 
@@ -149,6 +152,9 @@ def summarise_profile(
         refunded=float(fields_["refunded"]),
         top_categories=_top(fields_["category_affinity"], 3),
         top_brands=_top(fields_["brand_affinity"], 3),
+        top_keywords=_top(fields_["keywords"], 5),
+        sentiment=float(fields_["sentiment"]),
+        opinions=float(fields_["sentiment_weight"]),
         nearest=nearest,
     )
 
@@ -192,9 +198,7 @@ def run_demo(
     # Load the model before the clock starts: the flow gets this very instance (lru_cache), so
     # the timed part is the stream itself.
     started = time.perf_counter()
-    model = shared_embedder(
-        config.model_dir, config.device, config.embed_cache_size, config.embed_batch_size
-    )
+    model = shared_embedder(config)
     model_seconds = time.perf_counter() - started
     log(f"running the dataflow ({config.workers} worker(s), model on {model.device}) ...")
     started = time.perf_counter()
@@ -269,6 +273,8 @@ def format_report(report: DemoReport) -> str:
             f"  counts          {_counts(p.counts)}",
             f"  top categories  {_scores(p.top_categories)}",
             f"  top brands      {_scores(p.top_brands)}",
+            f"  top keywords    {_scores(p.top_keywords)}",
+            f"  sentiment       {p.sentiment:+.2f} (mean of {p.opinions:.1f} decayed opinions)",
             "  nearest catalog items (cosine to the interest vector):",
         ]
         lines += [
