@@ -6,12 +6,14 @@ dataflow with the file source and file sinks (:func:`dataflow.cli.run_flow`), an
 side, :func:`operators.deltas.materialize`, rebuilding profiles from ``deltas.jsonl``. The
 summary shows throughput, deltas by kind, dead letters by reason (checked against the reasons
 the generator planted) and three sample profiles (affinities, keywords, sentiment) with the
-catalog items nearest to their interest vectors.
+catalog items nearest to their interest vectors and the item model's recommendations (the
+model is trained on the generated log first, as ``profilestream train`` would).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +37,8 @@ from dataflow.generator import (
 from operators.deltas import MaterializedProfile, delta_from_json, materialize
 from operators.embedding import embedding_text
 from operators.events import Event
+from operators.item_model import ItemModel, UserItemMemory, load_item_model
+from operators.recommend import recommend
 
 DEFAULT_OUT = Path("out/demo")
 #: Output files a previous run leaves behind; removed first so every run starts clean.
@@ -64,6 +68,7 @@ class ProfileSummary:
     sentiment: float
     opinions: float
     nearest: list[Neighbour]
+    recommended: list[tuple[CatalogItem, float]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class DemoReport:
     users: int
     workers: int
     generate_seconds: float
+    train_seconds: float
     model_seconds: float
     flow_seconds: float
     deltas_by_kind: Counter[str]
@@ -107,6 +113,8 @@ def _clean(config: Config) -> None:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
         (config.output_dir / name).unlink(missing_ok=True)
+    if config.item_model_dir is None:  # the item models an earlier demo trained
+        shutil.rmtree(config.output_dir / "models", ignore_errors=True)
     # Only Bytewax's own files: the folder may be one the user pointed us at.
     if config.recovery_dir is not None and config.recovery_dir.is_dir():
         for part in config.recovery_dir.glob("part-*.sqlite3*"):
@@ -135,8 +143,25 @@ def catalog_vectors(
     return list(chosen.values()), encode(list(chosen))
 
 
+def recommended_items(
+    profile: MaterializedProfile, model: ItemModel, catalog: dict[str, CatalogItem], k: int = 5
+) -> list[tuple[CatalogItem, float]]:
+    """The item model's top ``k`` for a profile, skipping the items it has just seen."""
+    stored = profile.fields.get("item_memory")
+    memory = UserItemMemory.from_dict(stored) if stored else None
+    seen = {item for item, _, _ in memory.recent} if memory else set()
+    ranked = recommend(
+        model, memory, k, exclude=seen, category_affinity=profile.fields["category_affinity"]
+    )
+    return [(catalog[item], score) for item, score in ranked if item in catalog]
+
+
 def summarise_profile(
-    profile: MaterializedProfile, items: list[CatalogItem], vectors: np.ndarray, k: int = 5
+    profile: MaterializedProfile,
+    items: list[CatalogItem],
+    vectors: np.ndarray,
+    recommended: list[tuple[CatalogItem, float]],
+    k: int = 5,
 ) -> ProfileSummary:
     fields_ = profile.fields
     norm = float(np.linalg.norm(profile.interest))
@@ -156,6 +181,7 @@ def summarise_profile(
         sentiment=float(fields_["sentiment"]),
         opinions=float(fields_["sentiment_weight"]),
         nearest=nearest,
+        recommended=recommended,
     )
 
 
@@ -179,6 +205,7 @@ def run_demo(
     """Generate the data into ``config.output_dir``, run the dataflow, and summarise the result."""
     from dataflow.cli import run_flow
     from dataflow.flow import shared_embedder
+    from dataflow.recsys_cli import histories_from_events, train
 
     if config.input_path is None:
         raise ValueError("the demo needs config.input_path")
@@ -194,6 +221,18 @@ def run_demo(
     )
     events_in = write_events(config.input_path, (generated.add(e) for e in events))
     generate_seconds = time.perf_counter() - started
+
+    # In production the item model is trained on yesterday's log; here, on the generated one,
+    # unless --item-model-dir names one.
+    started = time.perf_counter()
+    if config.item_model_dir is None:
+        histories = histories_from_events(config.input_path.read_bytes().splitlines())
+        item_model, folder = train(histories, None, out / "models")
+        log(f"trained item model {folder.name} on {item_model.manifest['n_events']:,} events")
+        config = config.replace(item_model_dir=out / "models")
+    else:
+        item_model = load_item_model(config.item_model_dir)
+    train_seconds = time.perf_counter() - started
 
     # Load the model before the clock starts: the flow gets this very instance (lru_cache), so
     # the timed part is the stream itself.
@@ -214,19 +253,24 @@ def run_demo(
     )
     profiles = materialize(delta_lines)
     items, vectors = catalog_vectors(catalog, model.encode)
+    by_id = {item.item_id: item for item in catalog}
     return DemoReport(
         output_dir=out,
         events_in=events_in,
         users=len(generated.users),
         workers=config.workers,
         generate_seconds=generate_seconds,
+        train_seconds=train_seconds,
         model_seconds=model_seconds,
         flow_seconds=flow_seconds,
         deltas_by_kind=deltas_by_kind,
         dead_by_reason=dead_by_reason,
         expected_dead_by_reason=generated.malformed_by_reason,
         profiles_materialised=len(profiles),
-        profiles=[summarise_profile(p, items, vectors) for p in _sample(profiles)],
+        profiles=[
+            summarise_profile(p, items, vectors, recommended_items(p, item_model, by_id))
+            for p in _sample(profiles)
+        ],
     )
 
 
@@ -255,8 +299,8 @@ def format_report(report: DemoReport) -> str:
     lines = [
         "",
         f"events in       {report.events_in:,} lines from {report.users:,} users "
-        f"(generated in {report.generate_seconds:.1f} s; model loaded in "
-        f"{report.model_seconds:.1f} s)",
+        f"(generated in {report.generate_seconds:.1f} s; item model trained in "
+        f"{report.train_seconds:.1f} s; embedding model loaded in {report.model_seconds:.1f} s)",
         f"dataflow        {report.flow_seconds:.1f} s wall, {rate:,.0f} events/s, "
         f"{report.workers} worker(s)",
         f"deltas          {deltas:,}: {_counts(report.deltas_by_kind)}",
@@ -281,6 +325,11 @@ def format_report(report: DemoReport) -> str:
             f"    {n.cosine:.3f}  {n.item.title}  [{n.item.category} / {n.item.brand}]"
             for n in p.nearest
         ] or ["    (no interest vector yet)"]
+        lines.append("  recommended next (item model, recently seen items excluded):")
+        lines += [
+            f"    {score:.3f}  {item.title}  [{item.category} / {item.brand}]"
+            for item, score in p.recommended
+        ] or ["    (nothing to recommend)"]
     return "\n".join(lines)
 
 
