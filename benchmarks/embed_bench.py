@@ -44,12 +44,10 @@ import csv
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+from benchmarks.common import fmt, machine_info, package_version, print_header
+from dataflow.benchmarks_data import shared_data_dir
 from operators.batching import BatchReport, EmbeddedEvent, MicroBatcher
 from operators.embedding import Embedder, default_model_dir
 from operators.events import Event
@@ -67,8 +67,7 @@ from operators.events import Event
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "embed_bench.json"
 EN_REVIEWS = ROOT / "operators" / "data" / "reviews_en_sample.csv"
-SHARED_DATA = Path(os.environ.get("PROFILESTREAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-ZH_REVIEWS = SHARED_DATA / "reviews-zh" / "online_shopping_10_cats.dev.csv"
+ZH_REVIEWS = shared_data_dir() / "reviews-zh" / "online_shopping_10_cats.dev.csv"
 MICRO_BATCH = 64
 WARM_UP = ["warm up the kernels", "预热模型", "a longer warm-up sentence " * 8]
 
@@ -329,46 +328,12 @@ def simulate_batcher(
 # Report
 
 
-def machine_info(load_before: float, device: str, torch_default_threads: int) -> dict[str, Any]:
-    import sentence_transformers
-    import transformers
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device,
-        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-        "cpu_model": cpu,
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "torch_default_threads": torch_default_threads,
-        # Other work on the machine skews every number: 1-minute load before and after.
-        "load_average_1m_before": round(load_before, 2),
-        "load_average_1m_after": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-    }
-
-
-def fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def print_tables(modes: list[ModeResult], batchers: list[BatcherResult]) -> None:
     header = (
         f"{'mode':<14} {'threads':>7} {'texts/s':>8} {'ratio':>6} {'warm/s':>8} {'w.ratio':>7} "
         f"{'min cos':>8} {'p1 cos':>7} {'mean cos':>8}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for m in modes:
         print(
             f"{m.mode:<14} {m.threads:>7} {fmt(m.texts_per_s, 1):>8} {fmt(m.ratio_vs_st, 2):>6} "
@@ -383,8 +348,7 @@ def print_tables(modes: list[ModeResult], batchers: list[BatcherResult]) -> None
         f"{'rate/s':>7} {'mode':<5} {'batches':>7} {'texts/batch':>11} {'by timer':>8} "
         f"{'model busy':>10} {'wait p50':>8} {'wait p99':>8} {'out p50':>8} {'out p99':>8}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for b in batchers:
         print(
             f"{b.rate:>7g} {b.mode:<5} {b.batches:>7} {b.mean_batch_texts:>11.1f} "
@@ -478,7 +442,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": machine_info(load_before, args.device, torch_default_threads),
+        "machine": machine_info(
+            load_before,
+            device=args.device,
+            gpu=torch.cuda.get_device_name() if on_cuda else None,
+            torch_default_threads=torch_default_threads,
+            sentence_transformers=package_version("sentence-transformers"),
+        ),
         "stream": {**stream_info, "micro_batch": MICRO_BATCH, "seed": args.seed},
         "modes": [asdict(r) for r in results],
         "batcher": {

