@@ -26,3 +26,5 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/flow_bench.py
+	$(BIN)/python benchmarks/embed_bench.py
+	$(BIN)/python benchmarks/sentiment_bench.py
