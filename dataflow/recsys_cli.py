@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from dataflow.benchmarks_data import Benchmark, load_amazon, load_taobao, replay_lines
-from dataflow.config import Config
 from operators.deltas import materialize
 from operators.events import Event, parse_event
 from operators.item_model import (
@@ -114,32 +114,25 @@ class RecsysReport:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def replay_through_flow(
     histories: dict[str, list[ItemInteraction]], model_root: Path, work: Path, workers: int
 ) -> dict[str, UserItemMemory | None]:
-    """Run the real dataflow over the histories; return each user's item memory from the deltas."""
-    from dataflow.cli import run_flow
+    """Run the real dataflow over the histories; return each user's item memory from the deltas.
 
+    The flow runs as ``profilestream run`` in its own process, as it is deployed (and because
+    Bytewax's runtime registers process-wide metrics that a second in-process run rejects).
+    """
     events = work / "events.jsonl"
     with events.open("wb") as f:
         for line in replay_lines(histories):
             f.write(line + b"\n")
-    config = Config(
-        source="file",
-        input_path=events,
-        output_dir=work / "out",
-        item_model_dir=model_root,
-        workers=workers,
-        metrics_port=_free_port(),
-    )
-    run_flow(config)
-    profiles = materialize((work / "out" / "deltas.jsonl").read_bytes().splitlines())
+    out = work / "out"
+    command = [sys.executable, "-m", "dataflow.cli", "run", "--source", "file", "--sink", "file"]
+    command += ["--input-path", str(events), "--output-dir", str(out)]
+    command += ["--item-model-dir", str(model_root), "--workers", str(workers)]
+    # Port 0: the API server takes any free port, so parallel runs never collide.
+    subprocess.run([*command, "--metrics-port", "0"], check=True)
+    profiles = materialize((out / "deltas.jsonl").read_bytes().splitlines())
     memories: dict[str, UserItemMemory | None] = {}
     for user, profile in profiles.items():
         stored = profile.fields.get("item_memory")
