@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 # Emoji and pictographs, dingbats, variation selectors, zero-width joiners and regional
@@ -49,7 +49,10 @@ def normalize_text(text: str) -> str:
     """
     text = unicodedata.normalize("NFKC", text).lower()
     text = _EMOJI.sub(" ", text)
-    text = "".join(ch if not unicodedata.category(ch).startswith("C") else " " for ch in text)
+    # A printable string has no character of category C (control, format, unassigned...):
+    # skip the per-character pass, the costliest step, for the common case.
+    if not text.isprintable():
+        text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
     return _SPACES.sub(" ", text).strip()
 
 
@@ -69,10 +72,17 @@ def segment_chinese(run: str) -> list[str]:
     >>> segment_chinese("质量很好")
     ['质量', '很', '好']
     """
+    return list(_segmented(run))
+
+
+# Each text is tokenised by both keyword extraction and the sentiment model, and queries
+# repeat heavily: segmentation, the costly part, is done once per distinct run.
+@lru_cache(maxsize=16_384)
+def _segmented(run: str) -> tuple[str, ...]:
     tokenizer = _segmenter()
     # jieba's tokenizer keeps mutable caches; Bytewax worker threads share this one.
     with _jieba_lock:
-        return list(tokenizer.cut(run, HMM=True))  # type: ignore[attr-defined]
+        return tuple(tokenizer.cut(run, HMM=True))  # type: ignore[attr-defined]
 
 
 def tokenize(text: str, *, drop_stop_words: bool = False) -> list[str]:
