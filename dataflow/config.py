@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from operators.windows import DEFAULT_WINDOWS, parse_windows
+
 ENV_PREFIX = "PROFILESTREAM_"
 
 
@@ -79,10 +81,6 @@ class Config:
         default=50, metadata=_opt("longest a text waits for its batch to fill")
     )
     embed_cache_size: int = field(default=50_000, metadata=_opt("texts kept in the vector cache"))
-    embed_shards: int = field(
-        default=0,
-        metadata=_opt("batcher shards (0 = one per worker); each batches for its users"),
-    )
     sentiment_model: Path | None = field(
         default=None,
         metadata=_opt("folder of a trained sentiment model (default: the shipped one)"),
@@ -100,8 +98,20 @@ class Config:
     model_poll_s: float = field(
         default=30.0, metadata=_opt("seconds between checks for a newer item model version")
     )
-    full_every: int = field(
-        default=100, metadata=_opt("every N-th version of a profile is a full delta")
+    emit_interval_ms: int = field(
+        default=1_000,
+        metadata=_opt(
+            "a user's changes within this interval go out as one delta (0: a delta per event)"
+        ),
+    )
+    full_every: int = field(default=100, metadata=_opt("every N-th delta of a user is full"))
+    windows: str = field(
+        default=DEFAULT_WINDOWS,
+        metadata=_opt("per-user window spans and their steps, e.g. 1h:5m,24h:1h (empty: none)"),
+    )
+    allowed_lateness_ms: int = field(
+        default=600_000,
+        metadata=_opt("events older than a user's newest by more than this skip the windows"),
     )
     max_seen_event_ids: int = field(
         default=512, metadata=_opt("recent event ids kept per user to drop duplicates")
@@ -133,8 +143,9 @@ class Config:
             "embed_max_wait_ms": 0,
             "embed_cache_size": 0,
             "embed_threads": 0,
-            "embed_shards": 0,
             "full_every": 1,
+            "emit_interval_ms": 0,
+            "allowed_lateness_ms": 0,
             "keywords_per_text": 1,
             "max_keywords": 1,
             "max_seen_event_ids": 1,
@@ -148,11 +159,7 @@ class Config:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}, not {getattr(self, name)}")
-
-    @property
-    def batcher_shards(self) -> int:
-        """How many micro-batcher shards the flow keys text events into."""
-        return self.embed_shards or self.workers
+        parse_windows(self.windows)  # a bad spec fails here, not in the flow
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -1,21 +1,26 @@
 """Wire the operators into the profilestream Bytewax dataflow.
 
-    input (Kafka | JSONL) -> parse -> shard -> embed (micro-batched) -> key by user
-        -> profile (stateful, per user) -> deltas sink
+    input (Kafka | JSONL) -> parse (a batch at a time) -> key by user
+        -> profile (stateful, per user: wait for text vectors, apply, coalesce) -> deltas sink
     parse rejects, duplicates and source errors -> dead-letter sink
 
-All logic lives in ``operators/``; this module only connects steps, sources, sinks and
-metrics. ``build_flow`` takes optional source, sinks, encoder and clock so tests run the
-real flow with ``bytewax.testing``. ``flow_from_env`` is the entry point for
-``python -m bytewax.run dataflow.flow:flow_from_env`` on a cluster.
+All logic lives in ``operators/``; this module connects steps, sources, sinks and metrics,
+and adapts the per-user logic to Bytewax's :class:`~bytewax.operators.StatefulBatchLogic`:
+its timers, end of input and snapshots. ``build_flow`` takes optional source, sinks, encoder
+and clock so tests run the real flow with ``bytewax.testing``. ``flow_from_env`` is the entry
+point for ``python -m bytewax.run dataflow.flow:flow_from_env`` on a cluster.
+
+Each user's state rests as MessagePack bytes between deltas (a few KB); it is decoded when
+the user's first event of an emit interval arrives and encoded again when the delta goes
+out, so a busy user pays for (de)serialisation once per delta, not once per event.
 """
 
 from __future__ import annotations
 
-import os
 import time
-import zlib
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -27,21 +32,31 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.operators import StatefulLogic
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from dataflow import metrics
 from dataflow.config import Config, load_config
 from dataflow.model_watch import ItemModelFeed, ModelWatcher
 from dataflow.sinks import dead_letter_json, dead_letter_message
-from dataflow.sources import JsonlSource
-from operators.batching import EmbeddedEvent, MicroBatcher
+from dataflow.sources import JsonlSource, RawLine
+from operators.batching import TextBatcher
+from operators.coalesce import PendingChanges, Published, emit, erase, note, published
 from operators.deltas import ProfileDelta, delta_to_json
 from operators.embedding import Embedder, TextEncoder, embedding_text
-from operators.events import DeadLetter, Event, RejectReason, parse_event
+from operators.events import DeadLetter, Event, RejectReason, duplicate_of, parse_event
 from operators.item_model import load_item_model
 from operators.nlp import SentimentScorer, read_text
-from operators.profile import DAY_MS, ProfileParams, apply_event
+from operators.profile import (
+    DAY_MS,
+    Outcome,
+    ProfileParams,
+    UserState,
+    apply_event,
+    decode_state,
+    encode_state,
+)
+from operators.windows import parse_windows
 
 Clock = Callable[[], int]
 
@@ -51,7 +66,7 @@ def wall_clock_ms() -> int:
 
 
 def shared_embedder(config: Config) -> Embedder:
-    """One model per process, shared by its worker threads and batcher shards."""
+    """One model per process, shared by its worker threads."""
     return _embedder(
         config.model_dir,
         config.device,
@@ -89,50 +104,213 @@ def profile_params(config: Config, model_name: str) -> ProfileParams:
         max_keywords=config.max_keywords,
         full_every=config.full_every,
         model_version=f"{model_name}+profile-v1",
+        windows=parse_windows(config.windows),
+        allowed_lateness_ms=config.allowed_lateness_ms,
     )
 
 
-BatcherSnapshot = tuple[list[Event], int | None]
+@dataclass(frozen=True)
+class _Context:
+    """What every user's logic shares: the model, the batcher, the settings and the clock."""
+
+    params: ProfileParams
+    batcher: TextBatcher
+    sentiment: SentimentScorer
+    feed: ItemModelFeed | None
+    clock: Clock
+    emit_interval_ms: int
+    keywords_per_text: int
+    dim: int
+
+    def text_of(self, event: Event) -> str | None:
+        """The text whose vector the event needs, if its type moves the interest vector."""
+        return embedding_text(event) if self.params.moves_interest(event) else None
 
 
-class _BatcherLogic(StatefulLogic[Event, EmbeddedEvent, BatcherSnapshot]):
-    """Adapts :class:`MicroBatcher` to Bytewax: timers, EOF and snapshots."""
+Output = ProfileDelta | DeadLetter
+#: A user's snapshot: the state as of the last delta, the state now (when changes are
+#: pending), the pending changes, and the events waiting for a text vector.
+UserSnapshot = tuple[bytes | None, bytes | None, PendingChanges | None, list[Event]]
 
-    def __init__(self, batcher: MicroBatcher, clock: Clock) -> None:
-        self.batcher = batcher
-        self.clock = clock
 
-    # A shard lives as long as the flow (there are only a few), so it is always retained.
+class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
+    """One user's events in order: wait for vectors, apply, and send a delta when due."""
 
-    def on_item(self, value: Event) -> tuple[list[EmbeddedEvent], bool]:
-        return self.batcher.add(value, self.clock()), StatefulLogic.RETAIN
+    __slots__ = ("before", "context", "emitted", "pending", "registered", "state", "waiting")
 
-    def on_notify(self) -> tuple[list[EmbeddedEvent], bool]:
-        return self.batcher.flush(self.clock()), StatefulLogic.RETAIN
+    def __init__(self, context: _Context, resume: UserSnapshot | None) -> None:
+        emitted, current, pending, waiting = resume or (None, None, None, [])
+        self.context = context
+        self.emitted = emitted  # the state as of the last delta, as bytes
+        self.state: UserState | None = None if current is None else decode_state(current)
+        self.pending = pending
+        self.waiting = list(waiting)
+        self.before: Published | None = None  # what the last delta published, while pending
+        self.registered = 0  # waiting events, from the first, whose texts joined a batch
 
-    def on_eof(self) -> tuple[list[EmbeddedEvent], bool]:
-        return self.batcher.flush(self.clock()), StatefulLogic.RETAIN
+    def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
+        self.waiting.extend(values)
+        return self._advance(), self._finished()
+
+    def on_notify(self) -> tuple[list[Output], bool]:
+        now = self.context.clock()
+        if self.waiting:
+            self.context.batcher.flush_due(now)
+        out = self._advance()
+        if self.pending is not None and now >= self.pending.due_ms:
+            out.append(self._emit(now))
+        return out, self._finished()
+
+    def on_eof(self) -> tuple[list[Output], bool]:
+        out = self._advance()
+        while self.waiting:  # the input is over: embed what waits now
+            self.context.batcher.flush(self.context.clock())
+            out += self._advance()
+        if self.pending is not None:
+            out.append(self._emit(self.context.clock()))
+        return out, self._finished()
 
     def notify_at(self) -> datetime | None:
-        due = self.batcher.due_ms()
-        return None if due is None else datetime.fromtimestamp(due / 1000, tz=UTC)
+        due = None
+        if self.waiting:
+            due = self.context.batcher.due_ms() or self.context.clock()
+        if self.pending is not None:
+            due = self.pending.due_ms if due is None else min(due, self.pending.due_ms)
+        return None if due is None else _as_datetime(due)
 
-    def snapshot(self) -> BatcherSnapshot:
-        return self.batcher.pending(), self.batcher.opened_ms
+    def snapshot(self) -> UserSnapshot:
+        current = encode_state(self.state) if self.pending and self.state else None
+        return self.emitted, current, self.pending, list(self.waiting)
+
+    def _finished(self) -> bool:
+        """Discard the logic once the user is erased and nothing of theirs is left."""
+        done = self.emitted is None and self.state is None and not self.waiting
+        return StatefulBatchLogic.DISCARD if done else StatefulBatchLogic.RETAIN
+
+    def _advance(self) -> list[Output]:
+        """Apply waiting events in order until one needs a vector that is not ready yet.
+
+        The texts of the events queued behind that one are registered once, so they join
+        the same batch: a user's burst of searches waits for one batch, not one per search.
+        """
+        context = self.context
+        now = context.clock()
+        out: list[Output] = []
+        applied = 0
+        for event in self.waiting:
+            vector = None
+            text = context.text_of(event)
+            if text is not None:
+                vector = context.batcher.vector(text, now)
+                if vector is None:
+                    break
+            applied += 1
+            output = self._apply(event, vector, now)
+            if output is not None:
+                out.append(output)
+        del self.waiting[:applied]
+        self.registered = max(self.registered - applied, 1)
+        if len(self.waiting) > self.registered:
+            for later in self.waiting[self.registered :]:
+                if (text := context.text_of(later)) is not None:
+                    context.batcher.vector(text, now)
+            self.registered = len(self.waiting)
+            head = context.text_of(self.waiting[0])
+            if head is None or context.batcher.vector(head, now) is not None:
+                out += self._advance()  # the batch closed while the queue joined it
+        if self.pending is None:
+            self.state = None  # nothing unsent: the state rests as bytes
+        return out
+
+    def _apply(self, event: Event, vector: Any, now: int) -> Output | None:
+        context = self.context
+        state = self.state
+        if state is None and self.emitted is not None:
+            state = decode_state(self.emitted)
+            if self.pending is None:
+                self.before = published(state, context.params)
+        feed = context.feed
+        items = feed.model() if feed is not None else None
+        if feed is not None and state is not None and context.params.moves_interest(event):
+            feed.observe(state.profile.item_memory, event.item_id)
+        signals = read_text(event, context.sentiment, context.keywords_per_text)
+        if signals is not None and signals.polarity is not None:
+            metrics.OPINION_POLARITY.labels(event.type).observe(signals.polarity)
+        dropped: set[tuple[str, str]] = set()
+        new, outcome = apply_event(
+            state,
+            event,
+            vector,
+            context.params,
+            dim=context.dim,
+            signals=signals,
+            items=items,
+            dropped=dropped,
+        )
+        if outcome is Outcome.DUPLICATE:
+            self.state = state if self.pending is not None else None
+            return duplicate_of(event)
+        if outcome is Outcome.DELETED:
+            tombstone = erase(state, self.pending, event, context.params, now)
+            self.emitted = self.state = self.pending = self.before = None
+            return tombstone
+        if outcome is Outcome.LATE:
+            metrics.LATE_EVENTS.inc()
+        self.state = new
+        if self.pending is None:
+            self.pending = PendingChanges(due_ms=now + context.emit_interval_ms)
+        note(self.pending, event)
+        self.pending.dropped |= dropped
+        return self._emit(now) if context.emit_interval_ms == 0 else None
+
+    def _emit(self, now: int) -> ProfileDelta:
+        assert self.state is not None and self.pending is not None
+        params = self.context.params
+        before = self.before
+        if before is None and self.emitted is not None:  # resumed from a snapshot
+            before = published(decode_state(self.emitted), params)
+        delta = emit(self.state, before, self.pending, params, now)
+        self.emitted = encode_state(self.state)
+        self.state = self.pending = self.before = None
+        return delta
+
+
+@lru_cache(maxsize=4096)
+def _as_datetime(ms: int) -> datetime:
+    """Due times repeat for every user of an input batch: build each datetime once."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _origin(message: KafkaSourceMessage) -> str:
     return f"{message.topic}/{message.partition}/{message.offset}"
 
 
-def _parse_kafka(message: KafkaSourceMessage, clock: Clock) -> Event | DeadLetter:
-    kind, stamp = message.timestamp or (0, 0)
-    return parse_event(
-        message.value or b"",
-        key=message.key,
-        source=_origin(message),
-        ingest_ms=stamp if kind and stamp > 0 else clock(),
-    )
+def _parse_kafka(messages: list[KafkaSourceMessage], clock: Clock) -> list[Event | DeadLetter]:
+    now = clock()
+    parsed = []
+    for message in messages:
+        kind, stamp = message.timestamp or (0, 0)
+        parsed.append(
+            parse_event(
+                message.value or b"",
+                key=message.key,
+                source=_origin(message),
+                ingest_ms=stamp if kind and stamp > 0 else now,
+            )
+        )
+    return _counted(parsed)
+
+
+def _parse_lines(lines: list[RawLine], clock: Clock) -> list[Event | DeadLetter]:
+    now = clock()
+    return _counted([parse_event(line, source=origin, ingest_ms=now) for line, origin in lines])
+
+
+def _counted(parsed: list[Event | DeadLetter]) -> list[Event | DeadLetter]:
+    """Count valid events by type once per batch (a labelled counter per event is costly)."""
+    for event_type, n in Counter(e.type for e in parsed if isinstance(e, Event)).items():
+        metrics.EVENTS_IN.labels(event_type).inc(n)
+    return parsed
 
 
 def _source_error(error: Any) -> DeadLetter:
@@ -150,14 +328,19 @@ def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
     return isinstance(item, Event)
 
 
-def _is_delta(item: ProfileDelta | DeadLetter) -> TypeGuard[ProfileDelta]:
+def _is_delta(item: Output) -> TypeGuard[ProfileDelta]:
     return isinstance(item, ProfileDelta)
 
 
-def _count_delta(delta: ProfileDelta, now_ms: int) -> None:
+def _delta_json(delta: ProfileDelta, clock: Clock) -> bytes:
+    """Encode a delta for its sink and count it (kind, size, events, latency)."""
+    data = delta_to_json(delta)
     metrics.DELTAS_OUT.labels(delta.kind).inc()
+    metrics.DELTA_BYTES.observe(len(data))
+    metrics.EVENTS_PER_DELTA.observe(len(delta.event_ids))
     if delta.ingest_ms:
-        metrics.EVENT_TO_DELTA_SECONDS.observe(max(now_ms - delta.ingest_ms, 0) / 1000)
+        metrics.EVENT_TO_DELTA_SECONDS.observe(max(clock() - delta.ingest_ms, 0) / 1000)
+    return data
 
 
 def _inputs(
@@ -172,36 +355,32 @@ def _inputs(
             tail=config.kafka_tail,
             add_config=config.kafka_properties(),
         )
-        parsed = op.map("parse", kafka.oks, lambda m: _parse_kafka(m, clock))
+        parsed = op.flat_map_batch("parse", kafka.oks, lambda ms: _parse_kafka(ms, clock))
         return parsed, [op.map("source_errors", kafka.errs, _source_error)]
     if source is None:
         if config.input_path is None:
             raise ValueError("source=file needs input_path")
         source = JsonlSource(config.input_path)
     lines = op.input("file_in", flow, source)
-    parsed = op.map(
-        "parse", lines, lambda line: parse_event(line[0], source=line[1], ingest_ms=clock())
-    )
-    return parsed, []
+    return op.flat_map_batch("parse", lines, lambda batch: _parse_lines(batch, clock)), []
 
 
 def _outputs(
     config: Config,
     deltas: Stream[ProfileDelta],
     dead: Stream[DeadLetter],
+    clock: Clock,
     deltas_sink: Sink[Any] | None,
     dlq_sink: Sink[Any] | None,
 ) -> None:
     if deltas_sink is None and dlq_sink is None and config.sink == "kafka":
-        brokers = config.brokers.split(",")
+        topic = config.deltas_topic
         out = op.merge(
             "to_kafka",
             op.map(
                 "delta_msg",
                 deltas,
-                lambda d: KafkaSinkMessage(
-                    d.user_id.encode(), delta_to_json(d), topic=config.deltas_topic
-                ),
+                lambda d: KafkaSinkMessage(d.user_id.encode(), _delta_json(d, clock), topic=topic),
             ),
             op.map("dlq_msg", dead, lambda d: dead_letter_message(d, config.dlq_topic)),
         )
@@ -209,7 +388,7 @@ def _outputs(
         kop.output(
             "kafka_out",
             out,
-            brokers=brokers,
+            brokers=config.brokers.split(","),
             topic=None,  # type: ignore[arg-type]
             # Idempotent producer: retries can neither duplicate nor reorder a partition, so
             # consumers see each user's versions in order.
@@ -222,11 +401,8 @@ def _outputs(
             (config.output_dir / name).touch()
     deltas_sink = deltas_sink or FileSink(config.output_dir / "deltas.jsonl")
     dlq_sink = dlq_sink or FileSink(config.output_dir / "dead_letters.jsonl")
-    op.output(
-        "deltas_out",
-        op.map("delta_json", deltas, lambda d: (d.user_id, delta_to_json(d).decode())),
-        deltas_sink,
-    )
+    as_lines = op.map("delta_json", deltas, lambda d: (d.user_id, _delta_json(d, clock).decode()))
+    op.output("deltas_out", as_lines, deltas_sink)
     op.output("dlq_out", op.map("dlq_json", dead, lambda d: ("dlq", dead_letter_json(d))), dlq_sink)
 
 
@@ -251,58 +427,29 @@ def build_flow(
         from operators.sentiment import load_sentiment_model
 
         sentiment = load_sentiment_model(config.sentiment_model)
-    params = profile_params(config, model.name)
-    shards = config.batcher_shards
+    context = _Context(
+        params=profile_params(config, model.name),
+        batcher=TextBatcher(
+            model, config.embed_batch_size, config.embed_max_wait_ms, metrics.observe_batch
+        ),
+        sentiment=sentiment,
+        feed=item_model_feed(config),
+        clock=clock,
+        emit_interval_ms=config.emit_interval_ms,
+        keywords_per_text=config.keywords_per_text,
+        dim=model.dim,
+    )
     flow = Dataflow("profilestream")
-
     parsed, source_errors = _inputs(flow, config, source, clock)
     valid = op.branch("valid", parsed, _is_event)
     rejected = cast(Stream[DeadLetter], valid.falses)
-    events = op.inspect(
-        "count_events", valid.trues, lambda _s, e: metrics.EVENTS_IN.labels(e.type).inc()
-    )
-
-    by_shard = op.key_on("shard", events, lambda e: str(zlib.crc32(e.user_id.encode()) % shards))
-
-    def batcher(resume: BatcherSnapshot | None) -> _BatcherLogic:
-        pending, opened_ms = resume or ([], None)
-        micro = MicroBatcher(
-            model,
-            config.embed_batch_size,
-            config.embed_max_wait_ms,
-            pending=pending,
-            opened_ms=opened_ms,
-            on_batch=metrics.observe_batch,
-            text_of=lambda event: embedding_text(event) if params.moves_interest(event) else None,
-        )
-        return _BatcherLogic(micro, clock)
-
-    embedded = op.stateful("embed", by_shard, batcher)
-    by_user = op.key_on(
-        "by_user", op.map("unshard", embedded, lambda kv: kv[1]), lambda e: e.event.user_id
-    )
-
-    feed = item_model_feed(config)
-
-    def update(state: Any, item: EmbeddedEvent) -> tuple[Any, list[ProfileDelta | DeadLetter]]:
-        event = item.event
-        signals = read_text(event, sentiment, config.keywords_per_text)
-        if signals is not None and signals.polarity is not None:
-            metrics.OPINION_POLARITY.labels(event.type).observe(signals.polarity)
-        items = feed.model() if feed is not None else None
-        if feed is not None and state is not None and params.moves_interest(event):
-            feed.observe(state.profile.item_memory, event.item_id)
-        return apply_event(
-            state, event, item.vector, params, clock(), model.dim, signals=signals, items=items
-        )
-
-    results = op.map("drop_key", op.stateful_flat_map("profile", by_user, update), lambda kv: kv[1])
-    split = op.branch("is_delta", results, _is_delta)
-    deltas = op.inspect("count_deltas", split.trues, lambda _s, d: _count_delta(d, clock()))
+    by_user = op.key_on("by_user", valid.trues, lambda e: e.user_id)
+    results = op.stateful_batch("profile", by_user, lambda resume: _UserLogic(context, resume))
+    split = op.branch("is_delta", op.key_rm("drop_key", results), _is_delta)
     duplicates = cast(Stream[DeadLetter], split.falses)
     dead = op.merge("dead_letters", rejected, duplicates, *source_errors)
     dead = op.inspect("count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc())
-    _outputs(config, deltas, dead, deltas_sink, dlq_sink)
+    _outputs(config, split.trues, dead, clock, deltas_sink, dlq_sink)
     return flow
 
 
@@ -320,34 +467,10 @@ def item_model_feed(config: Config) -> ItemModelFeed | None:
     return ItemModelFeed(watcher, on_weights=metrics.type_weights_changed)
 
 
-def check_recovery_shards(recovery_dir: Path, shards: int) -> None:
-    """Refuse to resume a recovery store written with another batcher shard count.
-
-    Pending events are snapshotted under their shard's key; with another count a user's new
-    events would go to another shard and could overtake the restored ones. The count is
-    recorded beside Bytewax's partitions on first use.
-    """
-    marker = recovery_dir / "profilestream-batcher-shards"
-    if not marker.exists():
-        marker.write_text(f"{shards}\n")
-        return
-    recorded = int(marker.read_text())
-    if recorded != shards:
-        raise ValueError(
-            f"{recovery_dir} was written with {recorded} batcher shards, not {shards}: "
-            f"pass --embed-shards {recorded} (or drain the flow and start a new recovery dir)"
-        )
-
-
 def flow_from_env() -> Dataflow:
     """The dataflow configured by ``PROFILESTREAM_*`` variables (for ``python -m bytewax.run``).
 
     ``bytewax.run`` itself takes the recovery directory, snapshot interval and worker count
-    (``-r``, ``-s``, ``-w`` or ``BYTEWAX_*`` variables); the shard count is checked against a
-    recovery directory named by ``BYTEWAX_RECOVERY_DIRECTORY``.
+    (``-r``, ``-s``, ``-w`` or ``BYTEWAX_*`` variables).
     """
-    config = load_config()
-    recovery_dir = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
-    if recovery_dir:
-        check_recovery_shards(Path(recovery_dir), config.batcher_shards)
-    return build_flow(config)
+    return build_flow(load_config())

@@ -37,8 +37,24 @@ EMBED_BATCH_WAIT_SECONDS = Histogram(
 )
 EVENT_TO_DELTA_SECONDS = Histogram(
     "profilestream_event_to_delta_seconds",
-    "From an event entering the system (Kafka timestamp or file read) to its delta",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "From the earliest event of a delta entering the system (Kafka timestamp or file read) "
+    "to the delta",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.25, 1.5, 2, 2.5, 5, 10, 30),
+)
+DELTA_BYTES = Histogram(
+    "profilestream_delta_bytes",
+    "Size of each profile delta's JSON value",
+    buckets=(256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+)
+EVENTS_PER_DELTA = Histogram(
+    "profilestream_events_per_delta",
+    "Events a delta covers (coalescing within the emit interval)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+LATE_EVENTS = Counter(
+    "profilestream_late_events",
+    "Events older than their user's newest by more than the allowed lateness: applied to the "
+    "long-term profile, left out of the windows",
 )
 
 

@@ -101,8 +101,9 @@ class ItemModelFeed:
     weight towards the types that predict. Every ``publish_every`` lessons the served model
     takes the learned weights; a new model version restarts from its offline weights.
     A lesson scores the catalogue once per event type (7.5 ms on the demo's 2,000 items; it
-    took half the flow's time at one lesson in 10), so only every ``sample_every``-th eligible
-    event is a lesson: at thousands of events a second that is still dozens of lessons.
+    took half the flow's time at one lesson in 10 and a tenth of it at one in 100), so only
+    every ``sample_every``-th eligible event is a lesson: at tens of thousands of events a
+    second that is still dozens of lessons.
     """
 
     def __init__(
@@ -110,7 +111,7 @@ class ItemModelFeed:
         watcher: ModelWatcher[ItemModel],
         *,
         rate: float = 0.05,
-        sample_every: int = 100,
+        sample_every: int = 1_000,
         publish_every: int = 20,
         on_weights: Callable[[dict[str, float]], None] = lambda _weights: None,
     ) -> None:

@@ -1,45 +1,63 @@
 """Versioned profile deltas: the wire format, and the consumer logic that rebuilds profiles.
 
-The dataflow emits one :class:`ProfileDelta` per change to a user's profile. A consumer that
-applies them in version order, ignoring versions it has already applied, reproduces the
+The dataflow emits a :class:`ProfileDelta` when a user's profile has changed, at most one per
+emit interval (:mod:`operators.coalesce`). A consumer that applies them in order reproduces the
 profile exactly -- :func:`materialize` and :class:`ProfileView` are that consumer, shipped as a
 library so downstream services and our own tests use the same code.
 
-Three kinds of delta:
+``version`` is the number of events folded into the profile (so a delta covering three
+events moves it by three), and depends only on the user's events, not on when deltas went
+out. Three kinds of delta:
 
-* ``full`` -- every public field and the whole interest vector. The first delta of a profile
-  and every ``full_every``-th version are full, so a consumer can start anywhere.
-* ``patch`` -- only the fields that changed, plus ``interest_delta`` (new minus old vector).
+* ``full`` -- every public field and the interest vector. The first delta of a profile and
+  every ``full_every``-th are full, so a consumer can start anywhere.
+* ``patch`` -- the fields that changed since ``base_version`` (:func:`patch_between`): a
+  scalar field is replaced, a map field (a JSON object: affinities, counts, windows, ...)
+  is merged key by key, each key's value replaced whole and ``null`` deleting it. The
+  interest vector is sent whole when it moved.
 * ``tombstone`` -- the user was deleted (``delete_user``); drop everything about them.
 
-Vectors travel as base64 of little-endian float32: compact, and exact, because the producer
-itself advances its vector by adding the very float32 delta it sends.
+Patches carry values, never increments, and every public value only grows between two
+deltas except window aggregates (which travel whole per span) and keys dropped from capped
+maps (which travel as ``null``). So a patch also applies to any version between its base
+and its own: after a flow restart, deltas are re-sent with other boundaries (coalescing
+follows the wall clock), and a consumer ahead of a re-sent patch's base still lands exactly
+on its version.
+
+Vectors travel as base64 of int16 units of :data:`VECTOR_STEP` (2^-15): rounded to within
+1.6e-5 of the producer's float32 vector, in half the bytes of float32, and carried whole --
+every consumer holds exactly the vector last sent.
 
 ``incarnation`` is the id of the event that created the profile; it tells a re-created
 profile (after a deletion) from stale deltas of the deleted one that a replay may resend.
 
 >>> import numpy as np
->>> first = ProfileDelta("u1", 1, "full", "e1", 10, ["e1"], "m1",
-...                      changed={"spend": 0.0}, interest=encode_vector(np.ones(2, np.float32)))
->>> second = ProfileDelta("u1", 2, "patch", "e1", 20, ["e2"], "m1", changed={"spend": 9.5},
-...                       interest_delta=encode_vector(np.array([0.5, -1.0], np.float32)))
+>>> first = ProfileDelta("u1", 1, "full", "e1", 10, ["e1"], "m1", changed={"spend": 0.0,
+...     "counts": {"view": 1}}, interest=encode_vector(np.full(2, 0.5, np.float32)))
+>>> second = ProfileDelta("u1", 3, "patch", "e1", 20, ["e2", "e3"], "m1", base_version=1,
+...     changed={"spend": 9.5, "counts": {"purchase": 2}})
 >>> profile = materialize([first, second, first])["u1"]
->>> profile.version, profile.fields["spend"], profile.interest.tolist()
-(2, 9.5, [1.5, 0.0])
+>>> profile.version, profile.fields, profile.interest.tolist()
+(3, {'spend': 9.5, 'counts': {'view': 1, 'purchase': 2}}, [0.5, 0.5])
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import numpy as np
 
 DeltaKind = Literal["full", "patch", "tombstone"]
+
+#: The grid profile vectors live on, and the unit they travel in.
+VECTOR_STEP: Final = 2.0**-15
+_SCALE: Final = np.float32(2.0**15)
+_LIMIT: Final = np.float32(2.0**15 - 1)
 
 
 class ProfileDelta(msgspec.Struct, omit_defaults=True):
@@ -52,21 +70,43 @@ class ProfileDelta(msgspec.Struct, omit_defaults=True):
     event_time_ms: int
     event_ids: list[str]
     model_version: str
+    base_version: int = 0  # a patch applies to this version (or any later one below its own)
     changed: dict[str, Any] = {}
     interest: str | None = None
-    interest_delta: str | None = None
     ingest_ms: int = 0
     processed_ms: int = 0
 
 
+def snap_to_grid(vector: np.ndarray) -> np.ndarray:
+    """The vector as consumers receive it: rounded to multiples of :data:`VECTOR_STEP`.
+
+    Profile vectors are weighted means of unit vectors, so no component passes 1; the clip
+    to (-1, 1) only guards the int16 range of the wire format.
+
+    >>> snap_to_grid(np.array([0.1, -0.3, 2.0], np.float32)).tolist()
+    [0.100006103515625, -0.29998779296875, 0.999969482421875]
+    """
+    return decode_vector(encode_vector(vector))
+
+
 def encode_vector(vector: np.ndarray) -> str:
-    """Base64 of the vector as little-endian float32."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    """Base64 of the vector's nearest int16 units of :data:`VECTOR_STEP`.
+
+    ``decode_vector(encode_vector(v))`` is ``snap_to_grid(v)``, exactly.
+
+    >>> encode_vector(np.array([0.0, VECTOR_STEP, -VECTOR_STEP, 0.5], np.float32))
+    'AAABAP//AEA='
+    """
+    units = np.multiply(vector, _SCALE, dtype=np.float32)
+    np.rint(units, out=units)
+    np.minimum(units, _LIMIT, out=units)
+    np.maximum(units, -_LIMIT, out=units)
+    return base64.b64encode(units.astype("<i2").tobytes()).decode("ascii")
 
 
 def decode_vector(text: str) -> np.ndarray:
-    """Inverse of :func:`encode_vector` (a writable float32 array)."""
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
+    """Inverse of :func:`encode_vector` (a float32 array)."""
+    return np.frombuffer(base64.b64decode(text), "<i2") * np.float32(VECTOR_STEP)
 
 
 _encoder = msgspec.json.Encoder()
@@ -79,6 +119,52 @@ def delta_to_json(delta: ProfileDelta) -> bytes:
 
 def delta_from_json(data: bytes | str) -> ProfileDelta:
     return _decoder.decode(data)
+
+
+_MISSING: Final = object()
+
+
+def patch_between(
+    before: Mapping[str, Any], after: Mapping[str, Any], dropped: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """The ``changed`` of a patch from public fields ``before`` to ``after``.
+
+    Map fields are compared key by key; ``dropped`` names ``(field, key)`` pairs removed from a
+    capped map since ``before`` -- also keys that came and went in between -- which become
+    ``null`` unless they are back.
+
+    >>> patch_between({"spend": 1.0, "counts": {"view": 1}, "tags": {"a": 1}},
+    ...               {"spend": 1.0, "counts": {"view": 2}, "tags": {"b": 1}}, [("tags", "c")])
+    {'counts': {'view': 2}, 'tags': {'b': 1, 'a': None, 'c': None}}
+    """
+    changed: dict[str, Any] = {}
+    for name, value in after.items():
+        old = before.get(name, _MISSING)
+        if isinstance(value, dict) and isinstance(old, dict):
+            keys = {k: v for k, v in value.items() if old.get(k, _MISSING) != v}
+            keys.update((k, None) for k in old if k not in value)
+            if keys:
+                changed[name] = keys
+        elif value != old:
+            changed[name] = value
+    for name, key in dropped:
+        if key not in after.get(name, ()):
+            changed.setdefault(name, {})[key] = None
+    return changed
+
+
+def apply_patch(fields: dict[str, Any], changed: Mapping[str, Any]) -> None:
+    """Apply a patch's ``changed`` to materialised ``fields`` in place (see the module doc)."""
+    for name, value in changed.items():
+        current = fields.get(name)
+        if isinstance(value, dict) and isinstance(current, dict):
+            for key, item in value.items():
+                if item is None:
+                    current.pop(key, None)
+                else:
+                    current[key] = item
+        else:
+            fields[name] = value
 
 
 @dataclass
@@ -98,7 +184,7 @@ class Applied(enum.StrEnum):
 
     APPLIED = "applied"
     STALE = "stale"  # already applied (a replay), or from a deleted incarnation
-    GAP = "gap"  # a version is missing; wait for the next full delta
+    GAP = "gap"  # events are missing before it; wait for the next full delta
 
 
 class ProfileView:
@@ -120,10 +206,12 @@ class ProfileView:
         if current is not None and current.incarnation == delta.incarnation:
             if delta.version <= current.version:
                 return Applied.STALE
-            if delta.kind == "patch" and delta.version == current.version + 1:
-                current.fields.update(delta.changed)
-                if delta.interest_delta is not None:
-                    current.interest = current.interest + decode_vector(delta.interest_delta)
+            if delta.kind == "patch":
+                if delta.base_version > current.version:
+                    return Applied.GAP
+                apply_patch(current.fields, delta.changed)
+                if delta.interest is not None:
+                    current.interest = decode_vector(delta.interest)
                 current.version = delta.version
                 current.model_version = delta.model_version
                 return Applied.APPLIED
@@ -134,7 +222,7 @@ class ProfileView:
             delta.incarnation,
             delta.version,
             delta.model_version,
-            dict(delta.changed),
+            {k: dict(v) if isinstance(v, dict) else v for k, v in delta.changed.items()},
             decode_vector(delta.interest),
         )
         return Applied.APPLIED

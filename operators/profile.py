@@ -1,46 +1,60 @@
-"""The per-user profile and the pure step that updates it with one event.
+"""The per-user profile and the pure step that folds one event into it.
 
-``apply_event(state, event, vector, params, now_ms) -> (state, outputs)`` is the whole
-stateful logic of a user: de-duplicate by event id, update counts, spend, time-decayed
-category/brand affinities and keywords, the decayed mean sentiment of the user's reviews and
-complaints (overall and per category), take one online SGD step on the interest vector, and
-emit a
-:class:`~operators.deltas.ProfileDelta`. Returning ``None`` as the state erases the user
-(``delete_user``). It knows nothing of Bytewax, so it is tested and reused (reference
-computations, replays) as a plain function.
+``apply_event(state, event, vector, params) -> (state, outcome)`` is the whole stateful logic
+of a user: drop duplicates by event id, update counts, spend, the windows
+(:mod:`operators.windows`), time-decayed category/brand affinities and keywords, the decayed
+mean sentiment of reviews and complaints (overall and per category), the item memory, and
+take one online SGD step on the interest vector. It returns ``None`` as the state when the
+user asked to be deleted. When to publish what changed is :mod:`operators.coalesce`'s job;
+this module knows nothing of Bytewax, so it is tested and reused (reference computations,
+replays) as a plain function.
 
 The interest vector ``u`` minimises the time-decayed, type-weighted squared distance to the
 vectors of the user's events, ``sum_i w_i d(t - t_i) |u - x_i|^2``. Each event takes the SGD
 step ``u += lr * (x - u)`` with ``lr = w / W``, where ``W`` is the decayed total weight seen so
 far; this is the exact online minimiser, so the vector forgets old interests at the chosen
-half-life and needs no tuning of a learning-rate schedule.
+half-life and needs no tuning of a learning-rate schedule. The state keeps the vector in
+float32, so it depends only on the events, never on when deltas went out; deltas carry it
+rounded to :data:`~operators.deltas.VECTOR_STEP` (2^-15).
+
+Decayed weights (affinities, keywords, the weights behind the vector and the sentiment) are
+stored *as of* ``anchor_ms``: an event at ``t`` adds ``w * 2^((t - anchor_ms) / half_life)``.
+Ranking by them is ranking by their value now, and an event changes only the keys it touches
+-- not every key, as decaying everything to the newest event time would -- which keeps deltas
+small. The anchor moves forward (rescaling every weight, and making the next delta full) once
+the newest event is a half-life past it, so weights stay within 2x of their current value.
+Their value at time ``t`` is ``weight * 2^-((t - anchor_ms) / half_life)``.
 
 >>> import numpy as np
 >>> from operators.events import Event
 >>> params = ProfileParams()
 >>> view = Event("e1", "u1", 1_700_000_000_000, "view", item_id="i1", category="shoes")
->>> state, out = apply_event(None, view, np.ones(4, np.float32), params, now_ms=0)
->>> state.profile.version, state.profile.counts, out[0].kind
-(1, {'view': 1}, 'full')
->>> state, out = apply_event(state, view, np.ones(4, np.float32), params, now_ms=0)
->>> out[0].reason
-'duplicate_event'
+>>> state, outcome = apply_event(None, view, np.ones(4, np.float32), params)
+>>> str(outcome), state.profile.version, state.profile.counts, state.profile.interest.tolist()
+('applied', 1, {'view': 1}, [1.0, 1.0, 1.0, 1.0])
+>>> str(apply_event(state, view, np.ones(4, np.float32), params)[1])
+'duplicate'
 """
 
 from __future__ import annotations
 
-import math
+import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import numpy as np
 
-from operators.deltas import ProfileDelta, encode_vector
-from operators.events import DeadLetter, Event, duplicate_of
-from operators.item_model import ItemModel, UserItemMemory, update_memory
+from operators.events import Event
+from operators.item_model import ItemModel, UserItemMemory, memory_fields, update_memory
 from operators.nlp import TextSignals
+from operators.windows import DEFAULT_WINDOWS, WindowSpec, WindowState, parse_windows
+from operators.windows import add as add_to_windows
+from operators.windows import initialize as new_windows
+from operators.windows import result as window_results
 
 DAY_MS = 86_400_000
 
@@ -77,114 +91,130 @@ class ProfileParams:
     max_seen_event_ids: int = 512
     full_every: int = 100
     model_version: str = "profile-v1"
+    windows: tuple[WindowSpec, ...] = parse_windows(DEFAULT_WINDOWS)
+    allowed_lateness_ms: int = 600_000
 
     def moves_interest(self, event: Event) -> bool:
         """Whether this event's vector changes the interest vector (its type has weight)."""
         return self.type_weights.get(event.type, 0.0) > 0.0
 
 
-@dataclass
-class UserProfile:
+class UserProfile(msgspec.Struct):
     """What we know of one user; everything but the vector is published as plain fields.
 
-    Affinities, keywords and the weights are expressed as of ``last_seen_ms`` (the latest
-    event time seen), so a reader decays them further to its own clock if it needs to.
-    ``sentiment`` is the decayed mean polarity (-1 to 1) of the user's opinions, of total
-    weight ``sentiment_weight``; ``category_sentiment`` maps a category to (mean, weight).
-    ``item_memory`` is the user's state in the item model (recent items, long-term vector):
-    what :func:`operators.recommend.recommend` ranks items from.
+    ``version`` counts the events folded in. Decayed weights are as of ``anchor_ms`` (see the
+    module docstring). ``sentiment`` is the decayed mean polarity (-1 to 1) of the user's
+    opinions, of total weight ``sentiment_weight``; ``category_sentiment`` maps a category to
+    (mean, weight). ``item_memory`` is the user's state in the item model (recent items,
+    long-term vector): what :func:`operators.recommend.recommend` ranks items from.
     """
 
     user_id: str
     incarnation: str
-    version: int
     model_version: str
     interest: np.ndarray
+    windows: WindowState
+    version: int = 0
+    anchor_ms: int = 0
     interest_weight: float = 0.0
-    category_affinity: dict[str, float] = field(default_factory=dict)
-    brand_affinity: dict[str, float] = field(default_factory=dict)
-    keywords: dict[str, float] = field(default_factory=dict)
+    category_affinity: dict[str, float] = {}
+    brand_affinity: dict[str, float] = {}
+    keywords: dict[str, float] = {}
     sentiment: float = 0.0
     sentiment_weight: float = 0.0
-    category_sentiment: dict[str, tuple[float, float]] = field(default_factory=dict)
+    category_sentiment: dict[str, tuple[float, float]] = {}
     item_memory: UserItemMemory | None = None
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = {}
     spend: float = 0.0
     refunded: float = 0.0
     first_seen_ms: int = 0
     last_seen_ms: int = 0
 
-    def public_fields(self) -> dict[str, Any]:
-        """The fields a delta carries (copies, so later updates cannot alias them)."""
-        return {
-            "interest_weight": self.interest_weight,
-            "category_affinity": dict(self.category_affinity),
-            "brand_affinity": dict(self.brand_affinity),
-            "keywords": dict(self.keywords),
-            "sentiment": self.sentiment,
-            "sentiment_weight": self.sentiment_weight,
-            "category_sentiment": {k: list(v) for k, v in self.category_sentiment.items()},
-            "item_memory": self.item_memory.to_dict() if self.item_memory else None,
-            "counts": dict(self.counts),
-            "spend": self.spend,
-            "refunded": self.refunded,
-            "first_seen_ms": self.first_seen_ms,
-            "last_seen_ms": self.last_seen_ms,
-        }
 
+class UserState(msgspec.Struct):
+    """A user's profile, the recent event ids that drop duplicates, and delta bookkeeping.
 
-@dataclass
-class UserState:
-    """A user's profile plus the recent event ids used to drop duplicates (bounded)."""
+    Event ids are kept as 64-bit hashes (:func:`event_key`), oldest first: eight bytes each
+    whatever the id, with a collision chance of about 1 in 10^13 per user.
+    """
 
     profile: UserProfile
-    seen_event_ids: dict[str, None] = field(default_factory=dict)
+    seen_event_ids: list[int] = []
+    deltas_since_full: int = 0
+    needs_full: bool = False  # the anchor moved or the item memory was rebuilt
 
 
-def decay(elapsed_ms: int, half_life_ms: int) -> float:
-    """Weight left after ``elapsed_ms`` with the given half-life.
+class Outcome(enum.StrEnum):
+    """What :func:`apply_event` did with an event."""
 
-    >>> decay(0, 10), decay(10, 10), decay(20, 10)
-    (1.0, 0.5, 0.25)
+    APPLIED = "applied"
+    LATE = "late"  # applied to the long-term profile, too late for the windows
+    DUPLICATE = "duplicate"  # already applied: nothing changed
+    DELETED = "deleted"  # the user asked to be erased
+
+
+def event_key(event_id: str) -> int:
+    """A stable 64-bit hash of an event id (Python's own ``hash`` changes between runs).
+
+    >>> event_key("e1") == event_key("e1") != event_key("e2")
+    True
     """
-    return math.pow(0.5, elapsed_ms / half_life_ms)
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
-def add_decayed(
-    scores: dict[str, float], added: Mapping[str, float], shrink: float, capacity: int
-) -> dict[str, float]:
-    """Multiply every score by ``shrink``, add the ``added`` weights, keep the top ``capacity``.
+def decay(elapsed_ms: float, half_life_ms: float) -> float:
+    """Weight left after ``elapsed_ms`` with the given half-life (negative: grows).
 
-    >>> add_decayed({"a": 2.0, "b": 1.0}, {"c": 3.0}, 0.5, capacity=2)
-    {'c': 3.0, 'a': 1.0}
+    >>> decay(0, 10), decay(10, 10), decay(-20, 10)
+    (1.0, 0.5, 4.0)
     """
-    updated = {k: v * shrink for k, v in scores.items()}
-    for key, weight in added.items():
-        updated[key] = updated.get(key, 0.0) + weight
-    if len(updated) > capacity:
-        updated = dict(sorted(updated.items(), key=lambda kv: kv[1], reverse=True)[:capacity])
-    return updated
+    return 0.5 ** (elapsed_ms / half_life_ms)
+
+
+def add_weight(scores: dict[str, float], key: str, weight: float, capacity: int) -> str | None:
+    """Add ``weight`` to ``key``; keep the ``capacity`` largest; return the key dropped, if any.
+
+    >>> scores = {"a": 2.0, "b": 1.0}
+    >>> add_weight(scores, "c", 3.0, capacity=2), scores
+    ('b', {'a': 2.0, 'c': 3.0})
+    """
+    scores[key] = scores.get(key, 0.0) + weight
+    if len(scores) <= capacity:
+        return None
+    smallest = min(scores, key=scores.__getitem__)
+    del scores[smallest]
+    return smallest
 
 
 def sgd_step(
     interest: np.ndarray, total_weight: float, target: np.ndarray, weight: float
-) -> tuple[np.ndarray, float, np.ndarray]:
-    """One SGD step of the interest vector towards ``target``; returns (vector, weight, delta).
+) -> tuple[np.ndarray, float]:
+    """One SGD step of the interest vector towards ``target``; returns (vector, weight).
 
-    The delta is float32 and the new vector is ``interest + delta`` computed in float32, so a
-    consumer adding the same delta gets the same bits.
-
-    >>> v, w, d = sgd_step(np.zeros(2, np.float32), 0.0, np.array([1, 3], np.float32), 2.0)
+    >>> v, w = sgd_step(np.zeros(2, np.float32), 0.0, np.array([1, 3], np.float32), 2.0)
     >>> v.tolist(), w
     ([1.0, 3.0], 2.0)
-    >>> v, w, d = sgd_step(v, w, np.array([3, 3], np.float32), 2.0)
+    >>> v, w = sgd_step(v, w, np.array([3, 3], np.float32), 2.0)
     >>> v.tolist(), w
     ([2.0, 3.0], 4.0)
     """
     new_weight = total_weight + weight
-    lr = np.float32(weight / new_weight)
-    delta = (lr * (target - interest)).astype(np.float32)
-    return (interest + delta).astype(np.float32), new_weight, delta
+    moved = np.subtract(target, interest, dtype=np.float32)
+    moved *= np.float32(weight / new_weight)
+    moved += interest
+    return moved, new_weight
+
+
+def add_to_mean(
+    mean: float, weight: float, value: float, value_weight: float
+) -> tuple[float, float]:
+    """Fold ``value`` into a weighted mean; returns (mean, total weight).
+
+    >>> add_to_mean(1.0, 1.0, -1.0, 1.0)
+    (0.0, 2.0)
+    """
+    total = weight + value_weight
+    return (mean * weight + value * value_weight) / total, total
 
 
 def model_version(params: ProfileParams, items: ItemModel | None) -> str:
@@ -215,62 +245,46 @@ def new_profile(event: Event, dim: int, params: ProfileParams) -> UserProfile:
     return UserProfile(
         user_id=event.user_id,
         incarnation=incarnation_of(event),
-        version=0,
         model_version=params.model_version,
         interest=np.zeros(dim, dtype=np.float32),
+        windows=new_windows(params.windows),
+        anchor_ms=event.ts_ms,
         first_seen_ms=event.ts_ms,
         last_seen_ms=event.ts_ms,
     )
 
 
-def add_to_mean(
-    mean: float, weight: float, value: float, value_weight: float, shrink: float
-) -> tuple[float, float]:
-    """Fold ``value`` into a decayed weighted mean; returns (mean, total weight).
-
-    >>> add_to_mean(1.0, 1.0, -1.0, 1.0, shrink=1.0)
-    (0.0, 2.0)
-    >>> add_to_mean(1.0, 2.0, -1.0, 1.0, shrink=0.5)
-    (0.0, 2.0)
-    """
-    kept = weight * shrink
-    total = kept + value_weight
-    return (mean * kept + value * value_weight) / total, total
-
-
-def _update_opinion(
-    profile: UserProfile,
-    category: str | None,
-    polarity: float,
-    weight: float,
-    shrink: float,
-    capacity: int,
-) -> None:
-    profile.sentiment, profile.sentiment_weight = add_to_mean(
-        profile.sentiment, profile.sentiment_weight, polarity, weight, shrink
-    )
-    by_category = {k: (m, w * shrink) for k, (m, w) in profile.category_sentiment.items()}
-    if category is not None:
-        mean, total = by_category.get(category, (0.0, 0.0))
-        by_category[category] = add_to_mean(mean, total, polarity, weight, 1.0)
-    if len(by_category) > capacity:
-        by_category = dict(sorted(by_category.items(), key=lambda kv: -kv[1][1])[:capacity])
-    profile.category_sentiment = by_category
+def _reanchor(profile: UserProfile, anchor_ms: int, params: ProfileParams) -> None:
+    """Re-express every decayed weight as of ``anchor_ms``."""
+    interest = decay(anchor_ms - profile.anchor_ms, params.interest_half_life_ms)
+    affinity = decay(anchor_ms - profile.anchor_ms, params.affinity_half_life_ms)
+    profile.interest_weight *= interest
+    for scores in (profile.category_affinity, profile.brand_affinity, profile.keywords):
+        for key in scores:
+            scores[key] *= affinity
+    profile.sentiment_weight *= affinity
+    profile.category_sentiment = {
+        k: (mean, weight * affinity) for k, (mean, weight) in profile.category_sentiment.items()
+    }
+    profile.anchor_ms = anchor_ms
 
 
 def _update(
-    profile: UserProfile,
+    state: UserState,
     event: Event,
     vector: np.ndarray | None,
     signals: TextSignals | None,
     params: ProfileParams,
     items: ItemModel | None,
-) -> np.ndarray | None:
-    """Fold ``event`` into ``profile`` in place; return the interest delta, if any."""
-    # Values are kept "as of last_seen_ms": a newer event decays the past, a late one is
-    # discounted by how late it is.
-    elapsed = event.ts_ms - profile.last_seen_ms
-    ahead, behind = max(elapsed, 0), max(-elapsed, 0)
+    dropped: set[tuple[str, str]],
+) -> None:
+    """Fold ``event`` into the long-term profile in place (everything but the windows)."""
+    profile = state.profile
+    if event.ts_ms - profile.anchor_ms > min(
+        params.interest_half_life_ms, params.affinity_half_life_ms
+    ):
+        _reanchor(profile, event.ts_ms, params)
+        state.needs_full = True
     profile.last_seen_ms = max(profile.last_seen_ms, event.ts_ms)
     profile.first_seen_ms = min(profile.first_seen_ms, event.ts_ms)
     profile.counts[event.type] = profile.counts.get(event.type, 0) + 1
@@ -280,52 +294,56 @@ def _update(
         profile.refunded += event.price * event.quantity
     profile.model_version = model_version(params, items)
 
-    aff_shrink = decay(ahead, params.affinity_half_life_ms)
-    lateness = decay(behind, params.affinity_half_life_ms)
+    since_anchor = event.ts_ms - profile.anchor_ms
+    affinity = decay(-since_anchor, params.affinity_half_life_ms)
     if signals is not None and signals.polarity is not None:
-        _update_opinion(
-            profile,
-            event.category,
-            signals.polarity,
-            lateness,
-            aff_shrink,
-            params.max_affinities,
+        profile.sentiment, profile.sentiment_weight = add_to_mean(
+            profile.sentiment, profile.sentiment_weight, signals.polarity, affinity
         )
+        if event.category is not None:
+            opinions = profile.category_sentiment
+            mean, total = opinions.get(event.category, (0.0, 0.0))
+            opinions[event.category] = add_to_mean(mean, total, signals.polarity, affinity)
+            if len(opinions) > params.max_affinities:
+                weakest = min(opinions, key=lambda k: opinions[k][1])
+                del opinions[weakest]
+                dropped.add(("category_sentiment", weakest))
     weight = params.type_weights.get(event.type, 0.0)
     if weight <= 0.0:
-        return None
-    aff_weight = weight * lateness
-    for scores_name, key in (
-        ("category_affinity", event.category),
-        ("brand_affinity", event.brand),
+        return
+    for name, scores, key in (
+        ("category_affinity", profile.category_affinity, event.category),
+        ("brand_affinity", profile.brand_affinity, event.brand),
     ):
         if key is not None:
-            scores = add_decayed(
-                getattr(profile, scores_name),
-                {key: aff_weight},
-                aff_shrink,
-                params.max_affinities,
+            gone = add_weight(scores, key, weight * affinity, params.max_affinities)
+            if gone is not None:
+                dropped.add((name, gone))
+    if signals is not None:
+        for word, share in signals.keywords:
+            gone = add_weight(
+                profile.keywords, word, weight * affinity * share, params.max_keywords
             )
-            setattr(profile, scores_name, scores)
-    if signals is not None and signals.keywords:
-        profile.keywords = add_decayed(
-            profile.keywords,
-            {word: aff_weight * share for word, share in signals.keywords},
-            aff_shrink,
-            params.max_keywords,
-        )
+            if gone is not None:
+                dropped.add(("keywords", gone))
     if items is not None and event.item_id is not None:
-        profile.item_memory = update_memory(
-            profile.item_memory, items, event.item_id, event.type, event.ts_ms
+        previous = profile.item_memory
+        evicted: set[str] = set()
+        memory = update_memory(previous, items, event.item_id, event.type, event.ts_ms, evicted)
+        dropped.update(("item_long_term", attribute) for attribute in evicted)
+        if previous is not None and previous.model_version != memory.model_version:
+            state.needs_full = True  # attribute indices changed meaning: start the maps afresh
+        elif previous is not None:  # the oldest recent items that made room for this one
+            made_room = range(
+                previous.seen - len(previous.recent), memory.seen - len(memory.recent)
+            )
+            dropped.update(("item_recent", str(seq)) for seq in made_room)
+        profile.item_memory = memory
+    if vector is not None:
+        step_weight = weight * decay(-since_anchor, params.interest_half_life_ms)
+        profile.interest, profile.interest_weight = sgd_step(
+            profile.interest, profile.interest_weight, vector, step_weight
         )
-    if vector is None:
-        return None
-    total = profile.interest_weight * decay(ahead, params.interest_half_life_ms)
-    step_weight = weight * decay(behind, params.interest_half_life_ms)
-    profile.interest, profile.interest_weight, delta = sgd_step(
-        profile.interest, total, vector, step_weight
-    )
-    return delta
 
 
 def apply_event(
@@ -333,64 +351,87 @@ def apply_event(
     event: Event,
     vector: np.ndarray | None,
     params: ProfileParams,
-    now_ms: int,
+    *,
     dim: int | None = None,
     signals: TextSignals | None = None,
     items: ItemModel | None = None,
-) -> tuple[UserState | None, list[ProfileDelta | DeadLetter]]:
-    """Apply one event of a user; return the new state (``None`` = erased) and what to emit.
+    dropped: set[tuple[str, str]] | None = None,
+) -> tuple[UserState | None, Outcome]:
+    """Fold one event of a user into their state (in place); ``None`` means erased.
 
     ``vector`` is the event's embedding (see :func:`operators.embedding.embedding_text`) or
     ``None``; ``dim`` sizes the interest vector of a new user when ``vector`` is ``None``;
     ``signals`` are what its text says (:func:`operators.nlp.read_text`); ``items`` is the
     item model whose per-user memory item events update (see :mod:`operators.item_model`).
+    Keys that capped maps drop are added to ``dropped`` as ``(field, key)``.
     """
     if event.type == "delete_user":
-        incarnation = state.profile.incarnation if state is not None else ""
-        version = state.profile.version + 1 if state is not None else 1
-        tombstone = ProfileDelta(
-            event.user_id,
-            version,
-            "tombstone",
-            incarnation,
-            event.ts_ms,
-            [event.event_id],
-            params.model_version,
-            ingest_ms=event.ingest_ms,
-            processed_ms=now_ms,
-        )
-        return None, [tombstone]
-    if state is not None and event.event_id in state.seen_event_ids:
-        return state, [duplicate_of(event)]
+        return None, Outcome.DELETED
+    key = event_key(event.event_id)
+    if state is not None and key in state.seen_event_ids:
+        return state, Outcome.DUPLICATE
     if state is None:
         size = dim if vector is None else len(vector)
         if size is None:
             raise ValueError("a new profile needs `dim` when the event has no vector")
         state = UserState(new_profile(event, size, params))
-    state.seen_event_ids[event.event_id] = None
+    state.seen_event_ids.append(key)
     if len(state.seen_event_ids) > params.max_seen_event_ids:
-        del state.seen_event_ids[next(iter(state.seen_event_ids))]
-
-    profile = state.profile
-    before = profile.public_fields()
-    interest_delta = _update(profile, event, vector, signals, params, items)
-    profile.version += 1
-    after = profile.public_fields()
-    full = profile.version == 1 or profile.version % params.full_every == 0
-    delta = ProfileDelta(
-        user_id=profile.user_id,
-        version=profile.version,
-        kind="full" if full else "patch",
-        incarnation=profile.incarnation,
-        event_time_ms=event.ts_ms,
-        event_ids=[event.event_id],
-        model_version=profile.model_version,
-        changed=after if full else {k: v for k, v in after.items() if before[k] != v},
-        interest=encode_vector(profile.interest) if full else None,
-        interest_delta=(
-            encode_vector(interest_delta) if not full and interest_delta is not None else None
-        ),
-        ingest_ms=event.ingest_ms,
-        processed_ms=now_ms,
+        del state.seen_event_ids[0]
+    on_time = add_to_windows(
+        state.profile.windows, params.windows, event, params.allowed_lateness_ms
     )
-    return state, [delta]
+    _update(state, event, vector, signals, params, items, set() if dropped is None else dropped)
+    state.profile.version += 1
+    return state, Outcome.APPLIED if on_time else Outcome.LATE
+
+
+def public_fields(profile: UserProfile, params: ProfileParams) -> dict[str, Any]:
+    """The fields deltas carry, as plain JSON values (weights rounded to 6 decimals)."""
+    fields: dict[str, Any] = {
+        "anchor_ms": profile.anchor_ms,
+        "interest_weight": round(profile.interest_weight, 6),
+        "category_affinity": {k: round(v, 6) for k, v in profile.category_affinity.items()},
+        "brand_affinity": {k: round(v, 6) for k, v in profile.brand_affinity.items()},
+        "keywords": {k: round(v, 6) for k, v in profile.keywords.items()},
+        "sentiment": round(profile.sentiment, 6),
+        "sentiment_weight": round(profile.sentiment_weight, 6),
+        "category_sentiment": {
+            k: [round(m, 6), round(w, 6)] for k, (m, w) in profile.category_sentiment.items()
+        },
+        "counts": dict(profile.counts),
+        "spend": round(profile.spend, 6),
+        "refunded": round(profile.refunded, 6),
+        "first_seen_ms": profile.first_seen_ms,
+        "last_seen_ms": profile.last_seen_ms,
+        "windows": window_results(profile.windows, params.windows),
+    }
+    if profile.item_memory is not None:
+        fields.update(memory_fields(profile.item_memory))
+    return fields
+
+
+def _encode_array(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.astype("<f4").tobytes()
+    raise NotImplementedError(f"cannot store {type(obj).__name__} in a user state")
+
+
+def _decode_array(kind: type, obj: Any) -> Any:
+    if kind is np.ndarray and isinstance(obj, bytes):
+        return np.frombuffer(obj, "<f4")  # read-only: every update makes a new vector
+    raise NotImplementedError(f"cannot restore {kind} from {type(obj).__name__}")
+
+
+_state_encoder = msgspec.msgpack.Encoder(enc_hook=_encode_array)
+_state_decoder = msgspec.msgpack.Decoder(UserState, dec_hook=_decode_array)
+
+
+def encode_state(state: UserState) -> bytes:
+    """The state as compact bytes (MessagePack): how it rests between deltas and in snapshots."""
+    return _state_encoder.encode(state)
+
+
+def decode_state(data: bytes) -> UserState:
+    """Inverse of :func:`encode_state`."""
+    return _state_decoder.decode(data)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataflow.benchmarks_data import shared_data_dir
+from dataflow.commands.datasets import shared_data_dir
 from tests.kafka_broker import KafkaBroker
 
 SHARED_DATA = shared_data_dir()

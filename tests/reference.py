@@ -6,11 +6,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from operators.deltas import MaterializedProfile
+from operators.deltas import MaterializedProfile, snap_to_grid
 from operators.embedding import TextEncoder, embedding_text
 from operators.events import Event, parse_event
 from operators.nlp import SentimentScorer, read_text
-from operators.profile import ProfileParams, UserState, apply_event
+from operators.profile import ProfileParams, UserState, apply_event, public_fields
 
 
 def reference_states(
@@ -27,10 +27,13 @@ def reference_states(
     states: dict[str, UserState] = {}
     for event in events:
         text = embedding_text(event)
-        vector = vectors[text] if text is not None else None
-        signals = read_text(event, sentiment, keywords_per_text)
         new, _ = apply_event(
-            states.get(event.user_id), event, vector, params, 0, dim=encoder.dim, signals=signals
+            states.get(event.user_id),
+            event,
+            vectors[text] if text is not None else None,
+            params,
+            dim=encoder.dim,
+            signals=read_text(event, sentiment, keywords_per_text),
         )
         if new is None:
             states.pop(event.user_id, None)
@@ -40,14 +43,19 @@ def reference_states(
 
 
 def assert_profiles_match(
-    materialized: dict[str, MaterializedProfile], reference: dict[str, UserState], atol: float
+    materialized: dict[str, MaterializedProfile],
+    reference: dict[str, UserState],
+    params: ProfileParams,
+    atol: float,
 ) -> None:
-    """Same users, versions and fields exactly; interest vectors within ``atol``."""
+    """Same users, versions and fields exactly; interest vectors within ``atol`` of the
+    reference's as deltas carry it (rounded to the 2^-15 grid)."""
     assert sorted(materialized) == sorted(reference)
     for user, state in reference.items():
         got = materialized[user]
         # The flow names incarnations "event_id@origin"; the reference parsed without origins.
         assert got.incarnation.split("@")[0] == state.profile.incarnation, user
         assert got.version == state.profile.version, user
-        assert got.fields == state.profile.public_fields(), user
-        assert np.allclose(got.interest, state.profile.interest, atol=atol, rtol=0), user
+        assert got.fields == public_fields(state.profile, params), user
+        sent = snap_to_grid(state.profile.interest)
+        assert np.allclose(got.interest, sent, atol=atol, rtol=0), user

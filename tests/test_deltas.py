@@ -3,82 +3,114 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from operators.deltas import (
+    VECTOR_STEP,
     Applied,
     DeltaKind,
     ProfileDelta,
     ProfileView,
+    apply_patch,
     decode_vector,
     delta_from_json,
     delta_to_json,
     encode_vector,
     materialize,
+    patch_between,
+    snap_to_grid,
 )
 
 
-def delta(kind: DeltaKind, version: int, incarnation: str, **vectors: str) -> ProfileDelta:
+def delta(
+    kind: DeltaKind, version: int, incarnation: str, base: int = 0, **vectors: str
+) -> ProfileDelta:
     """A delta of user "u" whose ``spend`` field records its version."""
     changed = {} if kind == "tombstone" else {"spend": float(version)}
     return ProfileDelta(
-        "u", version, kind, incarnation, version, [f"x{version}"], "m", changed=changed, **vectors
+        "u", version, kind, incarnation, version, [f"x{version}"], "m", base, changed, **vectors
     )
 
 
-def full(version: int, incarnation: str = "e1", vector: float = 1.0) -> ProfileDelta:
+def full(version: int, incarnation: str = "e1", vector: float = 0.5) -> ProfileDelta:
     return delta("full", version, incarnation, interest=encode_vector(np.full(3, vector, "f4")))
 
 
-def patch(version: int, incarnation: str = "e1", step: float = 0.25) -> ProfileDelta:
-    move = encode_vector(np.full(3, step, "f4"))
-    return delta("patch", version, incarnation, interest_delta=move)
+def patch(version: int, base: int, incarnation: str = "e1", vector: float = 0.25) -> ProfileDelta:
+    return delta("patch", version, incarnation, base, interest=encode_vector(np.full(3, vector)))
 
 
 def tombstone(version: int, incarnation: str = "e1") -> ProfileDelta:
     return delta("tombstone", version, incarnation)
 
 
-def test_vector_encoding_is_exact() -> None:
-    vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
-    assert np.array_equal(decode_vector(encode_vector(vector)), vector)
+@pytest.mark.parametrize("scale", [0.0, 1e-4, 0.05, 0.5, 3.0])
+def test_grid_vectors_travel_exactly_in_two_bytes_a_component(scale: float) -> None:
+    vector = snap_to_grid(np.random.default_rng(0).standard_normal(384).astype(np.float32) * scale)
+    text = encode_vector(vector)
+    assert np.array_equal(decode_vector(text), vector)
+    assert len(text) == 1024  # 768 bytes of base64
+    assert np.abs(vector).max() < 1.0 and np.all(
+        np.rint(vector / VECTOR_STEP) * VECTOR_STEP == vector
+    )
 
 
 def test_json_round_trip() -> None:
-    delta = patch(2)
-    assert delta_from_json(delta_to_json(delta)) == delta
+    d = patch(2, 1)
+    assert delta_from_json(delta_to_json(d)) == d
+
+
+def test_patches_merge_maps_key_by_key_and_replace_the_rest() -> None:
+    before = {"counts": {"view": 1, "click": 2}, "spend": 1.0, "windows": {"1h": {"n": 1, "m": 2}}}
+    after = {"counts": {"view": 2}, "spend": 1.0, "windows": {"1h": {"n": 1}}}
+    changed = patch_between(before, after)
+    assert changed == {"counts": {"view": 2, "click": None}, "windows": {"1h": {"n": 1}}}
+    fields = {k: dict(v) if isinstance(v, dict) else v for k, v in before.items()}
+    apply_patch(fields, changed)
+    assert fields == after  # a window's value is replaced whole, not merged
 
 
 def test_replayed_versions_are_ignored() -> None:
     view = ProfileView()
-    results = [view.apply(d) for d in [full(1), patch(2), patch(3), patch(2), patch(3), patch(4)]]
+    stream = [full(1), patch(3, 1), patch(4, 3), patch(3, 1), patch(4, 3), patch(6, 4, vector=0.75)]
+    results = [view.apply(d) for d in stream]
     assert results == ["applied", "applied", "applied", "stale", "stale", "applied"]
     profile = view.profiles["u"]
-    assert profile.version == 4
-    assert profile.fields == {"spend": 4.0}
-    assert np.allclose(profile.interest, 1.75)
+    assert profile.version == 6
+    assert profile.fields == {"spend": 6.0}
+    assert np.allclose(profile.interest, 0.75)
+
+
+def test_a_patch_applies_to_any_version_from_its_base_up() -> None:
+    view = ProfileView()
+    view.apply(full(1))
+    view.apply(patch(4, 1))
+    # resent after a restart with other boundaries: from version 2 to 6, over our 4
+    assert view.apply(patch(6, 2, vector=0.125)) is Applied.APPLIED
+    assert view.profiles["u"].version == 6 and np.allclose(view.profiles["u"].interest, 0.125)
 
 
 def test_gap_waits_for_the_next_full_delta() -> None:
     view = ProfileView()
-    assert view.apply(patch(5)) is Applied.GAP
+    assert view.apply(patch(5, 4)) is Applied.GAP
     assert "u" not in view.profiles
     view.apply(full(1))
-    assert view.apply(patch(3)) is Applied.GAP
-    assert view.apply(full(4, vector=2.0)) is Applied.APPLIED
-    assert view.apply(patch(5)) is Applied.APPLIED
-    assert np.allclose(view.profiles["u"].interest, 2.25)
+    assert view.apply(patch(4, 3)) is Applied.GAP  # events 2 and 3 are missing
+    assert view.apply(full(4, vector=0.5)) is Applied.APPLIED
+    assert view.apply(patch(5, 4)) is Applied.APPLIED
+    assert np.allclose(view.profiles["u"].interest, 0.25)
 
 
 def test_tombstone_erases_and_a_new_incarnation_starts_fresh() -> None:
-    stream = [full(1), patch(2), tombstone(3), patch(2), full(1, incarnation="e9", vector=5.0)]
+    stream = [full(1), patch(2, 1), tombstone(3), patch(2, 1), full(1, "e9", vector=0.5)]
     profiles = materialize(stream)
     assert profiles["u"].incarnation == "e9"
-    assert np.allclose(profiles["u"].interest, 5.0)
+    assert np.allclose(profiles["u"].interest, 0.5)
     # a replay of the deleted incarnation's deltas must not resurrect it
-    assert materialize([*stream, full(1), patch(2)])["u"].incarnation == "e9"
+    assert materialize([*stream, full(1), patch(2, 1)])["u"].incarnation == "e9"
     assert "u" not in materialize([full(1), tombstone(2)])
     # a second delete of an unknown profile must not let a replay resurrect the first
-    again = [full(1), tombstone(2), tombstone(1, incarnation=""), full(1), patch(2)]
+    again = [full(1), tombstone(2), tombstone(1, incarnation=""), full(1), patch(2, 1)]
     assert "u" not in materialize(again)
 
 

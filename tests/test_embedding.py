@@ -65,8 +65,9 @@ def test_repeated_texts_are_computed_once_and_cached() -> None:
     assert np.array_equal(first[0], first[1])
     cached = model.lookup("shoes")
     assert cached is not None and np.array_equal(cached, first[0])
-    model.encode(["hats"])  # evicts the least recently used ("bags")
-    assert model.lookup("bags") is None and model.lookup("hats") is not None
+    model.encode(["hats"])  # evicts the oldest ("shoes": first in, first out)
+    assert model.lookup("shoes") is None and model.lookup("bags") is not None
+    assert model.lookup("hats") is not None
 
 
 def test_int8_stays_within_cosine_0_99_of_fp32_on_real_reviews() -> None:

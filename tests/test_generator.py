@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataflow import generator
-from dataflow.cli import main
-from dataflow.generator import (
+from dataflow.commands import generator
+from dataflow.commands.cli import main
+from dataflow.commands.generator import (
     CATEGORIES,
     DUPLICATE_LOOKBACK,
     GeneratedEvent,

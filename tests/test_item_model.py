@@ -15,6 +15,8 @@ from operators.item_model import (
     ScorerParams,
     UserItemMemory,
     load_item_model,
+    memory_fields,
+    memory_from_fields,
     save_item_model,
     score_users,
     train_item_model,
@@ -76,7 +78,7 @@ def test_sgd_step_is_the_exact_weighted_mean_and_lowers_its_loss() -> None:
     for t, (item, event_type, _) in enumerate(stream, start=1):
         memory = update_memory(memory, model, item, event_type, t)
         u = np.zeros(dense.shape[1])
-        for a, w in memory.long_term.items():
+        for a, w in memory.long_term_vector().items():
             u[a] = w
         assert loss(u, t) <= loss(previous, t) + 1e-9
         previous = u
@@ -86,7 +88,7 @@ def test_sgd_step_is_the_exact_weighted_mean_and_lowers_its_loss() -> None:
 
 
 def _fields(model: ItemModel) -> dict:
-    return {k: getattr(model, k) for k in model.__dataclass_fields__ if k != "index"}
+    return {k: getattr(model, k) for k, f in model.__dataclass_fields__.items() if f.init}
 
 
 def test_memory_is_bounded_json_and_ignores_zero_weight_events() -> None:
@@ -98,8 +100,9 @@ def test_memory_is_bounded_json_and_ignores_zero_weight_events() -> None:
     assert memory is not None
     assert len(memory.recent) == RECENT_ITEMS and len(memory.long_term) <= LONG_TERM_ATTRS
     assert update_memory(memory, model, "i3", "refund", 99) == memory
-    restored = UserItemMemory.from_dict(json.loads(json.dumps(memory.to_dict())))
-    assert restored.recent == memory.recent
+    restored = memory_from_fields(json.loads(json.dumps(memory_fields(memory))))
+    assert restored is not None and restored.recent == memory.recent
+    assert restored.seen == memory.seen == 50
     np.testing.assert_allclose(
         score_users(model, [restored]), score_users(model, [memory]), rtol=1e-5
     )

@@ -1,9 +1,11 @@
 """End to end on real Kafka: the flow as a separate process with 2 workers and the real model.
 
-One uninterrupted run checks profiles against the pure-function reference, the dead letters
+Both runs coalesce deltas at the default emit interval. One uninterrupted run checks profiles
+against the pure-function reference, every event against exactly one delta, the dead letters
 against what the generator made malformed, and the Prometheus counters against what was
 sent. A second run is SIGKILLed mid-stream and restarted on its recovery directory; its
-materialised profiles must equal the uninterrupted run's.
+materialised profiles must equal the uninterrupted run's, though the restart re-sends deltas
+with other boundaries.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message
 
+from dataflow.commands.generator import GeneratedEvent, generate_events
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
-from dataflow.generator import GeneratedEvent, generate_events
-from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
+from operators.deltas import (
+    Applied,
+    MaterializedProfile,
+    ProfileDelta,
+    ProfileView,
+    delta_from_json,
+    materialize,
+)
 from operators.events import Event, RejectReason, parse_event
 from operators.sentiment import load_sentiment_model
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
@@ -80,8 +89,13 @@ def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str,
     return Counter((g.expected_reason, g.line) for g in generated if g.expected_reason)
 
 
-def expected_delta_count(generated: list[GeneratedEvent]) -> int:
+def expected_events(generated: list[GeneratedEvent]) -> int:
     return sum(g.expected_reason is None for g in generated)
+
+
+def covered(messages: list[Message]) -> int:
+    """Distinct events the deltas read so far cover (a restart re-sends some)."""
+    return len({(d.user_id, e) for d in deltas_of(messages) for e in d.event_ids})
 
 
 def produce(kafka: KafkaBroker, topic: str, generated: list[GeneratedEvent]) -> None:
@@ -95,7 +109,7 @@ def start_flow(
     command = [
         sys.executable,
         "-m",
-        "dataflow.cli",
+        "dataflow",
         "run",
         *kafka_flow_args(
             kafka.bootstrap, topics.events, topics.deltas, topics.dlq, 2, metrics_port
@@ -179,8 +193,8 @@ def uninterrupted(
     process = start_flow(kafka, topics, log, port)
     deltas, dlq = TopicReader(kafka, topics.deltas), TopicReader(kafka, topics.dlq)
     try:
-        want_deltas, want_dead = expected_delta_count(generated), expected_dead_letters(generated)
-        delta_msgs = deltas.read_until(lambda ms: len(ms) >= want_deltas, 480, process)
+        want_events, want_dead = expected_events(generated), expected_dead_letters(generated)
+        delta_msgs = deltas.read_until(lambda ms: covered(ms) >= want_events, 480, process)
         dead_msgs = dlq.read_until(lambda ms: len(ms) >= sum(want_dead.values()), 60, process)
         assert process.poll() is None, log.read_text()[-3000:]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
@@ -201,9 +215,17 @@ def uninterrupted(
     yield run
 
 
-def test_profiles_equal_the_pure_reference(uninterrupted: FlowRun, reference: dict) -> None:
-    assert len(uninterrupted.deltas) == len({(d.user_id, d.version) for d in uninterrupted.deltas})
-    assert_profiles_match(uninterrupted.profiles, reference, atol=1e-4)
+def test_profiles_equal_the_pure_reference(
+    uninterrupted: FlowRun, reference: dict, generated: list[GeneratedEvent]
+) -> None:
+    deltas = uninterrupted.deltas
+    assert len(deltas) == len({(d.user_id, d.version) for d in deltas})
+    # every valid event in exactly one delta, and far fewer deltas than events
+    events = Counter((d.user_id, e) for d in deltas for e in d.event_ids)
+    assert set(events.values()) == {1} and len(events) == expected_events(generated)
+    assert len(deltas) < len(events) / 2
+    params = profile_params(Config(), shared_embedder(Config()).name)
+    assert_profiles_match(uninterrupted.profiles, reference, params, atol=1e-4)
 
 
 def test_every_malformed_event_and_nothing_else_is_dead_lettered(
@@ -240,6 +262,9 @@ def test_metrics_count_what_was_sent(
         assert metric(text, "profilestream_deltas_total", kind=kind) == count
     total = len(uninterrupted.deltas)
     assert metric(text, "profilestream_event_to_delta_seconds_count") == total
+    assert metric(text, "profilestream_delta_bytes_count") == total
+    covering = sum(len(d.event_ids) for d in uninterrupted.deltas)
+    assert metric(text, "profilestream_events_per_delta_sum") == covering
     batches = metric(text, "profilestream_embed_batch_size_count")
     assert batches > 0
     assert metric(text, "profilestream_embed_batch_seconds_count") == batches
@@ -261,18 +286,18 @@ def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
     topics = Topics.create(kafka)
     recovery = ("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval-s", "0.5")
     head, burst = generated[:4000], generated[4000:]
-    want_head, want = expected_delta_count(head), expected_delta_count(generated)
+    want_head, want = expected_events(head), expected_events(generated)
     produce(kafka, topics.events, head)
     deltas = TopicReader(kafka, topics.deltas)
     process = start_flow(kafka, topics, tmp_path / "first.log", free_port(), *recovery)
-    deltas.read_until(lambda ms: len(ms) >= want_head, 300, process)
+    deltas.read_until(lambda ms: covered(ms) >= want_head, 300, process)
     time.sleep(2)  # a few idle epochs: the caught-up state is snapshotted
     produce(kafka, topics.events, burst)
-    deltas.read_until(lambda ms: len(ms) >= want_head + (want - want_head) // 4, 300, process)
+    deltas.read_until(lambda ms: covered(ms) >= want_head + (want - want_head) // 4, 300, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    seen_at_kill = len(deltas.messages)
-    assert want_head < seen_at_kill < want, "the kill must land mid-stream"
+    covered_at_kill = covered(deltas.messages)
+    assert want_head < covered_at_kill < want, "the kill must land mid-stream"
 
     written_before_restart = len(deltas.read_until(lambda ms: False, timeout_s=3))
 
@@ -281,15 +306,20 @@ def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
     wait_for_exit(restarted, tmp_path / "second.log", timeout_s=480)
     all_deltas = deltas_of(deltas.read_until(lambda ms: False, timeout_s=5))
     deltas.close()
-    # Starting over would redo all `want`; resuming after the snapshotted head redoes less.
-    redone = len(all_deltas) - written_before_restart
+    # Starting over would redo every event; resuming after the snapshotted head redoes less.
+    redone = sum(len(d.event_ids) for d in all_deltas[written_before_restart:])
     assert redone <= want - want_head, (redone, written_before_restart, want_head, want)
-    profiles = materialize(all_deltas)
+    # The restart coalesced the re-sent events differently: a consumer that saw the first
+    # run's deltas never meets a gap and ends on the uninterrupted profiles.
+    view = ProfileView()
+    assert Applied.GAP not in {view.apply(d) for d in all_deltas}
+    profiles = view.profiles
     assert sorted(profiles) == sorted(uninterrupted.profiles)
     for user, profile in uninterrupted.profiles.items():
         again = profiles[user]
         assert (again.version, again.fields) == (profile.version, profile.fields), user
         assert abs(again.interest - profile.interest).max() <= 1e-4, user
+    assert covered(deltas.messages) == want  # every event, none lost
     dlq = TopicReader(kafka, topics.dlq)
     dead = dead_letters_of(dlq.read_until(lambda ms: False, timeout_s=5))
     dlq.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.image import imread
 
-from dataflow.benchmarks_data import Benchmark, load_amazon
-from dataflow.prequential import run_prequential, write_plot
+from dataflow.commands.datasets import Benchmark, load_amazon
+from dataflow.commands.prequential import run_prequential, write_plot
 from operators.item_model import ItemInteraction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_eval_recsys_prequential_writes_the_plot_and_ends_with_the_json(tmp_path
     sequences.write_text(
         "".join(f"{user} {' '.join(items)}\n" for user, items in drifting_histories().items())
     )
-    command = [sys.executable, "-m", "dataflow.cli", "eval-recsys", "--prequential", "--json"]
+    command = [sys.executable, "-m", "dataflow", "eval-recsys", "--prequential", "--json"]
     done = subprocess.run(
         [*command, "--sequences", str(sequences), "--cutoff", "0.6"],
         check=True,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from dataflow.cli import main
-from dataflow.sentiment_cli import CHINESE_REVIEWS, ENGLISH_REVIEWS
+from dataflow.commands.cli import main
+from dataflow.commands.sentiment import CHINESE_REVIEWS, ENGLISH_REVIEWS
 from operators.sentiment import (
     LabelledTexts,
     SentimentModel,

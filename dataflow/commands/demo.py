@@ -1,13 +1,14 @@
 """``profilestream demo``: generate events, run the real dataflow on them, show what came out.
 
 It is the README's first command, so it exercises the whole path a production deployment
-takes, minus Kafka: synthetic events (:mod:`dataflow.generator`) in a JSONL file, the real
-dataflow with the file source and file sinks (:func:`dataflow.cli.run_flow`), and the consumer
+takes, minus Kafka: synthetic events (:mod:`dataflow.commands.generator`) in a JSONL file, the real
+dataflow with the file source and file sinks (:func:`dataflow.runner.run_flow`), and the consumer
 side, :func:`operators.deltas.materialize`, rebuilding profiles from ``deltas.jsonl``. The
-summary shows throughput, deltas by kind, dead letters by reason (checked against the reasons
-the generator planted) and three sample profiles (affinities, keywords, sentiment) with the
-catalog items nearest to their interest vectors and the item model's recommendations (the
-model is trained on the generated log first, as ``profilestream train`` would).
+summary shows throughput, deltas by kind with their size and latency, dead letters by reason
+(checked against the reasons the generator planted) and three sample profiles (affinities,
+keywords, sentiment, the last day's window) with the catalog items nearest to their interest
+vectors and the item model's recommendations (the model is trained on the generated log
+first, as ``profilestream train`` would).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from dataflow.config import Config, add_config_arguments, config_values
-from dataflow.generator import (
+from dataflow.commands.generator import (
     DEFAULT_CATALOG_ITEMS,
     CatalogItem,
     GenerationSummary,
@@ -34,10 +34,11 @@ from dataflow.generator import (
     write_catalog,
     write_events,
 )
+from dataflow.config import Config, add_config_arguments, config_values
 from operators.deltas import MaterializedProfile, delta_from_json, materialize
 from operators.embedding import embedding_text
 from operators.events import Event
-from operators.item_model import ItemModel, UserItemMemory, load_item_model
+from operators.item_model import ItemModel, load_item_model, memory_from_fields
 from operators.recommend import recommend
 
 DEFAULT_OUT = Path("out/demo")
@@ -67,6 +68,7 @@ class ProfileSummary:
     top_keywords: list[tuple[str, float]]
     sentiment: float
     opinions: float
+    last_day: dict[str, Any]
     nearest: list[Neighbour]
     recommended: list[tuple[CatalogItem, float]]
 
@@ -84,6 +86,9 @@ class DemoReport:
     model_seconds: float
     flow_seconds: float
     deltas_by_kind: Counter[str]
+    delta_bytes: int
+    events_in_deltas: int
+    latency_ms: tuple[float, float]  # p50 and p99 of processed_ms - ingest_ms per delta
     dead_by_reason: Counter[str]
     expected_dead_by_reason: Counter[str]
     profiles_materialised: int
@@ -147,8 +152,7 @@ def recommended_items(
     profile: MaterializedProfile, model: ItemModel, catalog: dict[str, CatalogItem], k: int = 5
 ) -> list[tuple[CatalogItem, float]]:
     """The item model's top ``k`` for a profile, skipping the items it has just seen."""
-    stored = profile.fields.get("item_memory")
-    memory = UserItemMemory.from_dict(stored) if stored else None
+    memory = memory_from_fields(profile.fields)
     seen = {item for item, _, _ in memory.recent} if memory else set()
     ranked = recommend(
         model, memory, k, exclude=seen, category_affinity=profile.fields["category_affinity"]
@@ -180,6 +184,7 @@ def summarise_profile(
         top_keywords=_top(fields_["keywords"], 5),
         sentiment=float(fields_["sentiment"]),
         opinions=float(fields_["sentiment_weight"]),
+        last_day=fields_["windows"].get("24h", {}),
         nearest=nearest,
         recommended=recommended,
     )
@@ -203,9 +208,9 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoReport:
     """Generate the data into ``config.output_dir``, run the dataflow, and summarise the result."""
-    from dataflow.cli import run_flow
+    from dataflow.commands.training import histories_from_events, train
     from dataflow.flow import shared_embedder
-    from dataflow.recsys_cli import histories_from_events, train
+    from dataflow.runner import run_flow
 
     if config.input_path is None:
         raise ValueError("the demo needs config.input_path")
@@ -245,7 +250,8 @@ def run_demo(
     flow_seconds = time.perf_counter() - started
 
     delta_lines = (out / "deltas.jsonl").read_bytes().splitlines()
-    deltas_by_kind = Counter[str](delta_from_json(line).kind for line in delta_lines)
+    parsed = [delta_from_json(line) for line in delta_lines]
+    waited = [d.processed_ms - d.ingest_ms for d in parsed if d.ingest_ms]
     dead_decoder = msgspec.json.Decoder(dict[str, Any])
     dead_by_reason = Counter(
         str(dead_decoder.decode(line)["reason"])
@@ -263,7 +269,14 @@ def run_demo(
         train_seconds=train_seconds,
         model_seconds=model_seconds,
         flow_seconds=flow_seconds,
-        deltas_by_kind=deltas_by_kind,
+        deltas_by_kind=Counter(d.kind for d in parsed),
+        delta_bytes=sum(len(line) + 1 for line in delta_lines),
+        events_in_deltas=sum(len(d.event_ids) for d in parsed),
+        latency_ms=(
+            (float(np.percentile(waited, 50)), float(np.percentile(waited, 99)))
+            if waited
+            else (0.0, 0.0)
+        ),
         dead_by_reason=dead_by_reason,
         expected_dead_by_reason=generated.malformed_by_reason,
         profiles_materialised=len(profiles),
@@ -287,15 +300,17 @@ def format_report(report: DemoReport) -> str:
     """The summary ``profilestream demo`` prints."""
     rate = report.events_in / report.flow_seconds if report.flow_seconds > 0 else float("nan")
     deltas, dead = report.deltas_by_kind.total(), report.dead_by_reason.total()
-    # Every line becomes exactly one delta or one dead letter.
-    accounted = "every line accounted for" if deltas + dead == report.events_in else (
-        f"MISMATCH: {deltas + dead:,} outputs for {report.events_in:,} lines"
+    # Every line is covered by exactly one delta or is one dead letter.
+    covered = report.events_in_deltas + dead
+    accounted = "every line accounted for" if covered == report.events_in else (
+        f"MISMATCH: {covered:,} lines covered of {report.events_in:,}"
     )  # fmt: skip
     planted = (
         "as planted by the generator"
         if report.dead_by_reason == report.expected_dead_by_reason
         else f"generator planted: {_counts(report.expected_dead_by_reason)}"
     )
+    per_event = report.delta_bytes / max(report.events_in, 1)
     lines = [
         "",
         f"events in       {report.events_in:,} lines from {report.users:,} users "
@@ -303,7 +318,11 @@ def format_report(report: DemoReport) -> str:
         f"{report.train_seconds:.1f} s; embedding model loaded in {report.model_seconds:.1f} s)",
         f"dataflow        {report.flow_seconds:.1f} s wall, {rate:,.0f} events/s, "
         f"{report.workers} worker(s)",
-        f"deltas          {deltas:,}: {_counts(report.deltas_by_kind)}",
+        f"deltas          {deltas:,} for {report.events_in_deltas:,} events "
+        f"({deltas / max(report.events_in, 1):.2f} a line): {_counts(report.deltas_by_kind)}",
+        f"                {report.delta_bytes / 1e6:.1f} MB, {per_event:,.0f} bytes a line, "
+        f"{report.delta_bytes / max(deltas, 1):,.0f} a delta; event to delta p50 "
+        f"{report.latency_ms[0]:,.0f} ms, p99 {report.latency_ms[1]:,.0f} ms",
         f"dead letters    {dead:,}: {_counts(report.dead_by_reason)}",
         f"                {planted}; {accounted}",
         f"profiles        {report.profiles_materialised:,} materialised from "
@@ -318,7 +337,10 @@ def format_report(report: DemoReport) -> str:
             f"  top categories  {_scores(p.top_categories)}",
             f"  top brands      {_scores(p.top_brands)}",
             f"  top keywords    {_scores(p.top_keywords)}",
-            f"  sentiment       {p.sentiment:+.2f} (mean of {p.opinions:.1f} decayed opinions)",
+            f"  sentiment       {p.sentiment:+.2f} (mean of {p.opinions:.1f} weighted opinions)",
+            f"  last 24 hours   {_counts(p.last_day.get('counts', {}))}; spend "
+            f"{p.last_day.get('spend', 0.0):,.2f}; {p.last_day.get('items', 0)} items, "
+            f"{p.last_day.get('sessions', 0)} sessions",
             "  nearest catalog items (cosine to the interest vector):",
         ]
         lines += [

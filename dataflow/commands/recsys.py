@@ -15,7 +15,7 @@ published tables: it trains the model on everything but each user's last interac
 replays that part as events through the real dataflow (file source, all operators, one
 profile per user), reads the profiles back from the deltas it wrote, ranks every item for
 each user (earlier items masked) and scores the held-out item with HR@K and NDCG@K.
-With ``--prequential`` it runs :mod:`dataflow.prequential` instead: every event after a
+With ``--prequential`` it runs :mod:`dataflow.commands.prequential` instead: every event after a
 cut-off is predicted before it is applied, by the live profile, by the profile frozen at the
 cut-off and by popularity, and HR@20 over time is written as a PNG (and JSON with ``--json``).
 """
@@ -29,58 +29,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dataflow.benchmarks_data import Benchmark, load_amazon, load_taobao, replay_lines
+from dataflow.commands.datasets import Benchmark, load_amazon, load_taobao, replay_lines
+from dataflow.commands.prequential import run_prequential, write_plot
+from dataflow.commands.training import Log, histories_from_events, train
 from operators.deltas import materialize
-from operators.events import Event, parse_event
 from operators.item_model import (
     ItemInteraction,
     ItemModel,
     UserItemMemory,
-    save_item_model,
+    memory_from_fields,
     score_users,
-    train_item_model,
 )
-from operators.profile import DEFAULT_TYPE_WEIGHTS
 from operators.ranking_metrics import DEFAULT_KS, hit_rate_and_ndcg, target_ranks
-
-Log = Callable[[str], None]
-
-
-def histories_from_events(lines: list[bytes]) -> dict[str, list[ItemInteraction]]:
-    """Each user's item events with interest weight, in event-time order (bad lines skipped)."""
-    histories: dict[str, list[ItemInteraction]] = {}
-    for line in lines:
-        event = parse_event(line)
-        if not isinstance(event, Event) or event.item_id is None:
-            continue
-        if DEFAULT_TYPE_WEIGHTS.get(event.type, 0.0) <= 0.0:
-            continue
-        histories.setdefault(event.user_id, []).append(
-            ItemInteraction(event.item_id, event.type, event.ts_ms, event.category, event.brand)
-        )
-    for history in histories.values():
-        history.sort(key=lambda x: x.ts_ms)
-    return histories
-
-
-def train(
-    histories: dict[str, list[ItemInteraction]],
-    attributes: dict[str, list[str]] | None,
-    out: Path,
-) -> tuple[ItemModel, Path]:
-    """Train on ``histories`` and save a new version under ``out``; returns model and folder."""
-    types = {x.type for h in histories.values() for x in h}
-    # The profile's prior of what each type says about interest; rescaled by the trainer.
-    prior = {t: DEFAULT_TYPE_WEIGHTS[t] for t in types if t in DEFAULT_TYPE_WEIGHTS}
-    model = train_item_model(histories.values(), attributes, type_weights=prior)
-    return model, save_item_model(model, out)
 
 
 @dataclass
@@ -127,7 +93,7 @@ def replay_through_flow(
         for line in replay_lines(histories):
             f.write(line + b"\n")
     out = work / "out"
-    command = [sys.executable, "-m", "dataflow.cli", "run", "--source", "file", "--sink", "file"]
+    command = [sys.executable, "-m", "dataflow", "run", "--source", "file", "--sink", "file"]
     command += ["--input-path", str(events), "--output-dir", str(out)]
     command += ["--item-model-dir", str(model_root), "--workers", str(workers)]
     # Port 0: the API server takes any free port, so parallel runs never collide.
@@ -135,8 +101,7 @@ def replay_through_flow(
     profiles = materialize((out / "deltas.jsonl").read_bytes().splitlines())
     memories: dict[str, UserItemMemory | None] = {}
     for user, profile in profiles.items():
-        stored = profile.fields.get("item_memory")
-        memories[user] = UserItemMemory.from_dict(stored) if stored else None
+        memories[user] = memory_from_fields(profile.fields)
     return memories
 
 
@@ -231,8 +196,6 @@ def _eval_command(args: argparse.Namespace) -> None:
     if not args.prequential:
         _print_report(evaluate(bench, args.workers), args.json)
         return
-    from dataflow.prequential import run_prequential, write_plot  # it imports this module
-
     report = run_prequential(bench, cutoff=args.cutoff)
     plot = args.plot or Path(f"prequential-{report.dataset}.png")
     write_plot(report, plot)

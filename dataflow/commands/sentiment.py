@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dataflow.benchmarks_data import shared_data_dir
+from dataflow.commands.datasets import shared_data_dir
 from operators.sentiment import (
     DEFAULT_BITS,
     DEFAULT_C,

@@ -2,7 +2,7 @@
 
 Leave-one-out scores one held-out item per user; it cannot show what real-time updates buy.
 Here the benchmark's replay (every user's history but the held-out last item, all users
-interleaved in event-time order as :func:`~dataflow.benchmarks_data.replay_lines` emits it)
+interleaved in event-time order as :func:`~dataflow.commands.datasets.replay_lines` emits it)
 is walked once. The item model is trained, as ``profilestream train`` would, on the first
 ``cutoff`` fraction of the stream only, so no later prediction uses a model that saw its
 target. Each user's :class:`~operators.item_model.UserItemMemory` is updated event by event
@@ -43,8 +43,8 @@ import numpy as np
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from dataflow.benchmarks_data import Benchmark, replay_lines
-from dataflow.recsys_cli import Log, histories_from_events, train
+from dataflow.commands.datasets import Benchmark, replay_lines
+from dataflow.commands.training import Log, histories_from_events, train
 from operators.events import Event, parse_event
 from operators.item_model import ItemModel, UserItemMemory, score_users, update_memory
 from operators.ranking_metrics import hit_rate_and_ndcg, target_ranks

@@ -38,7 +38,7 @@ TAOBAO_TYPES = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "
 def shared_data_dir() -> Path:
     """The folder of the shared data sets: ``$PROFILESTREAM_SHARED_DATA``, else ``shared/data``
     beside the repository."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    default = Path(__file__).resolve().parents[3] / "shared" / "data"
     return Path(os.environ.get("PROFILESTREAM_SHARED_DATA", default))
 
 

@@ -1,0 +1,7 @@
+"""``python -m dataflow ...`` is the ``profilestream`` command."""
+
+import sys
+
+from dataflow.commands.cli import main
+
+sys.exit(main())

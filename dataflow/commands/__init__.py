@@ -1,0 +1,1 @@
+"""The ``profilestream`` command and its subcommands; the flow's wiring is in :mod:`dataflow`."""

@@ -1,0 +1,39 @@
+"""Run the dataflow in this process: what ``profilestream run`` and the demo call."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import timedelta
+
+from dataflow.config import Config
+
+
+def run_flow(config: Config) -> None:
+    """Run the dataflow in this process with ``config.workers`` worker threads.
+
+    With ``recovery_dir`` set, state is snapshotted every ``snapshot_interval_s`` and a
+    restarted process resumes from the last snapshot (the folder is initialised on first use).
+    The Bytewax API server (``/metrics``) listens on ``metrics_port``.
+    """
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.run import cli_main
+
+    from dataflow.flow import build_flow
+
+    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
+    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics_port)
+    # The API server also writes the rendered dataflow (dataflow.json); keep it out of the cwd.
+    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", tempfile.gettempdir())
+    recovery = None
+    if config.recovery_dir is not None:
+        if not config.recovery_dir.exists() or not any(config.recovery_dir.iterdir()):
+            config.recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(config.recovery_dir, 1)
+        recovery = RecoveryConfig(str(config.recovery_dir))
+    cli_main(
+        build_flow(config),
+        workers_per_process=config.workers,
+        epoch_interval=timedelta(seconds=config.snapshot_interval_s),
+        recovery_config=recovery,
+    )

@@ -1,0 +1,316 @@
+"""Per-user event-time windows: what a user did in the last hour, day and week.
+
+Every profile keeps, for each configured span (default ``1h``, ``24h``, ``7d``), counts by
+event type, spend and refunds, distinct items, categories and sessions, and the last few
+items, valued as of the user's newest event time. Risk rules ("five logins in an hour") and
+segments ("carted in the last day, bought nothing") read these.
+
+Representation: a ring of buckets per span. A span of ``S`` with step ``s`` (``24h:1h``)
+keeps at most ``S / s`` buckets, each summing the events whose time falls in it; the window
+reported is the hopping window that ends with the bucket holding the newest event,
+``[end - S, end)`` with ``end`` the end of that bucket. So a window covers between
+``S - s`` and ``S`` of history before the newest event: the resolution is one step
+(5 minutes, 1 hour and 6 hours by default) and nothing inside the window is estimated.
+Distinct items, categories and sessions are exact too: each is a map from key to the newest
+time it was seen, capped at :data:`MAX_DISTINCT` keys (the oldest go first), so a window's
+distinct count is exact up to the cap and reads as the cap beyond it.
+
+Late data: an event more than ``allowed_lateness_ms`` older than the newest event already
+seen is *late*. It still updates the long-term profile (the caller's job) but no window:
+:func:`add` returns ``False`` and the caller counts it. An on-time event enters every window
+whose range still contains it, also when it arrives out of order.
+
+The functions follow Quix Streams' shape -- :func:`initialize`, :func:`add`,
+:func:`result` and the pure :func:`window_range` -- and know nothing of Bytewax. Bytewax's
+own windowing operators are not used: they keep one keyed state per window and key and
+emit closed windows, while a profile needs all its spans together, as of its newest event,
+inside the one per-user state that is snapshotted and coalesced with the rest of the profile.
+
+>>> from operators.events import Event
+>>> specs = parse_windows("1h:5m,24h:1h")
+>>> state = initialize(specs)
+>>> for i, kind in enumerate(["view", "view", "add_to_cart"]):
+...     _ = add(state, specs, Event(f"e{i}", "u", 3_600_000 * i, kind, item_id=f"i{i}"), 600_000)
+>>> windows = result(state, specs)
+>>> windows["1h"]["counts"], windows["24h"]["counts"], windows["24h"]["items"]
+({'add_to_cart': 1}, {'view': 2, 'add_to_cart': 1}, 3)
+>>> add(state, specs, Event("late", "u", 0, "view", item_id="i9"), 600_000)
+False
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from operators.events import Event
+
+#: Spans reported by default, with their step (bucket width).
+DEFAULT_WINDOWS: Final = "1h:5m,24h:1h,7d:6h"
+#: Distinct items, categories and sessions remembered per user (the oldest go first).
+MAX_DISTINCT: Final = 64
+#: Items listed under ``last_items`` (the newest distinct ones).
+LAST_ITEMS: Final = 5
+
+_UNITS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"90s"``, ``"5m"``, ``"24h"``, ``"7d"`` in milliseconds.
+
+    >>> parse_duration_ms("5m"), parse_duration_ms("7d")
+    (300000, 604800000)
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) <= 0:
+        raise ValueError(f"not a positive duration like 5m, 24h or 7d: {text!r}")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One window span and its bucket width; ``name`` is how deltas label it (``"24h"``)."""
+
+    name: str
+    span_ms: int
+    step_ms: int
+    buckets: int = field(init=False, repr=False)  # how many the ring holds at most
+
+    def __post_init__(self) -> None:
+        if self.span_ms % self.step_ms:
+            raise ValueError(f"window {self.name}: the step must divide the span")
+        object.__setattr__(self, "buckets", self.span_ms // self.step_ms)
+
+
+def parse_windows(text: str) -> tuple[WindowSpec, ...]:
+    """Parse ``"1h:5m,24h:1h,7d:6h"``: spans with their step (default: a twelfth of the span).
+
+    >>> parse_windows("1h,7d:1d")
+    (WindowSpec(name='1h', span_ms=3600000, step_ms=300000), \
+WindowSpec(name='7d', span_ms=604800000, step_ms=86400000))
+    """
+    specs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        span, _, step = part.partition(":")
+        span_ms = parse_duration_ms(span)
+        step_ms = parse_duration_ms(step) if step else span_ms // 12
+        specs.append(WindowSpec(span.strip(), span_ms, step_ms))
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"window spans repeat: {text!r}")
+    return tuple(sorted(specs, key=lambda s: s.span_ms))
+
+
+def window_range(latest_ms: int, spec: WindowSpec) -> tuple[int, int]:
+    """The window ``[start, end)`` reported when the newest event is at ``latest_ms``.
+
+    It ends with the bucket that holds ``latest_ms`` and spans ``spec.span_ms``.
+
+    >>> window_range(3_650_000, WindowSpec("1h", 3_600_000, 300_000))
+    (300000, 3900000)
+    """
+    end = (latest_ms // spec.step_ms + 1) * spec.step_ms
+    return end - spec.span_ms, end
+
+
+class Bucket(msgspec.Struct, array_like=True, gc=False):
+    """What happened in one step of one span."""
+
+    index: int  # event time // step
+    counts: dict[str, int]
+    spend: float = 0.0
+    refunded: float = 0.0
+
+
+class WindowState(msgspec.Struct, array_like=True):
+    """A user's windows: one ring per span (oldest bucket first) with its running total
+    (``index`` unused), and the distinct-key maps."""
+
+    latest_ms: int
+    rings: list[list[Bucket]]
+    totals: list[Bucket]
+    items: dict[str, int] = {}  # key -> newest on-time event time, oldest first
+    categories: dict[str, int] = {}
+    sessions: dict[str, int] = {}
+    last_items: list[tuple[str, int]] = []  # (item, time), distinct, oldest first
+
+
+def initialize(specs: tuple[WindowSpec, ...]) -> WindowState:
+    """Empty windows for ``specs``."""
+    return WindowState(0, [[] for _ in specs], [Bucket(0, {}) for _ in specs])
+
+
+def is_late(ts_ms: int, latest_ms: int, allowed_lateness_ms: int) -> bool:
+    """Whether an event at ``ts_ms`` is too late for windows whose newest event is ``latest_ms``.
+
+    >>> is_late(1_000, 5_000, 4_000), is_late(999, 5_000, 4_000)
+    (False, True)
+    """
+    return ts_ms < latest_ms - allowed_lateness_ms
+
+
+def add(
+    state: WindowState, specs: tuple[WindowSpec, ...], event: Event, allowed_lateness_ms: int
+) -> bool:
+    """Fold ``event`` into ``state`` (in place); ``False`` means it was late and left out."""
+    if not specs:
+        return True  # windows are switched off
+    ts = event.ts_ms
+    latest = state.latest_ms
+    if latest and is_late(ts, latest, allowed_lateness_ms):
+        return False
+    kind = event.type
+    amount = event.price * event.quantity if event.price is not None else 0.0
+    for spec, ring, total in zip(specs, state.rings, state.totals, strict=True):
+        index = ts // spec.step_ms
+        newest = latest // spec.step_ms
+        if index > newest or not ring:  # a new newest bucket: older ones may leave
+            first = index - spec.buckets + 1
+            stale = 0
+            while stale < len(ring) and ring[stale].index < first:
+                stale += 1
+            if stale:
+                del ring[:stale]
+                _sum_into(total, ring)
+            bucket = Bucket(index, {})
+            ring.append(bucket)
+        elif index <= newest - spec.buckets:
+            continue  # on time, but older than this span
+        elif ring[-1].index == index:
+            bucket = ring[-1]
+        else:
+            bucket = _bucket(ring, index)
+        counts, totals = bucket.counts, total.counts
+        counts[kind] = counts.get(kind, 0) + 1
+        totals[kind] = totals.get(kind, 0) + 1
+        if kind == "purchase":
+            bucket.spend += amount
+            total.spend += amount
+        elif kind == "refund":
+            bucket.refunded += amount
+            total.refunded += amount
+    if ts > latest:
+        longest = specs[-1]
+        if ts // longest.step_ms != latest // longest.step_ms:
+            _forget_before(state, window_range(ts, longest)[0])
+        state.latest_ms = ts
+    if event.item_id is not None:
+        _remember(state.items, event.item_id, ts)
+        _remember_item(state.last_items, event.item_id, ts)
+    if event.category is not None:
+        _remember(state.categories, event.category, ts)
+    if event.session_id is not None:
+        _remember(state.sessions, event.session_id, ts)
+    return True
+
+
+def _sum_into(total: Bucket, ring: list[Bucket]) -> None:
+    """Recompute a span's running total from its ring (after buckets left it)."""
+    counts: dict[str, int] = {}
+    for bucket in ring:
+        for kind, n in bucket.counts.items():
+            counts[kind] = counts.get(kind, 0) + n
+    total.counts = counts
+    total.spend = sum(bucket.spend for bucket in ring)
+    total.refunded = sum(bucket.refunded for bucket in ring)
+
+
+def _forget_before(state: WindowState, horizon_ms: int) -> None:
+    """Drop the distinct keys and last items no window can reach any more."""
+    for seen in (state.items, state.categories, state.sessions):
+        for key in [k for k, t in seen.items() if t < horizon_ms]:
+            del seen[key]
+    state.last_items[:] = [(i, t) for i, t in state.last_items if t >= horizon_ms]
+
+
+def _bucket(ring: list[Bucket], index: int) -> Bucket:
+    """The bucket ``index`` of a ring sorted by index, inserted if missing."""
+    position = len(ring)
+    while position and ring[position - 1].index > index:
+        position -= 1
+    if position and ring[position - 1].index == index:
+        return ring[position - 1]
+    bucket = Bucket(index, {})
+    ring.insert(position, bucket)
+    return bucket
+
+
+def _remember(seen: dict[str, int], key: str, ts: int) -> None:
+    """Note ``key`` at ``ts``; ``seen`` stays ordered oldest first, so eviction is O(1)."""
+    known = seen.get(key)
+    if known is not None:
+        if ts <= known:
+            return
+        del seen[key]
+    elif len(seen) >= MAX_DISTINCT:
+        oldest = next(iter(seen))
+        if seen[oldest] >= ts:
+            return  # older than everything kept: it cannot change a capped count
+        del seen[oldest]
+    newest = next(reversed(seen), None)
+    seen[key] = ts
+    if newest is not None and seen[newest] > ts:  # out of order (rare): restore the order
+        ordered = sorted(seen.items(), key=lambda kv: kv[1])
+        seen.clear()
+        seen.update(ordered)
+
+
+def _remember_item(last: list[tuple[str, int]], item: str, ts: int) -> None:
+    if last and last[-1][0] == item:  # the same item again, the common case
+        if ts > last[-1][1]:
+            last[-1] = (item, ts)
+        return
+    for position, (known, known_ts) in enumerate(last):
+        if known == item:
+            if known_ts >= ts:
+                return
+            del last[position]
+            break
+    position = len(last)
+    while position and last[position - 1][1] > ts:
+        position -= 1
+    last.insert(position, (item, ts))
+    if len(last) > LAST_ITEMS:
+        del last[0]
+
+
+def result(state: WindowState, specs: tuple[WindowSpec, ...]) -> dict[str, dict[str, Any]]:
+    """Every span's aggregates as of the newest event, keyed by the span's name.
+
+    Each holds ``from_ms`` (the window's start), ``counts`` by event type, ``spend`` and
+    ``refunded`` (price x quantity), the numbers of distinct ``items``, ``categories`` and
+    ``sessions``, and ``last_items`` (newest first).
+    """
+    starts = [window_range(state.latest_ms, spec)[0] for spec in specs]
+    items = _count_since(state.items, starts)
+    categories = _count_since(state.categories, starts)
+    sessions = _count_since(state.sessions, starts)
+    return {
+        spec.name: {
+            "from_ms": start,
+            "counts": dict(total.counts),
+            "spend": round(total.spend, 6),
+            "refunded": round(total.refunded, 6),
+            "items": items[i],
+            "categories": categories[i],
+            "sessions": sessions[i],
+            "last_items": [item for item, t in reversed(state.last_items) if t >= start],
+        }
+        for i, (spec, total, start) in enumerate(zip(specs, state.totals, starts, strict=True))
+    }
+
+
+def _count_since(seen: dict[str, int], starts: list[int]) -> list[int]:
+    """How many keys were seen at or after each of ``starts`` (``seen`` is oldest first)."""
+    counts = [0] * len(starts)
+    oldest = min(starts, default=0)
+    for t in reversed(seen.values()):
+        if t < oldest:
+            break
+        for i, start in enumerate(starts):
+            if t >= start:
+                counts[i] += 1
+    return counts
