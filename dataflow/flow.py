@@ -228,7 +228,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         if state is None and self.emitted is not None:
             state = decode_state(self.emitted)
             if self.pending is None:
-                self.before = published(state, context.params)
+                self.before = published(state)
         feed = context.feed
         items = feed.model() if feed is not None else None
         if feed is not None and state is not None and context.params.moves_interest(event):
@@ -259,7 +259,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self.state = new
         if self.pending is None:
             self.pending = PendingChanges(due_ms=now + context.emit_interval_ms)
-        note(self.pending, event)
+        note(self.pending, event, in_windows=outcome is Outcome.APPLIED)
         self.pending.dropped |= dropped
         return self._emit(now) if context.emit_interval_ms == 0 else None
 
@@ -268,7 +268,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         params = self.context.params
         before = self.before
         if before is None and self.emitted is not None:  # resumed from a snapshot
-            before = published(decode_state(self.emitted), params)
+            before = published(decode_state(self.emitted))
         delta = emit(self.state, before, self.pending, params, now)
         self.emitted = encode_state(self.state)
         self.state = self.pending = self.before = None

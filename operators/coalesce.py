@@ -5,9 +5,10 @@ every step. The flow folds each event into the state at once (:mod:`operators.pr
 notes it in the user's :class:`PendingChanges`; when the interval since the first pending
 change has passed -- or at once with an interval of 0 -- :func:`emit` turns the changes
 into one :class:`~operators.deltas.ProfileDelta` listing every event it covers. The patch
-is computed once per delta, between the public fields the last delta published
-(:func:`published`, taken when the first change of the interval arrives) and now, so the
-per-event path never copies or compares the profile.
+is computed once per delta, between the fields the last delta published (:func:`published`,
+taken when the first change of the interval arrives) and now, so the per-event path never
+copies or compares the profile; the windows, which change as a whole with every on-time
+event, are sent whole.
 
 Pending changes are part of the state the flow snapshots, so a restart neither loses nor
 repeats them: the resumed flow sends them when they fall due.
@@ -35,7 +36,14 @@ import numpy as np
 
 from operators.deltas import ProfileDelta, encode_vector, patch_between
 from operators.events import Event
-from operators.profile import ProfileParams, UserState, public_fields
+from operators.profile import (
+    ProfileParams,
+    UserState,
+    profile_fields,
+    public_fields,
+    rounded,
+    window_fields,
+)
 
 
 class PendingChanges(msgspec.Struct):
@@ -52,28 +60,32 @@ class PendingChanges(msgspec.Struct):
     ingest_ms: int = 0
     event_time_ms: int = 0
     dropped: set[tuple[str, str]] = set()
+    windows_moved: bool = False
 
 
-def note(pending: PendingChanges, event: Event) -> None:
-    """Record that ``event`` changed the profile (in place)."""
+def note(pending: PendingChanges, event: Event, in_windows: bool = True) -> None:
+    """Record that ``event`` changed the profile (in place); ``in_windows``: not too late
+    for the windows."""
     pending.event_ids.append(event.event_id)
+    pending.windows_moved |= in_windows
     if event.ingest_ms and (not pending.ingest_ms or event.ingest_ms < pending.ingest_ms):
         pending.ingest_ms = event.ingest_ms
     pending.event_time_ms = max(pending.event_time_ms, event.ts_ms)
 
 
 class Published(NamedTuple):
-    """What the last delta told consumers: the public fields, the interest vector, the version."""
+    """What the last delta told consumers: its fields (:func:`profile_fields`), the interest
+    vector and the version."""
 
     fields: dict[str, Any]
     interest: np.ndarray
     version: int
 
 
-def published(state: UserState, params: ProfileParams) -> Published:
+def published(state: UserState) -> Published:
     """Capture ``state`` as its last delta published it (before more events change it)."""
     profile = state.profile
-    return Published(public_fields(profile, params), profile.interest, profile.version)
+    return Published(profile_fields(profile), profile.interest, profile.version)
 
 
 def emit(
@@ -89,15 +101,17 @@ def emit(
     moved or the item memory was rebuilt; ``state``'s delta bookkeeping is updated.
     """
     profile = state.profile
-    after = public_fields(profile, params)
     full = before is None or state.needs_full or state.deltas_since_full + 1 >= params.full_every
     moved = before is None or not np.array_equal(before.interest, profile.interest)
     if full:
-        changed = after
+        changed = public_fields(profile, params)
         state.deltas_since_full, state.needs_full = 0, False
     else:
         assert before is not None
-        changed = patch_between(before.fields, after, pending.dropped)
+        after = profile_fields(profile)
+        changed = rounded(patch_between(before.fields, after, pending.dropped))
+        if pending.windows_moved:  # windows change as a whole: every span is sent
+            changed["windows"] = window_fields(profile, params)
         state.deltas_since_full += 1
     return ProfileDelta(
         user_id=profile.user_id,

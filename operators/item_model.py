@@ -151,8 +151,8 @@ def memory_fields(memory: UserItemMemory) -> dict[str, Any]:
     return {
         "item_model_version": memory.model_version,
         "item_recent": {str(first + k): list(r) for k, r in enumerate(memory.recent)},
-        "item_long_term": {str(a): round(w, 6) for a, w in memory.long_term.items()},
-        "item_weight": round(memory.long_term_weight, 6),
+        "item_long_term": {str(a): w for a, w in memory.long_term.items()},
+        "item_weight": memory.long_term_weight,
     }
 
 

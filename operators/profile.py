@@ -139,7 +139,7 @@ class UserState(msgspec.Struct):
     """
 
     profile: UserProfile
-    seen_event_ids: list[int] = []
+    seen_event_ids: dict[int, None] = {}  # an ordered set: O(1) to check, oldest first
     deltas_since_full: int = 0
     needs_full: bool = False  # the anchor moved or the item memory was rebuilt
 
@@ -199,8 +199,8 @@ def sgd_step(
     ([2.0, 3.0], 4.0)
     """
     new_weight = total_weight + weight
-    moved = np.subtract(target, interest, dtype=np.float32)
-    moved *= np.float32(weight / new_weight)
+    moved = target - interest
+    moved *= weight / new_weight  # a Python float keeps the float32 arrays float32
     moved += interest
     return moved, new_weight
 
@@ -375,9 +375,10 @@ def apply_event(
         if size is None:
             raise ValueError("a new profile needs `dim` when the event has no vector")
         state = UserState(new_profile(event, size, params))
-    state.seen_event_ids.append(key)
-    if len(state.seen_event_ids) > params.max_seen_event_ids:
-        del state.seen_event_ids[0]
+    seen = state.seen_event_ids
+    seen[key] = None
+    if len(seen) > params.max_seen_event_ids:
+        del seen[next(iter(seen))]
     on_time = add_to_windows(
         state.profile.windows, params.windows, event, params.allowed_lateness_ms
     )
@@ -386,29 +387,55 @@ def apply_event(
     return state, Outcome.APPLIED if on_time else Outcome.LATE
 
 
-def public_fields(profile: UserProfile, params: ProfileParams) -> dict[str, Any]:
-    """The fields deltas carry, as plain JSON values (weights rounded to 6 decimals)."""
+def profile_fields(profile: UserProfile) -> dict[str, Any]:
+    """The published fields but the windows, unrounded: what a patch is computed from.
+
+    Maps are copies, so later events cannot change what this captured.
+    """
     fields: dict[str, Any] = {
         "anchor_ms": profile.anchor_ms,
-        "interest_weight": round(profile.interest_weight, 6),
-        "category_affinity": {k: round(v, 6) for k, v in profile.category_affinity.items()},
-        "brand_affinity": {k: round(v, 6) for k, v in profile.brand_affinity.items()},
-        "keywords": {k: round(v, 6) for k, v in profile.keywords.items()},
-        "sentiment": round(profile.sentiment, 6),
-        "sentiment_weight": round(profile.sentiment_weight, 6),
-        "category_sentiment": {
-            k: [round(m, 6), round(w, 6)] for k, (m, w) in profile.category_sentiment.items()
-        },
+        "interest_weight": profile.interest_weight,
+        "category_affinity": dict(profile.category_affinity),
+        "brand_affinity": dict(profile.brand_affinity),
+        "keywords": dict(profile.keywords),
+        "sentiment": profile.sentiment,
+        "sentiment_weight": profile.sentiment_weight,
+        "category_sentiment": dict(profile.category_sentiment),
         "counts": dict(profile.counts),
-        "spend": round(profile.spend, 6),
-        "refunded": round(profile.refunded, 6),
+        "spend": profile.spend,
+        "refunded": profile.refunded,
         "first_seen_ms": profile.first_seen_ms,
         "last_seen_ms": profile.last_seen_ms,
-        "windows": window_results(profile.windows, params.windows),
     }
     if profile.item_memory is not None:
         fields.update(memory_fields(profile.item_memory))
     return fields
+
+
+def rounded(value: Any) -> Any:
+    """``value`` as deltas carry it: floats to 6 decimals, tuples as lists, recursively.
+
+    >>> rounded({"a": 1 / 3, "b": (2 / 3, 1), "c": None})
+    {'a': 0.333333, 'b': [0.666667, 1], 'c': None}
+    """
+    kind = type(value)
+    if kind is float:
+        return round(value, 6)
+    if kind is dict:  # mostly maps of floats: spare them the recursive call
+        return {k: round(v, 6) if type(v) is float else rounded(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [rounded(v) for v in value]
+    return value
+
+
+def window_fields(profile: UserProfile, params: ProfileParams) -> dict[str, Any]:
+    """The ``windows`` field: every span's aggregates as of the newest event."""
+    return window_results(profile.windows, params.windows)
+
+
+def public_fields(profile: UserProfile, params: ProfileParams) -> dict[str, Any]:
+    """Every field a full delta carries, as plain JSON values (weights to 6 decimals)."""
+    return {**rounded(profile_fields(profile)), "windows": window_fields(profile, params)}
 
 
 def _encode_array(obj: Any) -> Any:

@@ -40,6 +40,7 @@ False
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -173,8 +174,11 @@ def add(
             while stale < len(ring) and ring[stale].index < first:
                 stale += 1
             if stale:
+                for gone in ring[:stale]:
+                    _subtract(total, gone)
                 del ring[:stale]
-                _sum_into(total, ring)
+                if not ring:  # start again from exact zeros: no rounding residue
+                    total.counts, total.spend, total.refunded = {}, 0.0, 0.0
             bucket = Bucket(index, {})
             ring.append(bucket)
         elif index <= newest - spec.buckets:
@@ -207,15 +211,17 @@ def add(
     return True
 
 
-def _sum_into(total: Bucket, ring: list[Bucket]) -> None:
-    """Recompute a span's running total from its ring (after buckets left it)."""
-    counts: dict[str, int] = {}
-    for bucket in ring:
-        for kind, n in bucket.counts.items():
-            counts[kind] = counts.get(kind, 0) + n
-    total.counts = counts
-    total.spend = sum(bucket.spend for bucket in ring)
-    total.refunded = sum(bucket.refunded for bucket in ring)
+def _subtract(total: Bucket, gone: Bucket) -> None:
+    """Take a bucket that left the window out of the span's running total."""
+    counts = total.counts
+    for kind, n in gone.counts.items():
+        left = counts[kind] - n
+        if left:
+            counts[kind] = left
+        else:
+            del counts[kind]
+    total.spend -= gone.spend
+    total.refunded -= gone.refunded
 
 
 def _forget_before(state: WindowState, horizon_ms: int) -> None:
@@ -305,12 +311,5 @@ def result(state: WindowState, specs: tuple[WindowSpec, ...]) -> dict[str, dict[
 
 def _count_since(seen: dict[str, int], starts: list[int]) -> list[int]:
     """How many keys were seen at or after each of ``starts`` (``seen`` is oldest first)."""
-    counts = [0] * len(starts)
-    oldest = min(starts, default=0)
-    for t in reversed(seen.values()):
-        if t < oldest:
-            break
-        for i, start in enumerate(starts):
-            if t >= start:
-                counts[i] += 1
-    return counts
+    times = list(seen.values())
+    return [len(times) - bisect.bisect_left(times, start) for start in starts]

@@ -14,6 +14,7 @@ from operators.item_model import ItemInteraction, ItemModel, ScorerParams, train
 from operators.nlp import TextSignals
 from operators.profile import (
     DAY_MS,
+    Outcome,
     ProfileParams,
     UserState,
     apply_event,
@@ -84,18 +85,16 @@ class Producer:
         if self.state is None and self.emitted is not None:
             self.state = decode_state(self.emitted)
         self.pending = self.pending or PendingChanges(due_ms=0)
-        self.state, _ = apply_event(
+        self.state, outcome = apply_event(
             self.state, event, vector, self.params, dim=4, signals=signals, items=ITEMS,
             dropped=self.pending.dropped,
         )  # fmt: skip
-        note(self.pending, event)
+        note(self.pending, event, in_windows=outcome is Outcome.APPLIED)
 
     def emit(self) -> ProfileDelta | None:
         if self.pending is None or self.state is None:
             return None
-        before = (
-            None if self.emitted is None else published(decode_state(self.emitted), self.params)
-        )
+        before = None if self.emitted is None else published(decode_state(self.emitted))
         delta = emit(self.state, before, self.pending, self.params, now_ms=0)
         self.emitted, self.state, self.pending = encode_state(self.state), None, None
         return delta
