@@ -144,12 +144,15 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self.emitted = emitted  # the state as of the last delta, as bytes
         self.state: UserState | None = None if current is None else decode_state(current)
         self.pending = pending
-        self.waiting = list(waiting)
+        self.waiting: list[Event] | None = list(waiting) or None  # None saves a list a user
         self.before: Published | None = None  # what the last delta published, while pending
         self.registered = 0  # waiting events, from the first, whose texts joined a batch
 
     def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
-        self.waiting.extend(values)
+        if self.waiting is None:
+            self.waiting = values  # a fresh list of Bytewax's: ours to keep
+        else:
+            self.waiting.extend(values)
         return self._advance(), self._finished()
 
     def on_notify(self) -> tuple[list[Output], bool]:
@@ -180,7 +183,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
 
     def snapshot(self) -> UserSnapshot:
         current = encode_state(self.state) if self.pending and self.state else None
-        return self.emitted, current, self.pending, list(self.waiting)
+        return self.emitted, current, self.pending, list(self.waiting or ())
 
     def _finished(self) -> bool:
         """Discard the logic once the user is erased and nothing of theirs is left."""
@@ -193,11 +196,14 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         The texts of the events queued behind that one are registered once, so they join
         the same batch: a user's burst of searches waits for one batch, not one per search.
         """
+        waiting = self.waiting
+        out: list[Output] = []
+        if not waiting:
+            return out
         context = self.context
         now = context.clock()
-        out: list[Output] = []
         applied = 0
-        for event in self.waiting:
+        for event in waiting:
             vector = None
             text = context.text_of(event)
             if text is not None:
@@ -208,16 +214,18 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             output = self._apply(event, vector, now)
             if output is not None:
                 out.append(output)
-        del self.waiting[:applied]
+        del waiting[:applied]
         self.registered = max(self.registered - applied, 1)
-        if len(self.waiting) > self.registered:
-            for later in self.waiting[self.registered :]:
+        if len(waiting) > self.registered:
+            for later in waiting[self.registered :]:
                 if (text := context.text_of(later)) is not None:
                     context.batcher.vector(text, now)
-            self.registered = len(self.waiting)
-            head = context.text_of(self.waiting[0])
+            self.registered = len(waiting)
+            head = context.text_of(waiting[0])
             if head is None or context.batcher.vector(head, now) is not None:
                 out += self._advance()  # the batch closed while the queue joined it
+        if not self.waiting:
+            self.waiting = None
         if self.pending is None:
             self.state = None  # nothing unsent: the state rests as bytes
         return out

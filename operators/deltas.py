@@ -24,9 +24,8 @@ and its own: after a flow restart, deltas are re-sent with other boundaries (coa
 follows the wall clock), and a consumer ahead of a re-sent patch's base still lands exactly
 on its version.
 
-Vectors travel as base64 of int16 units of :data:`VECTOR_STEP` (2^-15): rounded to within
-1.6e-5 of the producer's float32 vector, in half the bytes of float32, and carried whole --
-every consumer holds exactly the vector last sent.
+Vectors travel whole as base64 of little-endian float16, the precision the profile keeps
+them in: every consumer holds exactly the producer's vector, in half the bytes of float32.
 
 ``incarnation`` is the id of the event that created the profile; it tells a re-created
 profile (after a deletion) from stale deltas of the deleted one that a replay may resend.
@@ -54,11 +53,6 @@ import numpy as np
 
 DeltaKind = Literal["full", "patch", "tombstone"]
 
-#: The grid profile vectors live on, and the unit they travel in.
-VECTOR_STEP: Final = 2.0**-15
-_SCALE: Final = np.float32(2.0**15)
-_LIMIT: Final = np.float32(2.0**15 - 1)
-
 
 class ProfileDelta(msgspec.Struct, omit_defaults=True):
     """One change to one user's profile, keyed by ``user_id`` on the deltas topic."""
@@ -77,36 +71,18 @@ class ProfileDelta(msgspec.Struct, omit_defaults=True):
     processed_ms: int = 0
 
 
-def snap_to_grid(vector: np.ndarray) -> np.ndarray:
-    """The vector as consumers receive it: rounded to multiples of :data:`VECTOR_STEP`.
-
-    Profile vectors are weighted means of unit vectors, so no component passes 1; the clip
-    to (-1, 1) only guards the int16 range of the wire format.
-
-    >>> snap_to_grid(np.array([0.1, -0.3, 2.0], np.float32)).tolist()
-    [0.100006103515625, -0.29998779296875, 0.999969482421875]
-    """
-    return decode_vector(encode_vector(vector))
-
-
 def encode_vector(vector: np.ndarray) -> str:
-    """Base64 of the vector's nearest int16 units of :data:`VECTOR_STEP`.
+    """Base64 of the vector as little-endian float16 (exact for the profile's float16 vectors).
 
-    ``decode_vector(encode_vector(v))`` is ``snap_to_grid(v)``, exactly.
-
-    >>> encode_vector(np.array([0.0, VECTOR_STEP, -VECTOR_STEP, 0.5], np.float32))
-    'AAABAP//AEA='
+    >>> encode_vector(np.array([0.0, 0.5, -1.0], np.float16))
+    'AAAAOAC8'
     """
-    units = np.multiply(vector, _SCALE, dtype=np.float32)
-    np.rint(units, out=units)
-    np.minimum(units, _LIMIT, out=units)
-    np.maximum(units, -_LIMIT, out=units)
-    return base64.b64encode(units.astype("<i2").tobytes()).decode("ascii")
+    return base64.b64encode(np.asarray(vector, "<f2").tobytes()).decode("ascii")
 
 
 def decode_vector(text: str) -> np.ndarray:
-    """Inverse of :func:`encode_vector` (a float32 array)."""
-    return np.frombuffer(base64.b64decode(text), "<i2") * np.float32(VECTOR_STEP)
+    """Inverse of :func:`encode_vector`, widened to float32 (exactly) for arithmetic."""
+    return np.frombuffer(base64.b64decode(text), "<f2").astype(np.float32)
 
 
 _encoder = msgspec.json.Encoder()

@@ -13,9 +13,9 @@ The interest vector ``u`` minimises the time-decayed, type-weighted squared dist
 vectors of the user's events, ``sum_i w_i d(t - t_i) |u - x_i|^2``. Each event takes the SGD
 step ``u += lr * (x - u)`` with ``lr = w / W``, where ``W`` is the decayed total weight seen so
 far; this is the exact online minimiser, so the vector forgets old interests at the chosen
-half-life and needs no tuning of a learning-rate schedule. The state keeps the vector in
-float32, so it depends only on the events, never on when deltas went out; deltas carry it
-rounded to :data:`~operators.deltas.VECTOR_STEP` (2^-15).
+half-life and needs no tuning of a learning-rate schedule. Each step is computed in float32
+and the vector kept in float16 (relative precision 5e-4, half the memory), which deltas carry
+exactly: consumers hold the very bits the profile has.
 
 Decayed weights (affinities, keywords, the weights behind the vector and the sentiment) are
 stored *as of* ``anchor_ms``: an event at ``t`` adds ``w * 2^((t - anchor_ms) / half_life)``.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -189,9 +190,9 @@ def add_weight(scores: dict[str, float], key: str, weight: float, capacity: int)
 def sgd_step(
     interest: np.ndarray, total_weight: float, target: np.ndarray, weight: float
 ) -> tuple[np.ndarray, float]:
-    """One SGD step of the interest vector towards ``target``; returns (vector, weight).
+    """One SGD step of the float16 interest vector towards ``target``; (vector, weight).
 
-    >>> v, w = sgd_step(np.zeros(2, np.float32), 0.0, np.array([1, 3], np.float32), 2.0)
+    >>> v, w = sgd_step(np.zeros(2, np.float16), 0.0, np.array([1, 3], np.float32), 2.0)
     >>> v.tolist(), w
     ([1.0, 3.0], 2.0)
     >>> v, w = sgd_step(v, w, np.array([3, 3], np.float32), 2.0)
@@ -199,10 +200,10 @@ def sgd_step(
     ([2.0, 3.0], 4.0)
     """
     new_weight = total_weight + weight
-    moved = target - interest
-    moved *= weight / new_weight  # a Python float keeps the float32 arrays float32
+    moved = target - interest  # float32
+    moved *= weight / new_weight  # a Python float keeps the float32 array float32
     moved += interest
-    return moved, new_weight
+    return moved.astype(np.float16), new_weight
 
 
 def add_to_mean(
@@ -246,7 +247,7 @@ def new_profile(event: Event, dim: int, params: ProfileParams) -> UserProfile:
         user_id=event.user_id,
         incarnation=incarnation_of(event),
         model_version=params.model_version,
-        interest=np.zeros(dim, dtype=np.float32),
+        interest=np.zeros(dim, dtype=np.float16),
         windows=new_windows(params.windows),
         anchor_ms=event.ts_ms,
         first_seen_ms=event.ts_ms,
@@ -440,23 +441,32 @@ def public_fields(profile: UserProfile, params: ProfileParams) -> dict[str, Any]
 
 def _encode_array(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        return obj.astype("<f4").tobytes()
+        return obj.astype("<f2").tobytes()
     raise NotImplementedError(f"cannot store {type(obj).__name__} in a user state")
 
 
 def _decode_array(kind: type, obj: Any) -> Any:
     if kind is np.ndarray and isinstance(obj, bytes):
-        return np.frombuffer(obj, "<f4")  # read-only: every update makes a new vector
+        return np.frombuffer(obj, "<f2")  # read-only: every update makes a new vector
     raise NotImplementedError(f"cannot restore {kind} from {type(obj).__name__}")
 
 
 _state_encoder = msgspec.msgpack.Encoder(enc_hook=_encode_array)
 _state_decoder = msgspec.msgpack.Decoder(UserState, dec_hook=_decode_array)
+_buffers = threading.local()
 
 
 def encode_state(state: UserState) -> bytes:
-    """The state as compact bytes (MessagePack): how it rests between deltas and in snapshots."""
-    return _state_encoder.encode(state)
+    """The state as compact bytes (MessagePack): how it rests between deltas and in snapshots.
+
+    Encoded into a per-thread buffer and copied out: ``encode`` would return bytes whose
+    allocation is half as large again as their length, kept for every resting user.
+    """
+    buffer = getattr(_buffers, "state", None)
+    if buffer is None:
+        buffer = _buffers.state = bytearray()
+    _state_encoder.encode_into(state, buffer)
+    return bytes(buffer)
 
 
 def decode_state(data: bytes) -> UserState:

@@ -12,8 +12,10 @@ reported is the hopping window that ends with the bucket holding the newest even
 ``S - s`` and ``S`` of history before the newest event: the resolution is one step
 (5 minutes, 1 hour and 6 hours by default) and nothing inside the window is estimated.
 Distinct items, categories and sessions are exact too: each is a map from key to the newest
-time it was seen, capped at :data:`MAX_DISTINCT` keys (the oldest go first), so a window's
-distinct count is exact up to the cap and reads as the cap beyond it.
+time it was seen, ordered by that time and capped at :data:`MAX_DISTINCT` keys (the oldest
+go first), so a window's distinct count is exact up to the cap and reads as the cap beyond
+it; the newest keys of the item map are the last items. Money is summed in integer
+millionths, so totals add and subtract exactly.
 
 Late data: an event more than ``allowed_lateness_ms`` older than the newest event already
 seen is *late*. It still updates the long-term profile (the caller's job) but no window:
@@ -41,6 +43,7 @@ False
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -122,8 +125,8 @@ class Bucket(msgspec.Struct, array_like=True, gc=False):
 
     index: int  # event time // step
     counts: dict[str, int]
-    spend: float = 0.0
-    refunded: float = 0.0
+    spend: int = 0  # in millionths: integers add and subtract exactly, and pack small
+    refunded: int = 0
 
 
 class WindowState(msgspec.Struct, array_like=True):
@@ -136,7 +139,6 @@ class WindowState(msgspec.Struct, array_like=True):
     items: dict[str, int] = {}  # key -> newest on-time event time, oldest first
     categories: dict[str, int] = {}
     sessions: dict[str, int] = {}
-    last_items: list[tuple[str, int]] = []  # (item, time), distinct, oldest first
 
 
 def initialize(specs: tuple[WindowSpec, ...]) -> WindowState:
@@ -164,7 +166,7 @@ def add(
     if latest and is_late(ts, latest, allowed_lateness_ms):
         return False
     kind = event.type
-    amount = event.price * event.quantity if event.price is not None else 0.0
+    amount = round(event.price * event.quantity * 1e6) if event.price is not None else 0
     for spec, ring, total in zip(specs, state.rings, state.totals, strict=True):
         index = ts // spec.step_ms
         newest = latest // spec.step_ms
@@ -178,7 +180,7 @@ def add(
                     _subtract(total, gone)
                 del ring[:stale]
                 if not ring:  # start again from exact zeros: no rounding residue
-                    total.counts, total.spend, total.refunded = {}, 0.0, 0.0
+                    total.counts, total.spend, total.refunded = {}, 0, 0
             bucket = Bucket(index, {})
             ring.append(bucket)
         elif index <= newest - spec.buckets:
@@ -203,7 +205,6 @@ def add(
         state.latest_ms = ts
     if event.item_id is not None:
         _remember(state.items, event.item_id, ts)
-        _remember_item(state.last_items, event.item_id, ts)
     if event.category is not None:
         _remember(state.categories, event.category, ts)
     if event.session_id is not None:
@@ -229,7 +230,6 @@ def _forget_before(state: WindowState, horizon_ms: int) -> None:
     for seen in (state.items, state.categories, state.sessions):
         for key in [k for k, t in seen.items() if t < horizon_ms]:
             del seen[key]
-    state.last_items[:] = [(i, t) for i, t in state.last_items if t >= horizon_ms]
 
 
 def _bucket(ring: list[Bucket], index: int) -> Bucket:
@@ -264,25 +264,6 @@ def _remember(seen: dict[str, int], key: str, ts: int) -> None:
         seen.update(ordered)
 
 
-def _remember_item(last: list[tuple[str, int]], item: str, ts: int) -> None:
-    if last and last[-1][0] == item:  # the same item again, the common case
-        if ts > last[-1][1]:
-            last[-1] = (item, ts)
-        return
-    for position, (known, known_ts) in enumerate(last):
-        if known == item:
-            if known_ts >= ts:
-                return
-            del last[position]
-            break
-    position = len(last)
-    while position and last[position - 1][1] > ts:
-        position -= 1
-    last.insert(position, (item, ts))
-    if len(last) > LAST_ITEMS:
-        del last[0]
-
-
 def result(state: WindowState, specs: tuple[WindowSpec, ...]) -> dict[str, dict[str, Any]]:
     """Every span's aggregates as of the newest event, keyed by the span's name.
 
@@ -292,18 +273,21 @@ def result(state: WindowState, specs: tuple[WindowSpec, ...]) -> dict[str, dict[
     """
     starts = [window_range(state.latest_ms, spec)[0] for spec in specs]
     items = _count_since(state.items, starts)
+    # The item map is ordered by when each item was last seen: its newest keys are the
+    # last items, and the first ``items[i]`` of them fall in span i.
+    last_items = list(itertools.islice(reversed(state.items), LAST_ITEMS))
     categories = _count_since(state.categories, starts)
     sessions = _count_since(state.sessions, starts)
     return {
         spec.name: {
             "from_ms": start,
             "counts": dict(total.counts),
-            "spend": round(total.spend, 6),
-            "refunded": round(total.refunded, 6),
+            "spend": total.spend / 1e6,
+            "refunded": total.refunded / 1e6,
             "items": items[i],
             "categories": categories[i],
             "sessions": sessions[i],
-            "last_items": [item for item, t in reversed(state.last_items) if t >= start],
+            "last_items": last_items[: items[i]],
         }
         for i, (spec, total, start) in enumerate(zip(specs, state.totals, starts, strict=True))
     }

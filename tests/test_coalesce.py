@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from operators.coalesce import PendingChanges, emit, erase, note, published
-from operators.deltas import Applied, ProfileDelta, ProfileView, materialize, snap_to_grid
+from operators.deltas import Applied, ProfileDelta, ProfileView, materialize
 from operators.events import Event
 from operators.item_model import ItemInteraction, ItemModel, ScorerParams, train_item_model
 from operators.nlp import TextSignals
@@ -124,8 +124,7 @@ def assert_equals_state(view: ProfileView, state: UserState) -> None:
     profile = view.profiles["u1"]
     assert profile.version == state.profile.version
     assert profile.fields == public_fields(state.profile, PARAMS)
-    # exactly the producer's vector as it travels (within 2^-16 of its float32 state)
-    assert np.array_equal(profile.interest, snap_to_grid(state.profile.interest))
+    assert np.array_equal(profile.interest, state.profile.interest)  # exact, not just close
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -62,7 +62,8 @@ def test_sgd_step_matches_the_weighted_mean_it_minimises() -> None:
     for target, weight in zip(targets, weights, strict=True):
         vector, total = sgd_step(vector, total, target, float(weight))
     expected = (weights[:, None] * targets).sum(0) / weights.sum()
-    assert np.allclose(vector, expected, atol=1e-5)
+    assert np.allclose(vector, expected, atol=2e-3)  # float16 keeps 11 significant bits
+    assert vector.dtype == np.float16
 
 
 def test_loss_falls_on_a_stream_of_one_interest() -> None:

@@ -1,0 +1,216 @@
+"""Bytes of state per user: in the flow's memory and in its recovery store, at 100k and 1M users.
+
+What: for each population, every user acts a few times over the last week (views, clicks,
+carts, purchases and logins across sessions, categories and brands, in event-time order
+across users), so every window span holds buckets, distinct keys and last items -- an active
+user, not a one-event visitor. The real flow (``python -m dataflow run``, default windows,
+recovery on) reads the stream from a file; then:
+
+* memory per user = (peak RSS of the run - peak RSS of the same flow over 1,000 users) /
+  (users - 1,000): the model, the runtime and the buffers cancel out, but not the users
+  whose state is decoded while a delta is pending (those active in the last emit
+  interval: about one second of events); so also the marginal bytes per user between the
+  two populations, where that live set (the same events per second) cancels too;
+* recovery store per user = size of the recovery directory after the run / users, and the
+  same after ``VACUUM`` (the snapshots alone, without the pages SQLite keeps free);
+* stored state per user = mean length of a user's MessagePack state (what rests in memory
+  between deltas and goes into every snapshot), from a sample folded by the same functions.
+
+Why: state must stay bounded per user (target <= 4 KB), and a cluster's memory is sized by
+users x bytes per user.
+
+    python benchmarks/state_bench.py                 # 100k and 1M users, ~15 minutes
+    python benchmarks/state_bench.py --users 100000  # one population
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgspec
+import numpy as np
+
+from benchmarks.common import fmt, machine_info, print_header
+from dataflow.commands.generator import build_catalog
+from operators.events import Event, parse_event
+from operators.profile import ProfileParams, UserState, apply_event, encode_state
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "state_bench.json"
+END_MS = 1_717_200_000_000  # 2024-06-01
+WEEK_MS = 7 * 86_400_000
+KINDS = ("view", "view", "view", "click", "click", "add_to_cart", "purchase", "login")
+
+
+def write_stream(path: Path, users: int, per_user: int, seed: int) -> int:
+    """``per_user`` events for each of ``users``, spread over the last week, in time order."""
+    rng = random.Random(seed)
+    catalog = build_catalog(2_000, np.random.default_rng(seed))
+    rows = []
+    for u in range(users):
+        session = 0
+        for k in range(per_user):
+            ts = END_MS - rng.randrange(WEEK_MS)
+            session += rng.random() < 0.4
+            kind = rng.choice(KINDS)
+            item = rng.choice(catalog)
+            event: dict[str, object] = {
+                "event_id": f"e{u}-{k}",
+                "user_id": f"u{u}",
+                "ts": ts,
+                "type": kind,
+                "session_id": f"s{u}-{session}",
+                "device_id": f"d{u}",
+                "channel": "app",
+            }
+            if kind != "login":
+                event |= {"item_id": item.item_id, "category": item.category, "brand": item.brand}
+            if kind == "purchase":
+                event["price"] = item.price
+            rows.append((ts, msgspec.json.encode(event)))
+    rows.sort(key=lambda row: row[0])
+    path.write_bytes(b"".join(line + b"\n" for _, line in rows))
+    return len(rows)
+
+
+def stored_state_bytes(path: Path, sample_users: int) -> float:
+    """Mean encoded state of the first ``sample_users`` users, folded by ``apply_event``."""
+    params = ProfileParams()
+    states: dict[str, UserState | None] = {}
+    vector = np.full(384, 0.05, np.float32)
+    wanted = {f"u{u}" for u in range(sample_users)}
+    with path.open("rb") as lines:
+        for line in lines:
+            event = parse_event(line)
+            if isinstance(event, Event) and event.user_id in wanted:
+                state: UserState | None = states.get(event.user_id)
+                moves = params.moves_interest(event)
+                states[event.user_id], _ = apply_event(
+                    state, event, vector if moves else None, params, dim=384
+                )
+    return float(np.mean([len(encode_state(s)) for s in states.values() if s is not None]))
+
+
+def run_flow(events: Path, work: Path) -> tuple[int, int, int, float]:
+    """Run the flow over ``events`` with recovery.
+
+    Returns the peak RSS, the recovery store's size on disk and after ``VACUUM`` (its live
+    data), and the seconds it took.
+    """
+    recovery, out = work / "recovery", work / "out"
+    command = [sys.executable, "-m", "dataflow", "run", "--input-path", str(events)]
+    command += ["--output-dir", str(out), "--recovery-dir", str(recovery)]
+    command += ["--metrics-port", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak_kb <= before:
+        raise RuntimeError("this run did not raise the children's peak RSS: run it first")
+    store = sum(f.stat().st_size for f in recovery.rglob("*") if f.is_file())
+    live = 0
+    for db in recovery.glob("*.sqlite3"):
+        with sqlite3.connect(db) as connection:
+            connection.execute("VACUUM")
+        live += db.stat().st_size
+    return peak_kb * 1024, store, live, seconds
+
+
+@dataclass
+class Population:
+    users: int
+    events: int
+    flow_seconds: float
+    peak_rss_mb: float
+    memory_bytes_per_user: float
+    recovery_bytes_per_user: float
+    recovery_live_bytes_per_user: float
+    stored_state_bytes_per_user: float
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--events-per-user", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="state-bench-"))
+    # Children's peak RSS only ever grows: measure the smallest population first.
+    baseline_users = 1_000
+    populations = []
+    base_rss = 0
+    rss_by_users: dict[int, int] = {}
+    for users in [baseline_users, *sorted(args.users)]:
+        case = work / f"u{users}"
+        case.mkdir()
+        events = write_stream(case / "events.jsonl", users, args.events_per_user, args.seed)
+        rss, store, live, seconds = run_flow(case / "events.jsonl", case)
+        print(f"  {users:,} users: {events:,} events in {seconds:.0f} s", file=sys.stderr)
+        rss_by_users[users] = rss
+        if users == baseline_users:
+            base_rss = rss
+            continue
+        populations.append(
+            Population(
+                users=users,
+                events=events,
+                flow_seconds=seconds,
+                peak_rss_mb=rss / 2**20,
+                memory_bytes_per_user=(rss - base_rss) / (users - baseline_users),
+                recovery_bytes_per_user=store / users,
+                recovery_live_bytes_per_user=live / users,
+                stored_state_bytes_per_user=stored_state_bytes(case / "events.jsonl", 2_000),
+            )
+        )
+        (case / "events.jsonl").unlink()
+    print_header(
+        f"{'users':>10} {'events':>10} {'flow s':>7} {'peak RSS MB':>11} {'memory B/user':>13} "
+        f"{'store B/user':>12} {'(live data)':>11} {'state B/user':>12}"
+    )
+    for p in populations:
+        print(
+            f"{p.users:>10,} {p.events:>10,} {p.flow_seconds:>7.0f} {fmt(p.peak_rss_mb):>11} "
+            f"{fmt(p.memory_bytes_per_user):>13} {fmt(p.recovery_bytes_per_user):>12} "
+            f"{fmt(p.recovery_live_bytes_per_user):>11} {fmt(p.stored_state_bytes_per_user):>12}"
+        )
+    sizes = sorted(u for u in rss_by_users if u != baseline_users)
+    marginal = None
+    if len(sizes) >= 2:
+        low, high = sizes[0], sizes[-1]
+        marginal = (rss_by_users[high] - rss_by_users[low]) / (high - low)
+        print(f"\nmarginal memory per user from {low:,} to {high:,} users: {marginal:,.0f} bytes")
+    print(f"{args.events_per_user} events per user over a week; default windows; target "
+          "<= 4,096 bytes per user")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine_info(load_before),
+        "settings": {"events_per_user": args.events_per_user, "seed": args.seed},
+        "populations": [asdict(p) for p in populations],
+        "marginal_memory_bytes_per_user": marginal,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
