@@ -41,7 +41,16 @@ from dataflow.model_watch import ItemModelFeed, ModelWatcher
 from dataflow.sinks import dead_letter_json, dead_letter_message
 from dataflow.sources import JsonlSource, RawLine
 from operators.batching import TextBatcher
-from operators.coalesce import PendingChanges, Published, emit, erase, note, published
+from operators.coalesce import (
+    PendingChanges,
+    Published,
+    decode_pending,
+    emit,
+    encode_pending,
+    erase,
+    note,
+    published,
+)
 from operators.deltas import ProfileDelta, delta_to_json
 from operators.embedding import Embedder, TextEncoder, embedding_text
 from operators.events import DeadLetter, Event, RejectReason, duplicate_of, parse_event
@@ -128,9 +137,10 @@ class _Context:
 
 
 Output = ProfileDelta | DeadLetter
-#: A user's snapshot: the state as of the last delta, the state now (when changes are
-#: pending), the pending changes, and the events waiting for a text vector.
-UserSnapshot = tuple[bytes | None, bytes | None, PendingChanges | None, list[Event]]
+#: A user's snapshot, immutable as Bytewax requires: the state as of the last delta, the
+#: state now and the pending changes (when changes are pending, all MessagePack bytes), and
+#: the events waiting for a text vector.
+UserSnapshot = tuple[bytes | None, bytes | None, bytes | None, list[Event]]
 
 
 class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
@@ -143,7 +153,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self.context = context
         self.emitted = emitted  # the state as of the last delta, as bytes
         self.state: UserState | None = None if current is None else decode_state(current)
-        self.pending = pending
+        self.pending = None if pending is None else decode_pending(pending)
         self.waiting: list[Event] | None = list(waiting) or None  # None saves a list a user
         self.before: Published | None = None  # what the last delta published, while pending
         self.registered = 0  # waiting events, from the first, whose texts joined a batch
@@ -182,8 +192,10 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         return None if due is None else _as_datetime(due)
 
     def snapshot(self) -> UserSnapshot:
-        current = encode_state(self.state) if self.pending and self.state else None
-        return self.emitted, current, self.pending, list(self.waiting or ())
+        if self.pending is None or self.state is None:
+            return self.emitted, None, None, list(self.waiting or ())
+        current, pending = encode_state(self.state), encode_pending(self.pending)
+        return self.emitted, current, pending, list(self.waiting or ())
 
     def _finished(self) -> bool:
         """Discard the logic once the user is erased and nothing of theirs is left."""

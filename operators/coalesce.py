@@ -63,6 +63,19 @@ class PendingChanges(msgspec.Struct):
     windows_moved: bool = False
 
 
+_pending_decoder = msgspec.msgpack.Decoder(PendingChanges)
+
+
+def encode_pending(pending: PendingChanges) -> bytes:
+    """The pending changes as bytes: an immutable copy for a snapshot."""
+    return msgspec.msgpack.encode(pending)
+
+
+def decode_pending(data: bytes) -> PendingChanges:
+    """Inverse of :func:`encode_pending`."""
+    return _pending_decoder.decode(data)
+
+
 def note(pending: PendingChanges, event: Event, in_windows: bool = True) -> None:
     """Record that ``event`` changed the profile (in place); ``in_windows``: not too late
     for the windows."""
