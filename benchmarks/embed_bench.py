@@ -61,7 +61,7 @@ import torch
 from benchmarks.common import fmt, machine_info, package_version, print_header
 from dataflow.commands.datasets import shared_data_dir
 from operators.batching import BatchReport, TextBatcher
-from operators.embedding import Embedder, default_model_dir
+from operators.embedding import DEFAULT_MODEL, MODEL_NAMES, Embedder, packaged_model_dir
 from operators.events import Event
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,13 +187,15 @@ class Contender:
     encode: Callable[[list[str]], np.ndarray]
 
 
-def contender(mode: str, device: str, threads: int | None, st_threads: int) -> Contender:
+def contender(
+    mode: str, model_name: str, device: str, threads: int | None, st_threads: int
+) -> Contender:
     if mode == "st":
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # headless logs: no bar per model load
-        st = SentenceTransformer(str(default_model_dir()), device=device)
+        st = SentenceTransformer(str(packaged_model_dir(model_name)), device=device)
 
         def st_encode(batch: list[str]) -> np.ndarray:
             return np.asarray(st.encode(batch, batch_size=64, normalize_embeddings=True))
@@ -202,7 +204,13 @@ def contender(mode: str, device: str, threads: int | None, st_threads: int) -> C
         return Contender(mode, "fp32", False, st_threads, st_encode)
     precision, _, suffix = mode.partition("-")
     cache = suffix != "nocache"
-    model = Embedder(device=device, precision=precision, threads=threads, cache_size=50_000 * cache)
+    model = Embedder(
+        model=model_name,
+        device=device,
+        precision=precision,
+        threads=threads,
+        cache_size=50_000 * cache,
+    )
     return Contender(mode, model.precision, cache, model.threads, model.encode)
 
 
@@ -378,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--texts", type=int, default=1_500, help="stream length (default 1500)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="which model")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--modes",
@@ -418,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    contenders = [contender(m, args.device, args.threads, torch_default_threads) for m in modes]
+    contenders = [
+        contender(m, args.model, args.device, args.threads, torch_default_threads) for m in modes
+    ]
     results, vectors = race(contenders, batches)
     by_mode = {r.mode: r for r in results}
     for result in results:
@@ -434,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
 
     batchers = []
     for rate in [float(r) for r in args.rates.split(",") if r]:
-        encoder = Embedder(device=args.device, precision=fast, threads=args.threads)
+        encoder = Embedder(
+            model=args.model, device=args.device, precision=fast, threads=args.threads
+        )
         encoder.encode(WARM_UP)
         batchers.append(
             simulate_batcher(texts, is_review, encoder, rate, MICRO_BATCH, args.max_wait_ms, 1)
@@ -466,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             sentence_transformers=package_version("sentence-transformers"),
         ),
         "stream": {**stream_info, "micro_batch": MICRO_BATCH, "seed": args.seed},
+        "model": args.model,
         "modes": [asdict(r) for r in results],
         "batcher": {
             "max_batch": MICRO_BATCH,

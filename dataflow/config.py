@@ -57,9 +57,19 @@ class Config:
         default=True,
         metadata=_opt("keep waiting for new events; --no-kafka-tail stops at the end of the topic"),
     )
+    embed_model: Literal["multilingual-e5-small", "all-MiniLM-L6-v2"] = field(
+        default="multilingual-e5-small",
+        metadata=_opt("packaged embedding model (multilingual: Chinese and English)"),
+    )
     model_dir: Path | None = field(
         default=None,
-        metadata=_opt("local sentence-transformers model directory (default: packaged MiniLM)"),
+        metadata=_opt("local sentence-transformers model directory (overrides --embed-model)"),
+    )
+    item_vectors_dir: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "folder of item vector versions from `profilestream embed-items` (hot-reloaded)"
+        ),
     )
     device: str | None = field(
         default=None, metadata=_opt("cuda or cpu (default: cuda when available)")
@@ -134,7 +144,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name in ("source", "sink", "embed_precision"):
+        for name in ("source", "sink", "embed_precision", "embed_model"):
             allowed = _choices(name)
             if allowed and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.connectors.files import FileSink
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
@@ -52,9 +53,10 @@ from operators.coalesce import (
     published,
 )
 from operators.deltas import ProfileDelta, delta_to_json
-from operators.embedding import Embedder, TextEncoder, embedding_text
+from operators.embedding import Embedder, TextEncoder, embedding_text, typed_text
 from operators.events import DeadLetter, Event, RejectReason, duplicate_of, parse_event
 from operators.item_model import load_item_model
+from operators.item_vectors import ItemVectors, loader_for
 from operators.nlp import SentimentScorer, read_text
 from operators.profile import (
     DAY_MS,
@@ -75,9 +77,10 @@ def wall_clock_ms() -> int:
 
 
 def shared_embedder(config: Config) -> Embedder:
-    """One model per process, shared by its worker threads."""
+    """One model per process, shared by its worker threads, loaded when a text first needs it."""
     return _embedder(
         config.model_dir,
+        config.embed_model,
         config.device,
         config.embed_precision,
         config.embed_threads or None,
@@ -89,6 +92,7 @@ def shared_embedder(config: Config) -> Embedder:
 @lru_cache(maxsize=4)
 def _embedder(
     model_dir: Path | None,
+    model: str,
     device: str | None,
     precision: str,
     threads: int | None,
@@ -97,11 +101,13 @@ def _embedder(
 ) -> Embedder:
     return Embedder(
         model_dir,
+        model=model,
         device=device,
         precision=precision,
         threads=threads,
         cache_size=cache_size,
         batch_size=batch_size,
+        lazy=True,  # events without text need no model: start on them meanwhile
     )
 
 
@@ -126,14 +132,24 @@ class _Context:
     batcher: TextBatcher
     sentiment: SentimentScorer
     feed: ItemModelFeed | None
+    items: ModelWatcher[ItemVectors] | None
+    prompts: Mapping[str, str]
     clock: Clock
     emit_interval_ms: int
     keywords_per_text: int
     dim: int
 
-    def text_of(self, event: Event) -> str | None:
-        """The text whose vector the event needs, if its type moves the interest vector."""
-        return embedding_text(event) if self.params.moves_interest(event) else None
+    def vector_of(self, event: Event) -> tuple[np.ndarray | None, str | None]:
+        """The event's vector if the catalog has it, else the text whose vector it needs;
+        ``(None, None)`` when its type does not move the interest vector."""
+        if not self.params.moves_interest(event):
+            return None, None
+        if self.items is not None and typed_text(event) is None:
+            vectors = self.items.current()
+            vector = vectors.get(event.item_id) if vectors is not None else None
+            if vector is not None:
+                return vector, None
+        return None, embedding_text(event, self.prompts)
 
 
 Output = ProfileDelta | DeadLetter
@@ -216,8 +232,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         now = context.clock()
         applied = 0
         for event in waiting:
-            vector = None
-            text = context.text_of(event)
+            vector, text = context.vector_of(event)
             if text is not None:
                 vector = context.batcher.vector(text, now)
                 if vector is None:
@@ -230,10 +245,10 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self.registered = max(self.registered - applied, 1)
         if len(waiting) > self.registered:
             for later in waiting[self.registered :]:
-                if (text := context.text_of(later)) is not None:
+                if (text := context.vector_of(later)[1]) is not None:
                     context.batcher.vector(text, now)
             self.registered = len(waiting)
-            head = context.text_of(waiting[0])
+            head = context.vector_of(waiting[0])[1]
             if head is None or context.batcher.vector(head, now) is not None:
                 out += self._advance()  # the batch closed while the queue joined it
         if not self.waiting:
@@ -454,6 +469,8 @@ def build_flow(
         ),
         sentiment=sentiment,
         feed=item_model_feed(config),
+        items=item_vectors(config, model),
+        prompts=model.prompts,
         clock=clock,
         emit_interval_ms=config.emit_interval_ms,
         keywords_per_text=config.keywords_per_text,
@@ -485,6 +502,19 @@ def item_model_feed(config: Config) -> ItemModelFeed | None:
         on_error=metrics.model_failed,
     )
     return ItemModelFeed(watcher, on_weights=metrics.type_weights_changed)
+
+
+def item_vectors(config: Config, model: TextEncoder) -> ModelWatcher[ItemVectors] | None:
+    """The hot-reloaded catalog vectors of ``config.item_vectors_dir`` (``None`` when unset)."""
+    if config.item_vectors_dir is None:
+        return None
+    return ModelWatcher(
+        config.item_vectors_dir,
+        config.model_poll_s,
+        load=loader_for(model),
+        on_load=metrics.item_vectors_loaded,
+        on_error=metrics.item_vectors_failed,
+    )
 
 
 def flow_from_env() -> Dataflow:

@@ -95,6 +95,28 @@ def model_failed(_folder: Path, _exc: Exception) -> None:
     ITEM_MODEL_LOADS.labels("error").inc()
 
 
+ITEM_VECTORS_LOADS = Counter(
+    "profilestream_item_vectors_loads",
+    "Catalog item vector versions loaded by the running flow, by result (ok, error)",
+    ["result"],
+)
+ITEM_VECTORS_INFO = Gauge(
+    "profilestream_item_vectors_info",
+    "1 for the catalog item vector version being served",
+    ["version"],
+)
+
+
+def item_vectors_loaded(folder: Path) -> None:
+    ITEM_VECTORS_LOADS.labels("ok").inc()
+    ITEM_VECTORS_INFO.clear()
+    ITEM_VECTORS_INFO.labels(folder.name).set(1)
+
+
+def item_vectors_failed(_folder: Path, _exc: Exception) -> None:
+    ITEM_VECTORS_LOADS.labels("error").inc()
+
+
 def type_weights_changed(weights: dict[str, float]) -> None:
     for event_type, weight in weights.items():
         EVENT_TYPE_WEIGHT.labels(event_type).set(weight)

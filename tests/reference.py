@@ -7,8 +7,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from operators.deltas import MaterializedProfile
-from operators.embedding import TextEncoder, embedding_text
+from operators.embedding import TextEncoder, embedding_text, typed_text
 from operators.events import Event, parse_event
+from operators.item_vectors import ItemVectors
 from operators.nlp import SentimentScorer, read_text
 from operators.profile import ProfileParams, UserState, apply_event, public_fields
 
@@ -19,18 +20,31 @@ def reference_states(
     params: ProfileParams,
     sentiment: SentimentScorer,
     keywords_per_text: int = 5,
+    items: ItemVectors | None = None,
 ) -> dict[str, UserState]:
-    """Fold every valid line, in order, into per-user state with ``apply_event``."""
+    """Fold every valid line, in order, into per-user state with ``apply_event``.
+
+    Events about items in ``items`` (no typed text of their own) take the item's vector.
+    """
     events = [e for e in (parse_event(line) for line in lines) if isinstance(e, Event)]
-    texts = sorted({t for e in events if (t := embedding_text(e)) is not None})
+
+    def catalog_vector(event: Event) -> np.ndarray | None:
+        return items.get(event.item_id) if items is not None and typed_text(event) is None else None
+
+    def text_of(event: Event) -> str | None:
+        if not params.moves_interest(event) or catalog_vector(event) is not None:
+            return None
+        return embedding_text(event, encoder.prompts)
+
+    texts = sorted({t for e in events if (t := text_of(e)) is not None})
     vectors = dict(zip(texts, encoder.encode(texts), strict=True)) if texts else {}
     states: dict[str, UserState] = {}
     for event in events:
-        text = embedding_text(event)
+        text = text_of(event)
         new, _ = apply_event(
             states.get(event.user_id),
             event,
-            vectors[text] if text is not None else None,
+            vectors[text] if text is not None else catalog_vector(event),
             params,
             dim=encoder.dim,
             signals=read_text(event, sentiment, keywords_per_text),

@@ -51,6 +51,28 @@ def test_batch_is_due_after_max_wait_from_the_first_text() -> None:
     assert batcher.vector("y", 61) is not None
 
 
+class LoadingEncoder(HashEncoder):
+    """A hash encoder whose model is still loading until ``loaded`` is set."""
+
+    loaded = False
+
+    def ready(self) -> bool:
+        return self.loaded
+
+
+def test_no_batch_closes_while_the_model_loads_and_the_wait_is_kept() -> None:
+    encoder, reports = LoadingEncoder(), []
+    batcher = TextBatcher(encoder, max_batch=2, max_wait_ms=50, on_batch=reports.append)
+    for i, text in enumerate(["x", "y", "z"]):  # past max_batch: nothing runs yet
+        assert batcher.vector(text, now_ms=10 + i) is None
+    assert not batcher.flush_due(60) and batcher.due_ms() == 110  # tried again a wait later
+    assert not batcher.flush_due(109)
+    encoder.loaded = True
+    assert batcher.flush_due(110)
+    assert encoder.calls == [["x", "y", "z"]] and reports[0].wait_ms == 100
+    assert batcher.vector("z", 111) is not None and batcher.due_ms() is None
+
+
 def test_cached_texts_never_wait_for_a_batch() -> None:
     encoder = CachingEncoder()
     encoder.encode(["known"])

@@ -2,6 +2,7 @@
 
 profilestream run --source kafka --sink kafka --brokers host:9092 --workers 2
 profilestream generate --events 100000 --users 5000 --out events.jsonl
+profilestream embed-items --catalog catalog.jsonl --out item-vectors/
 profilestream demo
 """
 
@@ -20,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from dataflow.commands import demo, generator, recsys, sentiment
+    from dataflow.commands import demo, generator, items, recsys, sentiment
 
     parser = argparse.ArgumentParser(
         prog="profilestream",
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=lambda args: run_flow(load_config(args)))
     generator.add_command(commands)
     demo.add_command(commands)
+    items.add_command(commands)
     sentiment.add_command(commands)
     recsys.add_command(commands)
     return parser
