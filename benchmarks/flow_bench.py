@@ -7,13 +7,17 @@ searches or reviews) -- file to file and Kafka to Kafka, one worker:
 * ``trivial item`` / ``trivial batch``: the trivial keyed Bytewax flow on the same events
   (parse, key by user, count, write a line per event; :mod:`benchmarks.trivial_flow`), per
   item and with batched steps: the speed of light of a keyed Bytewax job here;
-* ``profilestream``: ``python -m dataflow run`` at its defaults (windows, coalescing);
-* an open loop on Kafka: the flow tails the topic while a producer sends the 20%-text stream
-  at half the rate the closed loop reached -- the only honest latency measurement (a
+* ``profilestream``: ``python -m dataflow run`` at its defaults (windows, coalescing), with
+  the generator's catalog embedded beforehand (``profilestream embed-items``, outside the
+  timing) and served through ``--item-vectors-dir``, as a deployment runs it: item events
+  look their vector up, only queries and reviews need the model;
+* open loops on Kafka: the flow tails the topic while a producer sends each stream at half
+  the rate its closed loop reached -- the only honest latency measurement (a
   pre-filled topic measures how long events sat in the backlog);
 * the embedder's ceiling for the 20%-text stream: the same model, in this process, embedding
   exactly the distinct texts the flow must embed, in batches of 64 -- events/s if the model
-  were the only cost.
+  were the only cost. The flow loads its model lazily, on the first text, so that load (a
+  few seconds) falls inside the 20%-text runs.
 
 Why: to know how close the profile flow runs to Bytewax's own limit and to the model's, and
 what its deltas cost downstream.
@@ -57,12 +61,18 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 
 from benchmarks.common import fmt, machine_info, package_version, print_header
-from dataflow.commands.generator import GeneratedEvent, generate_events
+from dataflow.commands.generator import (
+    DEFAULT_CATALOG_ITEMS,
+    GeneratedEvent,
+    build_catalog,
+    generate_events,
+)
 from dataflow.config import Config
 from dataflow.flow import profile_params
 from operators.deltas import delta_from_json
-from operators.embedding import Embedder, embedding_text
+from operators.embedding import Embedder, embedding_text, typed_text
 from operators.events import Event, parse_event
+from operators.item_vectors import CatalogEntry, ItemVectors, embed_catalog, save_item_vectors
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, send
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,12 +204,15 @@ def measure_deltas(result: CaseResult, values: list[bytes], started_ms: int) -> 
     return result
 
 
-def file_case(flow: str, stream: BenchStream, source: Path, workdir: Path) -> CaseResult:
+def file_case(
+    flow: str, stream: BenchStream, source: Path, workdir: Path, flow_args: Sequence[str] = ()
+) -> CaseResult:
     case = workdir / slug(f"{flow}-{stream.name}")
     case.mkdir()
     result = CaseResult(flow, stream.name, "file", len(stream.events))
     if flow == "profilestream":
-        command = [*PROFILE_FLOW, "--input-path", str(source), "--output-dir", str(case)]
+        command = [*PROFILE_FLOW, *flow_args, "--input-path", str(source)]
+        command += ["--output-dir", str(case)]
         command += ["--metrics-port", str(free_port())]
         output = case / "deltas.jsonl"
     else:
@@ -215,7 +228,12 @@ def file_case(flow: str, stream: BenchStream, source: Path, workdir: Path) -> Ca
 
 
 def kafka_case(
-    flow: str, stream: BenchStream, broker: KafkaBroker, events_topic: str, workdir: Path
+    flow: str,
+    stream: BenchStream,
+    broker: KafkaBroker,
+    events_topic: str,
+    workdir: Path,
+    flow_args: Sequence[str] = (),
 ) -> CaseResult:
     """Closed loop: every event is on the topic already; the flow reads to the end and exits."""
     tag = uuid.uuid4().hex[:8]
@@ -225,7 +243,7 @@ def kafka_case(
     result = CaseResult(flow, stream.name, "kafka", len(stream.events))
     log = workdir / f"{slug(flow + stream.name)}-kafka.log"
     if flow == "profilestream":
-        command = [*PROFILE_FLOW, "--no-kafka-tail"]
+        command = [*PROFILE_FLOW, *flow_args, "--no-kafka-tail"]
         command += kafka_flow_args(broker.bootstrap, events_topic, out_topic, dlq, 1, free_port())
     else:
         command = [*TRIVIAL_FLOW, "--mode", flow.split()[1], "--brokers", broker.bootstrap]
@@ -265,6 +283,7 @@ def open_loop(
     rate: float,
     seconds: float,
     workdir: Path,
+    flow_args: Sequence[str] = (),
     warm_seconds: float = 10.0,
 ) -> OpenLoopResult:
     """Latency under a steady load: the flow tails the topic while events arrive at ``rate``.
@@ -276,8 +295,8 @@ def open_loop(
     events_topic, deltas_topic, dlq = f"events-{tag}", f"deltas-{tag}", f"dlq-{tag}"
     for topic in (events_topic, deltas_topic, dlq):
         broker.create_topic(topic, partitions=3)
-    log = workdir / "open-loop.log"
-    command = [*PROFILE_FLOW]
+    log = workdir / f"open-loop-{slug(stream.name)}.log"
+    command = [*PROFILE_FLOW, *flow_args]
     command += kafka_flow_args(broker.bootstrap, events_topic, deltas_topic, dlq, 1, free_port())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
@@ -342,14 +361,20 @@ class EmbedderCeiling:
     events_per_s: float
 
 
-def embedder_ceiling(stream: BenchStream) -> EmbedderCeiling:
-    """Events/s if embedding the stream's distinct texts, 64 at a time, were the only cost."""
+def embedder_ceiling(stream: BenchStream, model: Embedder, items: ItemVectors) -> EmbedderCeiling:
+    """Events/s if embedding the stream's distinct texts, 64 at a time, were the only cost:
+    queries, reviews and the category and brand of items the catalog lacks."""
     config = Config()
-    model = Embedder(cache_size=0, batch_size=config.embed_batch_size)
     params = profile_params(config, model.name)
     events = [e for e in (parse_event(g.line) for g in stream.events) if isinstance(e, Event)]
     texts = list(
-        dict.fromkeys(t for e in events if params.moves_interest(e) and (t := embedding_text(e)))
+        dict.fromkeys(
+            t
+            for e in events
+            if params.moves_interest(e)
+            and (typed_text(e) is not None or items.get(e.item_id) is None)
+            and (t := embedding_text(e, model.prompts))
+        )
     )
     model.encode(["warm up the model", "and its kernels"])
     t0 = time.perf_counter()
@@ -429,7 +454,7 @@ def add_ratios(cases: list[CaseResult]) -> None:
 
 
 def print_report(
-    cases: list[CaseResult], ceiling: EmbedderCeiling | None, loop: OpenLoopResult | None
+    cases: list[CaseResult], ceiling: EmbedderCeiling | None, loops: list[OpenLoopResult]
 ) -> None:
     header = (
         f"{'flow':<14} {'stream':<9} {'io':<6} {'events':>8} {'events/s':>9} {'ratio':>6} "
@@ -442,7 +467,7 @@ def print_report(
             f"{fmt(c.ratio, 2):>6} {fmt(c.startup_s, 1):>7} {fmt(c.deltas_per_event, 3):>9} "
             f"{fmt(c.bytes_per_event):>8} {fmt(c.p50_ms):>7} {fmt(c.p99_ms):>7}"
         )
-    if loop is not None:
+    for loop in loops:
         print(
             f"{'profilestream':<14} {loop.stream:<9} {'kafka':<6} {loop.events_covered:>8,} "
             f"{fmt(loop.achieved_rate):>9} {'':>6} {'':>7} {fmt(loop.deltas_per_event, 3):>9} "
@@ -458,10 +483,11 @@ def print_report(
             f"embedder ceiling, {ceiling.stream}: {ceiling.distinct_texts:,} distinct texts to "
             f"embed in {ceiling.seconds:.1f} s = {ceiling.events_per_s:,.0f} events/s{share}"
         )
-    if loop is not None:
+    for loop in loops:
         print(
-            f"open loop: {loop.sent:,} events at {loop.achieved_rate:,.0f}/s, the last "
-            f"{loop.seconds:.0f} s measured; {loop.deltas:,} deltas; max {fmt(loop.max_ms)} ms; "
+            f"open loop, {loop.stream}: {loop.sent:,} events at {loop.achieved_rate:,.0f}/s, "
+            f"the last {loop.seconds:.0f} s measured; {loop.deltas:,} deltas; "
+            f"max {fmt(loop.max_ms)} ms; "
             f"target p99 <= emit interval + 200 = {loop.emit_interval_ms + 200} ms"
         )
     for c in cases:
@@ -495,11 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="flow-bench-"))
     files = {s.name: s.write(workdir / f"{slug(s.name)}.jsonl") for s in streams}
     no_text, text = streams
+    # The generator's catalog for this seed, embedded once as `profilestream embed-items` does.
+    config = Config()
+    model = Embedder(cache_size=0, batch_size=config.embed_batch_size)
+    catalog = build_catalog(DEFAULT_CATALOG_ITEMS, np.random.default_rng(args.seed))
+    entries = [CatalogEntry(c.item_id, c.title, c.category, c.brand) for c in catalog]
+    items = embed_catalog(entries, model, batch_size=config.embed_batch_size)
+    save_item_vectors(items, workdir / "item-vectors")
+    flow_args = ["--item-vectors-dir", str(workdir / "item-vectors")]
 
-    cases = [file_case(flow, no_text, files[no_text.name], workdir) for flow in FLOWS]
-    cases.append(file_case("profilestream", text, files[text.name], workdir))
-    ceiling = embedder_ceiling(text)
-    loop = None
+    cases = [file_case(f, no_text, files[no_text.name], workdir, flow_args) for f in FLOWS]
+    cases.append(file_case("profilestream", text, files[text.name], workdir, flow_args))
+    ceiling = embedder_ceiling(text, model, items)
+    loops: list[OpenLoopResult] = []
     if not args.no_kafka:
         (workdir / "kafka").mkdir()
         broker = KafkaBroker(workdir / "kafka")
@@ -516,17 +550,21 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(kafka_case("trivial item", no_text, broker, topics["no-text"], workdir))
             for stream in streams:
                 cases.append(
-                    kafka_case("profilestream", stream, broker, topics[stream.name], workdir)
+                    kafka_case(
+                        "profilestream", stream, broker, topics[stream.name], workdir, flow_args
+                    )
                 )
-            rate = (cases[-1].events_per_s or 2_000.0) / 2  # half the closed loop's maximum
-            loop = open_loop(broker, text, rate, args.open_seconds / scale, workdir)
+            for stream, closed in zip(streams, cases[-2:], strict=True):
+                rate = (closed.events_per_s or 2_000.0) / 2  # half the closed loop's maximum
+                seconds = args.open_seconds / scale
+                loops.append(open_loop(broker, stream, rate, seconds, workdir, flow_args))
         finally:
             broker.stop()
     add_ratios(cases)
     total_s = time.perf_counter() - begun
 
     print()
-    print_report(cases, ceiling, loop)
+    print_report(cases, ceiling, loops)
     print(f"\ntotal {total_s:.0f} s; load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after")  # fmt: skip
 
@@ -543,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": [asdict(c) for c in cases],
         "embedder_ceiling": asdict(ceiling),
-        "open_loop": asdict(loop) if loop is not None else None,
+        "open_loops": [asdict(loop) for loop in loops],
         "total_seconds": total_s,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
