@@ -498,8 +498,8 @@ def item_model_feed(config: Config) -> ItemModelFeed | None:
         config.item_model_dir,
         config.model_poll_s,
         load=load_item_model,
-        on_load=metrics.model_loaded,
-        on_error=metrics.model_failed,
+        on_load=metrics.ITEM_MODEL_VERSIONS.loaded,
+        on_error=metrics.ITEM_MODEL_VERSIONS.failed,
     )
     return ItemModelFeed(watcher, on_weights=metrics.type_weights_changed)
 
@@ -512,8 +512,8 @@ def item_vectors(config: Config, model: TextEncoder) -> ModelWatcher[ItemVectors
         config.item_vectors_dir,
         config.model_poll_s,
         load=loader_for(model),
-        on_load=metrics.item_vectors_loaded,
-        on_error=metrics.item_vectors_failed,
+        on_load=metrics.ITEM_VECTOR_VERSIONS.loaded,
+        on_error=metrics.ITEM_VECTOR_VERSIONS.failed,
     )
 
 

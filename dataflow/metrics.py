@@ -7,6 +7,7 @@ process. Counters are per process; sum them across processes in Grafana.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
@@ -85,16 +86,6 @@ EVENT_TYPE_WEIGHT = Gauge(
 )
 
 
-def model_loaded(folder: Path) -> None:
-    ITEM_MODEL_LOADS.labels("ok").inc()
-    ITEM_MODEL_INFO.clear()
-    ITEM_MODEL_INFO.labels(folder.name).set(1)
-
-
-def model_failed(_folder: Path, _exc: Exception) -> None:
-    ITEM_MODEL_LOADS.labels("error").inc()
-
-
 ITEM_VECTORS_LOADS = Counter(
     "profilestream_item_vectors_loads",
     "Catalog item vector versions loaded by the running flow, by result (ok, error)",
@@ -107,14 +98,25 @@ ITEM_VECTORS_INFO = Gauge(
 )
 
 
-def item_vectors_loaded(folder: Path) -> None:
-    ITEM_VECTORS_LOADS.labels("ok").inc()
-    ITEM_VECTORS_INFO.clear()
-    ITEM_VECTORS_INFO.labels(folder.name).set(1)
+@dataclass(frozen=True)
+class VersionMetrics:
+    """The callbacks of a :class:`~dataflow.model_watch.ModelWatcher`: count each load by
+    result and show the version being served."""
+
+    loads: Counter
+    info: Gauge
+
+    def loaded(self, folder: Path) -> None:
+        self.loads.labels("ok").inc()
+        self.info.clear()
+        self.info.labels(folder.name).set(1)
+
+    def failed(self, _folder: Path, _exc: Exception) -> None:
+        self.loads.labels("error").inc()
 
 
-def item_vectors_failed(_folder: Path, _exc: Exception) -> None:
-    ITEM_VECTORS_LOADS.labels("error").inc()
+ITEM_MODEL_VERSIONS = VersionMetrics(ITEM_MODEL_LOADS, ITEM_MODEL_INFO)
+ITEM_VECTOR_VERSIONS = VersionMetrics(ITEM_VECTORS_LOADS, ITEM_VECTORS_INFO)
 
 
 def type_weights_changed(weights: dict[str, float]) -> None:
