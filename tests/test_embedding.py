@@ -119,3 +119,23 @@ def test_worker_threads_sharing_the_model_get_the_same_vectors() -> None:
         together = list(pool.map(model.encode, batches))
     for a, b in zip(alone, together, strict=True):
         assert np.allclose(a, b, atol=1e-5)
+
+
+def test_a_lazy_embedder_loads_in_the_background_when_first_asked() -> None:
+    model = Embedder(model="all-MiniLM-L6-v2", cache_size=0, lazy=True)
+    # Name, size and prompts come from the folder's files, before any weights are read.
+    assert (model.name, model.dim, dict(model.prompts)) == ("all-MiniLM-L6-v2", 384, {})
+    assert not model._loaded.is_set() and model._loading is None
+    model.ready()  # starts the load in a thread and returns at once
+    assert model._loading is not None
+    vectors = model.encode(["red running shoes"])  # waits for the load
+    assert model.ready() and vectors.shape == (1, 384)
+    eager = Embedder(model="all-MiniLM-L6-v2", cache_size=0)
+    assert np.allclose(vectors, eager.encode(["red running shoes"]), atol=1e-6)
+
+
+def test_a_model_that_fails_to_load_fails_the_first_encode(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')  # no weights, no tokenizer
+    model = Embedder(tmp_path, lazy=True)
+    with pytest.raises(RuntimeError, match="failed"):
+        model.encode(["anything"])
