@@ -268,7 +268,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         items = feed.model() if feed is not None else None
         if feed is not None and state is not None and context.params.moves_interest(event):
             feed.observe(state.profile.item_memory, event.item_id)
-        signals = read_text(event, context.sentiment, context.keywords_per_text)
+        signals = read_text(event, context.sentiment, context.keywords_per_text, vector)
         if signals is not None and signals.polarity is not None:
             metrics.OPINION_POLARITY.labels(event.type).observe(signals.polarity)
         dropped: set[tuple[str, str]] = set()
@@ -462,6 +462,12 @@ def build_flow(
         from operators.sentiment import load_sentiment_model
 
         sentiment = load_sentiment_model(config.sentiment_model)
+    head = getattr(sentiment, "embedding", None)
+    if head is not None and not head.reads(model.name):
+        raise ValueError(
+            f"the sentiment model's embedding head reads {head.model} vectors, but the flow "
+            f"embeds with {model.name}: train it again with the flow's model"
+        )
     context = _Context(
         params=profile_params(config, model.name),
         batcher=TextBatcher(

@@ -6,7 +6,7 @@ sentiment polarity in ``[-1, 1]`` from a :class:`SentimentScorer` (by default th
 model of :mod:`operators.sentiment`). Events without text yield ``None``.
 
 >>> class Cheerful:
-...     def score_one(self, text: str) -> float:
+...     def score_one(self, text, vector=None):
 ...         return 0.9
 >>> signals = read_text(Event("e", "u", 1, "review", item_id="i", text="Great soft fabric"),
 ...                     Cheerful())
@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+import numpy as np
+
 from operators.events import Event
 from operators.keywords import extract_keywords
 
@@ -33,8 +35,9 @@ OPINION_TYPES: Final = frozenset({"review", "complaint"})
 class SentimentScorer(Protocol):
     """What the stream needs from a sentiment model."""
 
-    def score_one(self, text: str) -> float:
-        """The probability that ``text`` is positive, in ``[0, 1]``."""
+    def score_one(self, text: str, vector: np.ndarray | None = None) -> float:
+        """The probability that ``text`` is positive, in ``[0, 1]``; ``vector`` is the text's
+        embedding, for models that read it (others ignore it)."""
         ...
 
 
@@ -47,9 +50,15 @@ class TextSignals:
 
 
 def read_text(
-    event: Event, sentiment: SentimentScorer | None, keywords_per_text: int = 5
+    event: Event,
+    sentiment: SentimentScorer | None,
+    keywords_per_text: int = 5,
+    vector: np.ndarray | None = None,
 ) -> TextSignals | None:
-    """Keywords of queries and reviews, polarity ``2 p(positive) - 1`` of opinions."""
+    """Keywords of queries and reviews, polarity ``2 p(positive) - 1`` of opinions.
+
+    ``vector`` is the event's embedding, if it has one, for a sentiment model that reads it.
+    """
     if event.text is None or event.type not in KEYWORD_TYPES | OPINION_TYPES:
         return None
     keywords = (
@@ -57,5 +66,5 @@ def read_text(
     )
     polarity = None
     if sentiment is not None and event.type in OPINION_TYPES:
-        polarity = 2.0 * sentiment.score_one(event.text) - 1.0
+        polarity = 2.0 * sentiment.score_one(event.text, vector) - 1.0
     return TextSignals(keywords, polarity)

@@ -78,7 +78,7 @@ class WordListSentiment:
 
     PRAISE = ("good", "great", "love", "好", "喜欢")
 
-    def score_one(self, text: str) -> float:
+    def score_one(self, text: str, vector: np.ndarray | None = None) -> float:
         return 0.9 if any(word in text.lower() for word in self.PRAISE) else 0.2
 
 

@@ -41,13 +41,14 @@ def reference_states(
     states: dict[str, UserState] = {}
     for event in events:
         text = text_of(event)
+        vector = vectors[text] if text is not None else catalog_vector(event)
         new, _ = apply_event(
             states.get(event.user_id),
             event,
-            vectors[text] if text is not None else catalog_vector(event),
+            vector,
             params,
             dim=encoder.dim,
-            signals=read_text(event, sentiment, keywords_per_text),
+            signals=read_text(event, sentiment, keywords_per_text, vector),
         )
         if new is None:
             states.pop(event.user_id, None)

@@ -9,18 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bytewax.testing import TestingSource
 from sklearn.model_selection import train_test_split
 
 from dataflow.commands.cli import main
 from dataflow.commands.sentiment import CHINESE_REVIEWS, ENGLISH_REVIEWS
+from dataflow.config import Config
+from dataflow.flow import build_flow
+from operators.events import Event
+from operators.nlp import read_text
 from operators.sentiment import (
     LabelledTexts,
     SentimentModel,
+    add_embedding_head,
     evaluate_sentiment,
     load_sentiment_model,
     read_sentiment_csv,
     train_sentiment,
 )
+from tests.conftest import HashEncoder
 
 # Written for these tests: the real review sets may not be copied here.
 POSITIVE = [
@@ -95,6 +102,50 @@ def test_save_and_load_round_trip(small_model: SentimentModel, tmp_path: Path) -
     np.testing.assert_array_equal(loaded.score(texts), small_model.score(texts))
 
 
+def test_an_embedding_head_reads_what_the_n_grams_cannot(
+    small_model: SentimentModel, tmp_path: Path
+) -> None:
+    # The same words, told apart only by their vectors: the n-grams score them alike.
+    rng = np.random.default_rng(0)
+    labels = np.array([1, 0] * 40)
+    vectors = rng.normal(size=(80, 8)).astype(np.float32)
+    vectors[:, 0] = np.where(labels == 1, 2.0, -2.0)
+    texts = ["还行 okay"] * 80
+    model = add_embedding_head(small_model, vectors, labels, "hash-encoder+int8", weight=1.0)
+    assert model.embedding is not None and model.embedding.model == "hash-encoder"
+    with_vectors = model.score(texts, vectors)
+    assert ((with_vectors > 0.5) == (labels == 1)).all()
+    np.testing.assert_array_equal(model.score(texts), small_model.score(texts))  # no vectors
+    assert model.score_one(texts[0], vectors[0]) == pytest.approx(float(with_vectors[0]))
+    model.save(tmp_path)
+    loaded = load_sentiment_model(tmp_path)
+    assert loaded.embedding is not None and loaded.embedding.reads("hash-encoder")
+    np.testing.assert_array_equal(loaded.score(texts, vectors), with_vectors)
+    result = evaluate_sentiment(loaded, LabelledTexts(texts, labels), vectors)
+    assert result.accuracy == 1.0
+
+
+def test_read_text_hands_the_review_vector_to_the_sentiment_model(
+    small_model: SentimentModel,
+) -> None:
+    head = add_embedding_head(
+        small_model, np.array([[1.0], [-1.0]] * 5), [1, 0] * 5, "hash-encoder", weight=5.0
+    )
+    review = Event("e", "u", 1, "review", item_id="i", text="还行 okay")
+    up = read_text(review, head, vector=np.array([1.0], np.float32))
+    down = read_text(review, head, vector=np.array([-1.0], np.float32))
+    plain = read_text(review, head)
+    assert up is not None and down is not None and plain is not None
+    assert up.polarity is not None and down.polarity is not None and plain.polarity is not None
+    assert up.polarity > plain.polarity > down.polarity
+
+
+def test_the_flow_refuses_a_head_trained_on_another_model(small_model: SentimentModel) -> None:
+    head = add_embedding_head(small_model, np.eye(2), [1, 0], "another-model")
+    with pytest.raises(ValueError, match="reads another-model vectors"):
+        build_flow(Config(), encoder=HashEncoder(), sentiment=head, source=TestingSource([]))
+
+
 def test_training_is_reproducible(small_model: SentimentModel) -> None:
     again = train_sentiment(POSITIVE + NEGATIVE, [1] * len(POSITIVE) + [0] * len(NEGATIVE), bits=14)
     assert_same_arrays(again, small_model)
@@ -166,6 +217,26 @@ def test_cli_trains_and_prints_one_json_line_last(
     assert set(figures) == {"n", "accuracy", "macro_f1", "reviews_per_s"}
     assert figures["n"] == len(POSITIVE) + len(NEGATIVE) and figures["accuracy"] == 1.0
     assert figures["reviews_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_cli_trains_an_embedding_head_with_the_flows_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "train.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "review"])
+        writer.writerows([1, t] for t in POSITIVE)
+        writer.writerows([0, t] for t in NEGATIVE)
+    monkeypatch.setenv("PROFILESTREAM_EMBED_MODEL", "all-MiniLM-L6-v2")  # the small one
+    model_dir = tmp_path / "model"
+    command = ["--csv", str(path), "--out", str(model_dir), "--bits", "14", "--embedding-head"]
+    assert main(["train-sentiment", *command]) == 0
+    model = load_sentiment_model(model_dir)
+    assert model.embedding is not None and model.embedding.model == "all-MiniLM-L6-v2"
+    assert model.embedding.coef.shape == (384,)
+    assert main(["eval-sentiment", "--csv", str(path), "--model", str(model_dir)]) == 0
 
 
 def test_cli_rejects_default_with_csv(tmp_path: Path) -> None:

