@@ -45,7 +45,7 @@ import numpy as np
 from benchmarks.common import fmt, machine_info, print_header
 from dataflow.commands.datasets import shared_data_dir
 from dataflow.commands.generator import CATEGORIES, build_catalog
-from operators.embedding import MODEL_NAMES, Embedder
+from operators.embedding import MODEL_NAMES, Embedder, as_query, embed_queries
 from operators.item_vectors import CatalogEntry, embed_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,10 +117,9 @@ def cross_lingual(model: Embedder, seed: int) -> CrossLingual:
     entries = [CatalogEntry(c.item_id, c.title, c.category, c.brand) for c in catalog]
     items = embed_catalog(entries, model).vectors.astype(np.float32)
     categories = np.array([c.category for c in catalog])
-    query_prompt = model.prompts.get("query", "")
     top1, precision, reciprocal = [], [], []
     for category, query in ENGLISH_QUERIES.items():
-        scores = items @ model.encode([query_prompt + query])[0]
+        scores = items @ model.encode([as_query(query, model.prompts)])[0]
         ranked = categories[np.argsort(-scores)]
         hits = ranked == category
         top1.append(float(hits[0]))
@@ -146,9 +145,8 @@ class ModelResult:
 def evaluate(model_name: str, texts: list[str], categories: list[str], labels: list[int],
              seed: int) -> ModelResult:  # fmt: skip
     model = Embedder(model=model_name, cache_size=0)
-    prompt = model.prompts.get("query", "")  # reviews are embedded as the flow embeds them
     started = time.perf_counter()
-    vectors = model.encode([prompt + t for t in texts])
+    vectors = embed_queries(model, texts)  # reviews are embedded as the flow embeds them
     embed_seconds = time.perf_counter() - started
     category, category_cv = probe(vectors, categories, seed)
     sentiment, sentiment_cv = probe(vectors, labels, seed)
@@ -177,11 +175,10 @@ def sentiment_heads(model: Embedder, path: Path, n_train: int, seed: int) -> Sen
     rng = np.random.default_rng(seed)
     fit = rng.permutation(len(train.texts))[:n_train]
     test = rng.permutation(len(held.texts))[: n_train // 4]
-    prompt = model.prompts.get("query", "")
     head = LogisticRegression(C=3.0, max_iter=3_000).fit(
-        model.encode([prompt + train.texts[i] for i in fit]), train.labels[fit]
+        embed_queries(model, [train.texts[i] for i in fit]), train.labels[fit]
     )
-    embedding_logit = head.decision_function(model.encode([prompt + held.texts[i] for i in test]))
+    embedding_logit = head.decision_function(embed_queries(model, [held.texts[i] for i in test]))
     p = np.clip(train_sentiment(train.texts, train.labels).score([held.texts[i] for i in test]),
                 1e-6, 1 - 1e-6)  # fmt: skip
     ngram_logit = np.log(p / (1 - p))

@@ -108,6 +108,21 @@ def typed_text(event: Event) -> str | None:
     return event.text if event.text is not None and event.type in TYPED_TEXT_TYPES else None
 
 
+def as_query(text: str, prompts: Mapping[str, str]) -> str:
+    """``text`` with the model's query prompt, if it has one (queries, reviews)."""
+    return prompts.get("query", "") + text
+
+
+def as_passage(text: str, prompts: Mapping[str, str]) -> str:
+    """``text`` with the model's passage prompt, if it has one (catalog items)."""
+    return prompts.get("passage", "") + text
+
+
+def embed_queries(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
+    """The vectors the flow computes for queries and reviews with these texts."""
+    return encoder.encode([as_query(t, encoder.prompts) for t in texts])
+
+
 def embedding_text(event: Event, prompts: Mapping[str, str]) -> str | None:
     """The text an event contributes to the interest vector, or ``None``.
 
@@ -124,11 +139,11 @@ def embedding_text(event: Event, prompts: Mapping[str, str]) -> str | None:
     """
     text = typed_text(event)
     if text is not None:
-        return prompts.get("query", "") + text
+        return as_query(text, prompts)
     parts = [p for p in (event.category, event.brand) if p]
     if not parts or event.item_id is None:
         return None
-    return prompts.get("passage", "") + " ".join(parts)
+    return as_passage(" ".join(parts), prompts)
 
 
 def _max_seq_length(model_dir: Path, tokenizer_max: int) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from operators.embedding import TextEncoder
+from operators.embedding import TextEncoder, as_passage
 
 
 class CatalogEntry(msgspec.Struct, frozen=True):
@@ -89,10 +89,11 @@ def embed_catalog(
 ) -> ItemVectors:
     """Embed every entry once (its text as a passage) with ``encoder``'s ``encode``."""
     items = list({e.item_id: e for e in entries}.values())  # the last line of an id wins
-    prefix = getattr(encoder, "prompts", {}).get("passage", "")
+    prompts = getattr(encoder, "prompts", {})
+    texts = [as_passage(e.text(), prompts) for e in items]
     rows = [
-        np.asarray(encoder.encode([prefix + e.text() for e in items[i : i + batch_size]]))
-        for i in range(0, len(items), batch_size)
+        np.asarray(encoder.encode(texts[i : i + batch_size]))
+        for i in range(0, len(texts), batch_size)
     ]
     matrix = np.concatenate(rows) if rows else np.zeros((0, encoder.dim))
     return ItemVectors(

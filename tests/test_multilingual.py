@@ -17,7 +17,7 @@ import pytest
 from benchmarks.multilingual_bench import CHINESE_REVIEWS, cross_lingual, probe, review_sample
 from dataflow.config import Config
 from dataflow.flow import shared_embedder
-from operators.embedding import Embedder
+from operators.embedding import Embedder, embed_queries
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def model() -> Embedder:
 @pytest.fixture(scope="module")
 def reviews(shared_data: Path, model: Embedder) -> tuple[np.ndarray, list[str], list[int]]:
     texts, categories, labels = review_sample(shared_data / CHINESE_REVIEWS, 1_200, seed=5)
-    return model.encode([model.prompts["query"] + t for t in texts]), categories, labels
+    return embed_queries(model, texts), categories, labels
 
 
 def test_a_probe_recovers_the_category_of_chinese_reviews(reviews: tuple) -> None:

@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 from dataflow.commands.datasets import shared_data_dir
+from dataflow.config import Config, config_values
+from dataflow.flow import shared_embedder
+from operators.embedding import embed_queries
 from operators.sentiment import (
     DEFAULT_BITS,
     DEFAULT_C,
@@ -199,7 +202,7 @@ def _train_command(args: argparse.Namespace) -> None:
             texts = [t for p in parts for t in p.texts]
             labels = np.concatenate([p.labels for p in parts])
             encoder = flow_embedder()
-            model = add_embedding_head(model, embed_reviews(texts), labels, encoder.name)
+            model = add_embedding_head(model, embed_queries(encoder, texts), labels, encoder.name)
         out = args.out
     model.save(out)
     print(f"trained on {model.manifest['n_train']} texts; wrote {out}")
@@ -209,22 +212,13 @@ def _train_command(args: argparse.Namespace) -> None:
 
 def flow_embedder() -> Any:
     """The embedding model the flow is configured with (``PROFILESTREAM_*`` variables)."""
-    from dataflow.config import Config, config_values
-    from dataflow.flow import shared_embedder
-
     return shared_embedder(Config(**config_values()))
-
-
-def embed_reviews(texts: list[str]) -> np.ndarray:
-    """The vectors the flow computes for reviews with these texts (its model and prompt)."""
-    encoder = flow_embedder()
-    return np.asarray(encoder.encode([encoder.prompts.get("query", "") + t for t in texts]))
 
 
 def _eval_command(args: argparse.Namespace) -> None:
     model = load_sentiment_model(args.model)
     data = read_sentiment_csv(args.csv, args.part)
-    vectors = embed_reviews(data.texts) if model.embedding is not None else None
+    vectors = embed_queries(flow_embedder(), data.texts) if model.embedding else None
     result = evaluate_sentiment(model, data, vectors)
     print(
         f"n={result.n} accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} "
