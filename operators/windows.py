@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -297,3 +298,117 @@ def _count_since(seen: dict[str, int], starts: list[int]) -> list[int]:
     """How many keys were seen at or after each of ``starts`` (``seen`` is oldest first)."""
     times = list(seen.values())
     return [len(times) - bisect.bisect_left(times, start) for start in starts]
+
+
+def span_index(specs: tuple[WindowSpec, ...], name: str) -> int:
+    """The position of the span called ``name`` in ``specs`` (and of its ring in a state).
+
+    >>> span_index(parse_windows("1h:5m,24h:1h"), "24h")
+    1
+    """
+    for i, spec in enumerate(specs):
+        if spec.name == name:
+            return i
+    raise ValueError(f"no window span {name!r} (spans: {', '.join(s.name for s in specs)})")
+
+
+_INDEX: Final = operator.attrgetter("index")
+
+
+def _inside(state: WindowState, spec: WindowSpec, ring: list[Bucket], as_of_ms: int) -> int:
+    """Where the buckets inside the window reported as of ``as_of_ms`` start in ``ring``."""
+    latest = state.latest_ms
+    first = (as_of_ms if as_of_ms > latest else latest) // spec.step_ms - spec.buckets + 1
+    if ring[0].index >= first:  # the usual case at event time: nothing has left yet
+        return 0
+    return bisect.bisect_left(ring, first, key=_INDEX)
+
+
+def count_as_of(
+    state: WindowState, specs: tuple[WindowSpec, ...], index: int, kind: str, as_of_ms: int
+) -> int:
+    """Events of type ``kind`` in span ``specs[index]`` as of ``as_of_ms``.
+
+    The window is the hopping window :func:`result` reports, but ending with the bucket that
+    holds ``as_of_ms`` rather than the newest event: buckets leave it as time passes without
+    events (a quiet user's cart leaves the day). A time before the newest event reads as the
+    newest event's time (windows never go back), so at event times this equals ``result``.
+
+    >>> specs = parse_windows("1h:5m")
+    >>> state = initialize(specs)
+    >>> _ = add(state, specs, Event("e1", "u", 3_600_000, "add_to_cart", item_id="i"), 0)
+    >>> [count_as_of(state, specs, 0, "add_to_cart", t) for t in (0, 7_199_999, 7_200_000)]
+    [1, 1, 0]
+    """
+    ring = state.rings[index]
+    if not ring:
+        return 0
+    start = _inside(state, specs[index], ring, as_of_ms)
+    if start == 0:
+        return state.totals[index].counts.get(kind, 0)
+    if 2 * start < len(ring):  # fewer buckets have left than stayed: take those out
+        n = state.totals[index].counts.get(kind, 0)
+        for bucket in ring[:start]:
+            n -= bucket.counts.get(kind, 0)
+        return n
+    return sum(bucket.counts.get(kind, 0) for bucket in ring[start:])
+
+
+def spend_as_of(
+    state: WindowState, specs: tuple[WindowSpec, ...], index: int, as_of_ms: int
+) -> float:
+    """Purchase spend (price x quantity) in span ``specs[index]`` as of ``as_of_ms``.
+
+    The same window as :func:`count_as_of`; summed in integer millionths, like ``result``.
+    """
+    ring = state.rings[index]
+    if not ring:
+        return 0.0
+    start = _inside(state, specs[index], ring, as_of_ms)
+    micros = state.totals[index].spend
+    if start == 0:
+        return micros / 1e6
+    if 2 * start < len(ring):
+        for bucket in ring[:start]:
+            micros -= bucket.spend
+        return micros / 1e6
+    return sum(bucket.spend for bucket in ring[start:]) / 1e6
+
+
+def next_count_drop_ms(
+    state: WindowState, specs: tuple[WindowSpec, ...], index: int, kind: str, as_of_ms: int
+) -> int | None:
+    """When the next ``kind`` event leaves span ``specs[index]`` if no event comes: the end
+    time of the oldest bucket in the window (as of ``as_of_ms``) that holds one, plus the
+    span; ``None`` when the window holds none. Always later than ``as_of_ms``.
+
+    >>> specs = parse_windows("1h:5m")
+    >>> state = initialize(specs)
+    >>> _ = add(state, specs, Event("e1", "u", 3_650_000, "add_to_cart", item_id="i"), 0)
+    >>> next_count_drop_ms(state, specs, 0, "add_to_cart", 3_650_000)
+    7200000
+    >>> next_count_drop_ms(state, specs, 0, "add_to_cart", 7_200_000) is None
+    True
+    """
+    ring = state.rings[index]
+    if not ring:
+        return None
+    spec = specs[index]
+    for i in range(_inside(state, spec, ring, as_of_ms), len(ring)):  # oldest first
+        if ring[i].counts.get(kind):
+            return (ring[i].index + spec.buckets) * spec.step_ms
+    return None
+
+
+def next_spend_drop_ms(
+    state: WindowState, specs: tuple[WindowSpec, ...], index: int, as_of_ms: int
+) -> int | None:
+    """Like :func:`next_count_drop_ms`, for the oldest bucket in the window with spend."""
+    ring = state.rings[index]
+    if not ring:
+        return None
+    spec = specs[index]
+    for i in range(_inside(state, spec, ring, as_of_ms), len(ring)):
+        if ring[i].spend:
+            return (ring[i].index + spec.buckets) * spec.step_ms
+    return None

@@ -5,7 +5,9 @@ their 69,659 transactions until June 1998, one line per customer and day with th
 CDs and the dollars spent. It is the classic data set for RFM and customer-base analysis,
 so the segments and the category demand are checked against it: each line becomes one
 ``purchase`` event of ``quantity`` CDs at ``dollars / cds`` each, at midnight UTC of its day.
-The file is read from the installed package at run time (never copied into the repository).
+The log is moved 28 years forward (1997 becomes 2025): the validator rejects event times
+before 2000 as upstream bugs, and a 28-year shift keeps every date on its weekday, so weekly
+patterns stay where they were. The file is read from the installed package at run time (never copied into the repository).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import msgspec
 
 #: The one category of the replay (CDNOW sold music CDs).
 CATEGORY = "music_cds"
+#: Years the log is moved forward (a multiple of 28 keeps weekdays from 1901 to 2099).
+SHIFT_YEARS = 28
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,14 @@ def cdnow_path() -> Path:
 
 
 def read_cdnow(path: Path | None = None) -> list[Purchase]:
-    """Every transaction of the log, in file order (by customer, then day).
+    """Every transaction of the log, in file order (by customer, then day), 28 years on.
 
     >>> log = read_cdnow()
     >>> len(log), len({p.customer_id for p in log}), log[0]
-    (69659, 23570, Purchase(customer_id='00001', ts_ms=852076800000, cds=1, dollars=11.77))
+    (69659, 23570, Purchase(customer_id='00001', ts_ms=1735689600000, cds=1, dollars=11.77))
+    >>> datetime.fromtimestamp(log[0].ts_ms / 1000, UTC).strftime("%a %Y-%m-%d")  # 1997: Wed
+    'Wed 2025-01-01'
+
     """
     purchases = []
     with (path or cdnow_path()).open(encoding="ascii") as lines:
@@ -53,6 +60,7 @@ def read_cdnow(path: Path | None = None) -> list[Purchase]:
         for line in lines:
             customer, day, cds, dollars = line.split()
             date = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
+            date = date.replace(year=date.year + SHIFT_YEARS)
             ts_ms = int(date.timestamp()) * 1000
             purchases.append(Purchase(customer, ts_ms, int(cds), float(dollars)))
     return purchases
