@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import pytest
 from dataflow.commands import generator
 from dataflow.commands.cli import main
 from dataflow.commands.generator import (
+    ANOMALY_KINDS,
     CATEGORIES,
     DUPLICATE_LOOKBACK,
+    AnomalyConfig,
     GeneratedEvent,
     build_catalog,
     generate_events,
@@ -205,3 +209,172 @@ def test_generate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     printed = capsys.readouterr().out
     assert "wrote 500 events" in printed and "malformed by reason (50)" in printed
     assert main([*argv, "--out", str(out), "--users", "0"]) == 2
+
+
+# Labelled anomalies ---------------------------------------------------------------------------
+
+#: sha256 of the lines (each with its newline) of ``generate_events(2_000, 100, seed=3)``: the
+#: plain stream must not change when anomaly injection is added or tuned.
+PLAIN_2000_100_SEED3 = "34a5fcde5b0f6826ec47964e16391bab50984adf7fee6f9cdd0f54954bc95944"
+N_ANOMALOUS = 40_000
+ANOMALY_USERS = 800
+
+
+@pytest.fixture(scope="module")
+def anomalous() -> list[tuple[GeneratedEvent, Event | DeadLetter]]:
+    events = generate_events(
+        N_ANOMALOUS, ANOMALY_USERS, seed=7, malformed_rate=0.02, anomalies=AnomalyConfig(0.1)
+    )
+    return [(e, parse_event(e.line)) for e in events]
+
+
+def _episodes(
+    anomalous: list[tuple[GeneratedEvent, Event | DeadLetter]], kind: str
+) -> dict[str, list[Event]]:
+    by_user: dict[str, list[Event]] = {}
+    for generated, event in anomalous:
+        if generated.anomaly == kind:
+            assert isinstance(event, Event)
+            by_user.setdefault(event.user_id, []).append(event)
+    return by_user
+
+
+def test_plain_stream_is_unchanged_without_anomalies() -> None:
+    digest = hashlib.sha256()
+    for event in generate_events(2_000, 100, seed=3):
+        assert event.anomaly is None
+        digest.update(event.line + b"\n")
+    assert digest.hexdigest() == PLAIN_2000_100_SEED3
+
+
+def test_anomalies_are_labelled_valid_events_of_every_kind(
+    anomalous: list[tuple[GeneratedEvent, Event | DeadLetter]],
+) -> None:
+    assert len(anomalous) == N_ANOMALOUS
+    labelled = [(g, e) for g, e in anomalous if g.anomaly is not None]
+    assert all(g.expected_reason is None and isinstance(e, Event) for g, e in labelled)
+    types = {
+        "account_takeover": {"login", "view", "purchase"},
+        "amount_anomaly": {"purchase"},
+        "card_testing": {"purchase"},
+        "purchase_burst": {"purchase"},
+        "login_burst": {"login"},
+        "refund_abuse": {"refund"},
+        "bot": {"view", "click", "search"},
+    }
+    seen: dict[str, set[str]] = {}
+    for generated, event in labelled:
+        assert isinstance(event, Event) and generated.anomaly is not None
+        seen.setdefault(generated.anomaly, set()).add(event.type)
+        assert event.device_id and event.ip
+    assert set(seen) == set(ANOMALY_KINDS)
+    assert all(seen[kind] <= types[kind] for kind in seen), seen
+    victims = Counter(kind for kind, users in ((k, _episodes(anomalous, k)) for k in seen)
+                      for _ in users)  # fmt: skip
+    assert sum(victims.values()) == round(0.1 * ANOMALY_USERS)  # one episode per victim
+
+
+def test_anomalies_are_seeded() -> None:
+    config = AnomalyConfig(0.2)
+    first = list(generate_events(3_000, 60, seed=4, anomalies=config))
+    assert first == list(generate_events(3_000, 60, seed=4, anomalies=config))
+    assert first != list(generate_events(3_000, 60, seed=5, anomalies=config))
+
+
+def test_episodes_look_like_their_kind(
+    anomalous: list[tuple[GeneratedEvent, Event | DeadLetter]],
+) -> None:
+    before: dict[str, list[Event]] = {}  # each user's legitimate events
+    for generated, event in anomalous:
+        if isinstance(event, Event) and generated.expected_reason is None and not generated.anomaly:
+            before.setdefault(event.user_id, []).append(event)
+
+    def history(user: str, until: int) -> list[Event]:
+        return [e for e in before.get(user, []) if e.ts_ms < until]
+
+    for user, events in _episodes(anomalous, "account_takeover").items():
+        login, *rest = events
+        past = history(user, login.ts_ms)
+        assert login.type == "login" and rest[-1].type == "purchase"
+        assert login.device_id not in {e.device_id for e in past}
+        assert login.ip not in {e.ip for e in past}
+        assert rest[-1].ts_ms - login.ts_ms < 6 * 3_600_000
+    for user, [purchase] in _episodes(anomalous, "amount_anomaly").items():
+        amounts = [e.price * e.quantity for e in history(user, purchase.ts_ms)
+                   if e.type == "purchase" and e.price]  # fmt: skip
+        assert purchase.price is not None and len(amounts) >= 6
+        assert purchase.price * purchase.quantity > 2.5 * max(amounts)
+    for events in _episodes(anomalous, "card_testing").values():
+        assert all(e.price is not None and e.price < 5 for e in events)
+        assert events[-1].ts_ms - events[0].ts_ms < len(events) * 5 * 60_000
+    for events in _episodes(anomalous, "login_burst").values():
+        assert len({e.ip for e in events}) == len(events) >= 8
+    for user, events in _episodes(anomalous, "refund_abuse").items():
+        bought = [e for e in history(user, events[0].ts_ms) if e.type == "purchase"]
+        assert 1 <= len(bought) <= len(events)
+    for events in _episodes(anomalous, "bot").values():
+        seconds = (events[-1].ts_ms - events[0].ts_ms) / 1000
+        assert len(events) >= 120 and len(events) / seconds > 1.0
+
+
+def test_legitimate_traffic_is_messy_with_anomalies_on(
+    anomalous: list[tuple[GeneratedEvent, Event | DeadLetter]],
+) -> None:
+    legit = [e for g, e in anomalous if isinstance(e, Event) and g.anomaly is None]
+    devices: dict[str, set[str]] = {}
+    ips: dict[str, set[str]] = {}
+    for event in legit:
+        devices.setdefault(event.user_id, set()).add(event.device_id or "")
+        ips.setdefault(event.device_id or "", set()).add(event.ip or "")
+    assert sum(len(d) == 3 for d in devices.values()) > 50  # 2-3 devices are common
+    assert sum(len(i) >= 4 for i in ips.values()) > 50  # phones move between addresses
+    purchases = [e for e in legit if e.type == "purchase" and e.price is not None]
+    assert 0 < sum(e.price < 5 for e in purchases if e.price) < len(purchases) / 10  # coupons
+    refunds = sum(e.type == "refund" for e in legit)
+    assert len(purchases) / 20 < refunds < len(purchases) / 2
+    # ... and the plain stream stays as it was: one address per session, 1-2 devices.
+    plain = [parse_event(e.line) for e in generate_events(5_000, 100, seed=7)]
+    plain_devices: dict[str, set[str]] = {}
+    for event in plain:
+        if isinstance(event, Event):
+            plain_devices.setdefault(event.user_id, set()).add(event.device_id or "")
+    assert max(len(d) for d in plain_devices.values()) == 2
+
+
+def test_anomaly_config_is_checked() -> None:
+    assert not any(
+        e.anomaly for e in generate_events(2_000, 50, seed=1, anomalies=AnomalyConfig(0))
+    )
+    with pytest.raises(ValueError, match="within"):
+        AnomalyConfig(1.5)
+    with pytest.raises(ValueError, match="kinds"):
+        AnomalyConfig(0.1, ("phishing",))
+    with pytest.raises(ValueError, match="lower the anomaly rate"):
+        list(generate_events(2_000, 1_000, seed=1, anomalies=AnomalyConfig(0.5)))
+
+
+def test_one_kind_only_and_the_history_victims_need() -> None:
+    stats: dict[str, int] = {}
+    config = AnomalyConfig(0.05, ("account_takeover",))
+    events = list(generate_events(40_000, 400, seed=2, anomalies=config, stats=stats))
+    assert {e.anomaly for e in events} == {None, "account_takeover"}
+    assert stats == {"episodes": 20, "short_history": 0}
+    stats.clear()  # a stream too thin for anyone to have an established history
+    list(generate_events(2_000, 400, seed=2, anomalies=config, stats=stats))
+    assert stats == {"episodes": 20, "short_history": 20}
+
+
+def test_generate_command_writes_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, labels = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
+    argv = ["generate", "--events", "4000", "--users", "100", "--out", str(out)]
+    assert main([*argv, "--anomalies", "--anomaly-rate", "0.1", "--labels", str(labels)]) == 0
+    lines = out.read_bytes().splitlines()
+    rows = [json.loads(line) for line in labels.read_bytes().splitlines()]
+    assert len(lines) == 4000 and rows and set(rows[0]) == {"event_id", "kind"}
+    ids = {e.event_id for e in map(parse_event, lines) if isinstance(e, Event)}
+    assert {r["event_id"] for r in rows} <= ids and len({r["event_id"] for r in rows}) == len(rows)
+    printed = capsys.readouterr().out
+    assert f"wrote {len(rows)} anomaly labels" in printed and "anomalies by kind" in printed
+    assert main([*argv, "--anomalies"]) == 2  # labels are required
+    assert main([*argv, "--labels", str(labels)]) == 2
+    assert main([*argv, "--anomalies", "--labels", str(labels), "--anomaly-kinds", "x"]) == 2

@@ -15,6 +15,9 @@ production does, without shipping anyone's real data:
 * A small share of bad messages, each labelled with the reason code
   :func:`operators.events.parse_event` gives it, plus exact re-sends that the profile step
   rejects as ``duplicate_event``.
+* Optionally (``anomalies=AnomalyConfig()``, ``generate --anomalies``), labelled fraud and
+  abuse for :mod:`operators.risk` to find, on top of legitimate traffic made messier so that
+  the detectors meet their false positives: see :class:`AnomalyConfig`.
 
 Everything is drawn from one seeded :class:`numpy.random.Generator`, so a seed is a data set.
 
@@ -48,6 +51,7 @@ import msgspec
 import numpy as np
 
 from operators.events import DeadLetter, RejectReason, parse_event
+from operators.risk import KINDS as ANOMALY_KINDS
 
 Lang = Literal["en", "zh"]
 
@@ -87,11 +91,13 @@ class GeneratedEvent:
 
     ``expected_reason`` is ``None`` for a valid event, else the reason code the dataflow will
     dead-letter it with (``duplicate_event`` parses fine; the profile step rejects it).
+    ``anomaly`` is the kind of fraud or abuse an injected valid event belongs to (its label).
     """
 
     line: bytes
     user_id: str
     expected_reason: str | None = None
+    anomaly: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,6 +358,30 @@ def _english_reviews() -> tuple[_EnReview, ...]:
 
 
 @dataclass
+class _Habits:
+    """What makes a user's legitimate traffic messy (only with anomalies on).
+
+    Devices[0] is the phone: on the home wifi or the carrier's network, whose address changes;
+    the others stay on the home or work line. Some users travel (hotel and roaming addresses
+    on known devices), get a new phone mid-span, return much of what they buy, hunt
+    bargains (purchases under $5) or browse fast.
+    """
+
+    home_ip: str
+    work_ip: str | None
+    carrier_ips: list[str]
+    usual_price: float  # the median price of the user's favourite categories
+    returner: bool
+    bargain_hunter: bool
+    fast: bool
+    trip: tuple[int, int] | None  # [start, end) in ms
+    new_device: str | None
+    new_device_ms: int
+    trip_ips: dict[int, str] = field(default_factory=dict)  # day -> hotel address
+    to_return: int = 0  # purchases a returner will send back at their next visit
+
+
+@dataclass
 class _User:
     user_id: str
     lang: Lang
@@ -361,6 +391,7 @@ class _User:
     next_free_ms: int = 0
     purchases: list[tuple[int, float, int]] = field(default_factory=list)  # item, price, qty
     cart: list[int] = field(default_factory=list)
+    habits: _Habits | None = None
 
 
 @dataclass(frozen=True)
@@ -375,11 +406,20 @@ class _World:
     """Everything sessions are drawn from: catalog indexes, users, query pools, reviews."""
 
     def __init__(
-        self, catalog: Sequence[CatalogItem], n_users: int, seed: int, draws: _Draws
+        self,
+        catalog: Sequence[CatalogItem],
+        n_users: int,
+        seed: int,
+        draws: _Draws,
+        messy_span: tuple[int, int] | None = None,
     ) -> None:
         self.catalog = catalog
         self.draws = draws
         self.seed = seed
+        # Messy legitimate traffic (anomalies on) draws from its own generator, so the plain
+        # stream's draws are untouched when it is off.
+        self.messy_span = messy_span
+        self.extra = _Draws(np.random.default_rng([seed, 3]), block=4096)
         by_name = {c.name: c for c in CATEGORIES}
         unknown = {i.category for i in catalog} - by_name.keys()
         if unknown:
@@ -422,7 +462,63 @@ class _World:
         favourite_cdf = _cdf(m + 0.15 * w / total for m, w in zip(mass, weights, strict=True))
         channel = _CHANNELS[d.pick(_CHANNEL_CDF[lang])]
         devices = tuple(f"d{self.seed}-{n}-{k}" for k in range(1 + d.below(2)))
-        return _User(f"u{n:06d}", lang, favourite_cdf, channel, devices)
+        user = _User(f"u{n:06d}", lang, favourite_cdf, channel, devices)
+        if self.messy_span is not None:
+            x = self.extra
+            user.devices = tuple(f"d{self.seed}-{n}-{k}" for k in range(1 + x.pick((3, 7.5, 10))))
+            user.habits = self._habits(n, len(user.devices), favourite_cdf, *self.messy_span)
+        return user
+
+    def _habits(
+        self, n: int, n_devices: int, favourite_cdf: list[float], start_ms: int, span_ms: int
+    ) -> _Habits:
+        x = self.extra
+        favourites = [self.categories[c] for c in favourite_categories(favourite_cdf)]
+        usual = sorted(c.median_price for c in favourites or self.categories)
+        trip = None
+        if x.chance(0.05):
+            begin = start_ms + x.below(span_ms)
+            trip = (begin, begin + (2 + x.below(5)) * DAY_MS)
+        new_phone = x.chance(0.06)
+        return _Habits(
+            home_ip=random_ip(x),
+            work_ip=random_ip(x) if x.chance(0.4) else None,
+            carrier_ips=[],
+            usual_price=usual[len(usual) // 2],
+            returner=x.chance(0.06),
+            bargain_hunter=x.chance(0.03),
+            fast=x.chance(0.08),
+            trip=trip,
+            new_device=f"d{self.seed}-{n}-{n_devices}" if new_phone else None,
+            new_device_ms=start_ms + x.below(span_ms),
+        )
+
+    def origin(self, user: _User, ts: int) -> tuple[str, str]:
+        """The device and IP of a messy user's session starting at ``ts``."""
+        h, x = user.habits, self.extra
+        assert h is not None
+        devices = user.devices
+        if h.new_device is not None and ts >= h.new_device_ms and x.chance(0.6):
+            device = h.new_device
+        else:
+            device = x.choice(devices)
+        phone = device in (devices[0], h.new_device)
+        if h.trip is not None and h.trip[0] <= ts < h.trip[1]:
+            if phone and x.chance(0.5):  # roaming: a new address every session
+                return device, random_ip(x)
+            return device, h.trip_ips.setdefault(ts // DAY_MS, random_ip(x))  # the hotel
+        if x.chance(0.02):  # a cafe, a friend's wifi
+            return device, random_ip(x)
+        if phone and x.chance(0.45):
+            if not h.carrier_ips or x.chance(0.3):
+                h.carrier_ips = [*h.carrier_ips[-5:], random_ip(x)]
+                return device, h.carrier_ips[-1]
+            return device, str(x.choice(h.carrier_ips))
+        if h.work_ip is not None and x.chance(0.25):
+            return device, h.work_ip
+        if x.chance(0.01):  # the provider moved the home line
+            h.home_ip = random_ip(x)
+        return device, h.home_ip
 
     def item_in(self, category: int) -> int:
         items = self.items_of[category]
@@ -451,6 +547,18 @@ class _World:
         band = "positive" if rating >= 4 else "neutral" if rating == 3 else "negative"
         noun = self.categories[self.item_category[item]].noun
         return rating, str(d.choice(_ZH_REVIEWS[band])).format(noun=noun)
+
+
+def favourite_categories(favourite_cdf: list[float]) -> list[int]:
+    """The indexes of a user's favourite categories (those with a tenth of their activity)."""
+    shares = [b - a for a, b in itertools.pairwise([0.0, *favourite_cdf])]
+    return [c for c, share in enumerate(shares) if share > 0.1]
+
+
+def random_ip(d: _Draws) -> str:
+    """An IPv4 address as the generator writes them (opaque to the detectors)."""
+    first = d.choice((24, 66, 73, 101, 112, 183, 203))
+    return f"{first}.{d.below(256)}.{d.below(256)}.{1 + d.below(254)}"
 
 
 def _sessions(world: _World, n_valid: int, start_ms: int, span_ms: int) -> list[_Session]:
@@ -514,9 +622,14 @@ class _Writer:
             f"{d.below(256)}.{1 + d.below(254)}",
             "channel": user.channel if d.chance(0.85) else d.choice(_CHANNELS),
         }
+        ts = max(s.start_ms, user.next_free_ms)
+        speed = 1.0  # multiplies the gaps between events
+        habits, x = user.habits, w.extra
+        if habits is not None:
+            common["device_id"], common["ip"] = w.origin(user, ts)
+            speed = 0.3 if habits.fast or x.chance(0.03) else 1.0
         types = self._plan(s, user)
         category = d.pick(user.favourite_cdf)
-        ts = max(s.start_ms, user.next_free_ms)
         current: int | None = None
         out: list[tuple[int, int, dict[str, Any]]] = []
         for previous, kind in zip(["start", *types], types, strict=False):
@@ -542,8 +655,18 @@ class _Writer:
             elif kind == "purchase":
                 item = user.cart.pop() if user.cart else current
                 item = item if item is not None else w.item_in(category)
+                if (
+                    habits is not None
+                    and w.catalog[item].price > 6 * habits.usual_price
+                    and x.chance(0.8)
+                ):  # too dear: most settle for something in their favourite categories
+                    item = w.item_in(d.pick(user.favourite_cdf))
                 price = round(w.catalog[item].price * (1.0 - 0.2 * d.uniform() ** 3), 2)
                 qty = 1 if d.chance(0.85) else 2 if d.chance(0.7) else 3 + d.below(3)
+                if habits is not None and x.chance(0.3 if habits.bargain_hunter else 0.008):
+                    price, qty = round(0.99 + 3.5 * x.uniform(), 2), 1  # a coupon, a sample
+                if habits is not None and habits.returner and x.chance(0.35):
+                    habits.to_return += 1
                 event |= {"price": price, "quantity": qty}
                 user.purchases.append((item, price, qty))
             elif kind == "refund":
@@ -564,25 +687,33 @@ class _Writer:
             if d.chance(RFC3339_RATE):
                 event["ts"] = _rfc3339(ts, user.lang)
             out.append((ts, s.user, event | common))
-            ts += max(round(d.lognormal(_GAP_S.get(kind, 10) * 1000, 0.9)), 200)
+            ts += max(round(d.lognormal(_GAP_S.get(kind, 10) * 1000 * speed, 0.9)), 200)
         user.next_free_ms = ts + 60_000
         return out
 
     def _plan(self, s: _Session, user: _User) -> list[str]:
         """The session's event types, exactly ``s.length`` of them."""
-        d = self.world.draws
+        d, x = self.world.draws, self.world.extra
+        habits = user.habits
         head: list[str] = []
         tail: list[str] = ["delete_user"] if s.deletes else []
         room = s.length - len(tail)
         if room >= 3 and d.chance(0.35):
             head.append("login")
+            if habits is not None and x.chance(0.04):  # an expired session, a mistyped code
+                head += ["login"] * min(1 + x.below(3), room - 3)
         if room >= 3 and not tail and d.chance(0.3):
             tail.append("logout")
         # After-sales first: refunds and reviews of earlier purchases. Rates are shop-like (a
         # few percent of purchases refunded, one in seven reviewed), and they matter: long
         # review texts are what the embedding model spends most of its time on.
         if room - len(head) - len(tail) >= 2 and user.purchases:
-            if d.chance(0.04):
+            returns = 0 if habits is None else habits.to_return
+            if returns and habits is not None:  # a returner sends back what they set aside
+                returns = min(returns, len(user.purchases), room - len(head) - len(tail) - 1)
+                head += ["refund"] * returns
+                habits.to_return -= returns
+            elif d.chance(0.04):
                 head.append("refund")
             elif d.chance(0.1):
                 head.append("review")
@@ -592,6 +723,8 @@ class _Writer:
         while len(head) + len(middle) + len(tail) < s.length:
             names, cdf = self.next_type[state]
             kind = names[d.pick(cdf)]
+            if habits is not None and state == "purchase" and cart > 0 and x.chance(0.35):
+                kind = "purchase"  # check out the rest of the cart
             if kind == "remove_from_cart" and cart == 0:
                 kind = "view"
             if kind == "add_to_cart":
@@ -601,6 +734,383 @@ class _Writer:
             middle.append(kind)
             state = kind
         return (head + middle + tail)[: s.length]
+
+
+# --- Labelled anomalies -------------------------------------------------------------------
+
+#: Events per injected episode, by kind (inclusive bounds).
+EPISODE_SIZES: Final[dict[str, tuple[int, int]]] = {
+    "account_takeover": (3, 8),
+    "amount_anomaly": (1, 1),
+    "card_testing": (5, 15),
+    "purchase_burst": (9, 20),
+    "login_burst": (8, 30),
+    "refund_abuse": (5, 10),
+    "bot": (120, 400),
+}
+# What a takeover buys: things that resell.
+_RESELLABLE: Final = frozenset(
+    {"Smartphones", "Laptops", "Smartwatches", "Headphones", "手机", "耳机"}
+)
+# Victims need this much history before the episode (margins over the detectors' warm-ups).
+_KNOWN_LOGINS: Final = 5
+_PURCHASES: Final = 6
+_QUIET_MS: Final = 2 * DAY_MS  # no new device this long before a takeover
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Which labelled anomalies to inject into a generated stream, and how many.
+
+    ``rate`` is the share of users given one anomalous episode, the kinds taken in turn from
+    ``kinds``; every event of an episode is labelled with its kind
+    (:attr:`GeneratedEvent.anomaly`) and counts towards ``n_events``. The episodes:
+
+    - ``account_takeover``: a login from a new device and a new IP, some browsing, then 1-3
+      purchases of 5-30x the user's median amount, minutes to a few hours later. Victims
+      have 5 logins from known devices, 6 purchases and no new device for two days.
+    - ``amount_anomaly``: one purchase of 20-100x the user's median amount and at least 4x
+      their largest, from their usual device and IP; victims have 6 purchases.
+    - ``card_testing``: 5-15 purchases of $0.99-4.99, ~40 s apart, from a new device and IP.
+    - ``purchase_burst``: 9-20 purchases of ordinary items (the user's favourite categories,
+      at most 3x their median amount), ~1 min apart, from their usual device.
+    - ``login_burst``: 8-30 logins ~8 s apart, each from a new IP (credential stuffing).
+    - ``refund_abuse``: 5-10 refunds ~25 min apart, of what the user bought and of items they
+      never bought; victims return at least as many items as they bought.
+    - ``bot``: 120-400 views, clicks and searches ~0.35 s apart, from a new device and IP.
+
+    Legitimate users get messier at the same time: 1-3 devices (the phone on changing
+    carrier addresses), trips (hotel and roaming IPs), new phones mid-span, re-logins,
+    returners who send back a third of what they buy, several items at a time, bargain
+    hunters buying under $5, budget-aware buying (an item over 6x the user's usual price is
+    bought one time in five, else something in their favourite categories), check-outs of a
+    whole cart, fast browsers -- and, as without anomalies, occasional purchases far above a
+    user's usual amounts.
+
+    Victims of takeovers and amount anomalies need history, and history comes from events
+    per user, not from the span: with 200k events and 5k users (14 days) about 140 users are
+    established enough for a takeover and 250 have 6 purchases, enough for the default rate;
+    with the command's default 100k events, 19 of the 250 episodes fall on users without
+    that history (``stats["short_history"]``; ``generate`` prints it). Use about 40 events
+    per user or more.
+    """
+
+    rate: float = 0.05
+    kinds: tuple[str, ...] = ANOMALY_KINDS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"the anomaly rate must be within [0, 1], got {self.rate}")
+        unknown = set(self.kinds) - set(ANOMALY_KINDS)
+        if unknown or not self.kinds:
+            raise ValueError(f"anomaly kinds must be some of {ANOMALY_KINDS}, got {self.kinds}")
+
+
+def _plan_anomalies(d: _Draws, n_users: int, config: AnomalyConfig) -> list[tuple[str, int]]:
+    """(kind, number of events) of each episode to inject."""
+    kinds = list(config.kinds)
+    first = d.below(len(kinds))
+    plan = []
+    for n in range(round(config.rate * n_users)):
+        kind = kinds[(first + n) % len(kinds)]
+        low, high = EPISODE_SIZES[kind]
+        plan.append((kind, low + d.below(high - low + 1)))
+    return plan
+
+
+@dataclass
+class _Past:
+    """One user's legitimate history, for choosing victims and making episodes fit them."""
+
+    times: list[int] = field(default_factory=list)
+    origins: list[tuple[str, str]] = field(default_factory=list)  # device, ip of each event
+    purchases: list[tuple[int, float]] = field(default_factory=list)  # ts, amount
+    bought: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # purchase events
+    device_first: list[int] = field(default_factory=list)  # when each device was first seen
+    established_ms: int | None = None  # _KNOWN_LOGINS logins from known devices, _PURCHASES
+
+
+Timeline = list[tuple[int, int, dict[str, Any]]]  # ts, user index, event
+_Events = list[tuple[int, dict[str, Any]]]  # one episode: ts, event
+
+
+class _Injector:
+    """Choose a victim and a time for each planned episode, and write its events."""
+
+    def __init__(
+        self,
+        world: _World,
+        writer: _Writer,
+        timeline: Timeline,
+        deleted: set[int],
+        start_ms: int,
+        span_ms: int,
+        draws: _Draws,
+    ) -> None:
+        self.world, self.writer, self.d = world, writer, draws
+        self.start_ms, self.end_ms = start_ms, start_ms + span_ms
+        self.pasts = [_Past() for _ in world.users]
+        seen: list[set[str]] = [set() for _ in world.users]
+        known_logins = [0] * len(world.users)
+        for ts, user, event in timeline:
+            past, device = self.pasts[user], event.get("device_id", "")
+            past.times.append(ts)
+            past.origins.append((device, event.get("ip", "")))
+            if device not in seen[user]:
+                seen[user].add(device)
+                past.device_first.append(ts)
+            elif event["type"] == "login":
+                known_logins[user] += 1
+            if event["type"] == "purchase":
+                past.purchases.append((ts, event["price"] * event["quantity"]))
+                past.bought.append((ts, event))
+            if (
+                past.established_ms is None
+                and known_logins[user] >= _KNOWN_LOGINS
+                and len(past.purchases) >= _PURCHASES
+            ):
+                past.established_ms = ts
+        self.free = [u for u in range(len(world.users)) if u not in deleted]
+        self.short_history = 0  # episodes whose victim lacks the history its detector needs
+        catalog = world.catalog
+        self.by_price = sorted((item.price, n) for n, item in enumerate(catalog))
+        resellable = [(p, n) for p, n in self.by_price if catalog[n].category in _RESELLABLE]
+        self.resellable = resellable or self.by_price
+
+    def inject(self, plan: list[tuple[str, int]]) -> tuple[Timeline, dict[str, str]]:
+        """The episodes' events (in no particular order) and their labels by event id."""
+        order = list(ANOMALY_KINDS)  # the kinds that need the most history choose first
+        out: Timeline = []
+        labels: dict[str, str] = {}
+        for kind, size in sorted(plan, key=lambda p: order.index(p[0])):
+            user, at = self._victim(kind, size)
+            events = getattr(self, f"_{kind}")(user, at, size)
+            assert len(events) == size, (kind, size, len(events))
+            for ts, event in events:
+                out.append((ts, user, event))
+                labels[event["event_id"]] = kind
+        return out, labels
+
+    # Victims -----------------------------------------------------------------------------
+
+    def _victim(self, kind: str, size: int) -> tuple[int, int]:
+        """A user not yet a victim and a time the episode starts at that suits the kind."""
+        d = self.d
+        for _ in range(200):
+            if not self.free:
+                break
+            k = d.below(len(self.free))
+            at = self._fits(kind, self.free[k], size)
+            if at is not None:
+                return self.free.pop(k), at
+        # Nobody suits: take anyone; the detector may lack the history to find this one.
+        self.short_history += 1
+        free = self.free
+        user = free.pop(d.below(len(free))) if free else d.below(len(self.world.users))
+        return user, self._uniform(self.start_ms + 3_600_000, self.end_ms - 8 * 3_600_000)
+
+    def _uniform(self, low: int, high: int) -> int:
+        return low + self.d.below(max(high - low, 1))
+
+    def _fits(self, kind: str, user: int, size: int) -> int | None:
+        past = self.pasts[user]
+        hour = 3_600_000
+        if kind == "account_takeover":
+            if past.established_ms is None:
+                return None
+            for _ in range(8):
+                at = self._uniform(past.established_ms + hour, self.end_ms - 8 * hour)
+                if at > self.end_ms - 8 * hour:
+                    return None
+                if not any(at - _QUIET_MS < first <= at for first in past.device_first):
+                    return at
+            return None
+        if kind == "amount_anomaly":
+            if len(past.purchases) < _PURCHASES:
+                return None
+            earliest = past.purchases[_PURCHASES - 1][0] + hour
+            if earliest >= self.end_ms - hour:
+                return None
+            return self._uniform(earliest, self.end_ms - hour)
+        at = self._uniform(self.start_ms + hour, self.end_ms - 8 * hour)
+        if kind == "refund_abuse":
+            bought = sum(ts < at for ts, _ in past.purchases)
+            return at if 1 <= bought <= size else None
+        if kind == "purchase_burst":
+            return at if past.times else None
+        return at
+
+    # Episode events ----------------------------------------------------------------------
+
+    def _event(
+        self,
+        user: int,
+        ts: int,
+        kind: str,
+        origin: dict[str, str],
+        item: int | None = None,
+        **fields: Any,
+    ) -> tuple[int, dict[str, Any]]:
+        event: dict[str, Any] = {
+            "event_id": self.writer.event_id(),
+            "user_id": self.world.users[user].user_id,
+            "ts": ts,
+            "type": kind,
+        }
+        if item is not None:
+            catalog_item = self.world.catalog[item]
+            event |= {
+                "item_id": catalog_item.item_id,
+                "category": catalog_item.category,
+                "brand": catalog_item.brand,
+            }
+        return ts, event | fields | origin
+
+    def _origin(self, device: str, ip: str, channel: str | None = None) -> dict[str, str]:
+        self.writer.session_seq += 1
+        return {
+            "session_id": f"s{self.world.seed}-{self.writer.session_seq}",
+            "device_id": device,
+            "ip": ip,
+            "channel": channel or self.d.choice(_CHANNELS),
+        }
+
+    def _usual_origin(self, user: int, at: int) -> dict[str, str]:
+        """The device and IP of the user's last event before ``at`` (or their first device)."""
+        past = self.pasts[user]
+        k = bisect.bisect_left(past.times, at)
+        if k:
+            return self._origin(*past.origins[k - 1])
+        habits = self.world.users[user].habits
+        ip = habits.home_ip if habits is not None else random_ip(self.d)
+        return self._origin(self.world.users[user].devices[0], ip)
+
+    def _new_origin(self, channel: str | None = None) -> dict[str, str]:
+        device = f"d{self.world.seed}-{len(self.world.users) + self.d.below(10**6)}-0"
+        return self._origin(device, random_ip(self.d), channel)
+
+    def _median_and_max(self, user: int, at: int) -> tuple[float, float]:
+        """The median of the user's last 32 purchase amounts before ``at``, and the largest."""
+        amounts = [a for ts, a in self.pasts[user].purchases if ts < at]
+        if not amounts:
+            return 60.0, 60.0
+        return float(np.median(amounts[-32:])), max(amounts)
+
+    def _priced(self, target: float, items: list[tuple[float, int]]) -> tuple[int, float, int]:
+        """An item near ``target`` in price, and the quantity that brings it close."""
+        k = bisect.bisect_right(items, (target * 1.2, len(self.world.catalog)))
+        pool = items[max(k - 5, 0) : k] or items[:1]
+        price, item = pool[self.d.below(len(pool))]
+        qty = max(1, min(round(target / price), 10))
+        return item, round(price, 2), qty
+
+    def _gaps(self, at: int, n: int, median_ms: float, sigma: float, least: int) -> list[int]:
+        times = [at]
+        for _ in range(n - 1):
+            times.append(times[-1] + max(round(self.d.lognormal(median_ms, sigma)), least))
+        return times
+
+    def _account_takeover(self, user: int, at: int, size: int) -> _Events:
+        d = self.d
+        origin = self._new_origin("web")
+        median, _ = self._median_and_max(user, at)
+        n_buys = 1 + (size >= 5) + (size >= 7)
+        events = [self._event(user, at, "login", origin)]
+        ts = at
+        for _ in range(size - 1 - n_buys):
+            ts += max(round(d.lognormal(20_000, 0.7)), 1_000)
+            events.append(self._event(user, ts, "view", origin, d.choice(self.resellable)[1]))
+        ts += min(max(round(d.lognormal(20 * 60_000, 1.0)), 60_000), 4 * 3_600_000)
+        for _ in range(n_buys):
+            item, price, qty = self._priced(median * (5 + 25 * d.uniform()), self.resellable)
+            events.append(
+                self._event(user, ts, "purchase", origin, item, price=price, quantity=qty)
+            )
+            ts += max(round(d.lognormal(4 * 60_000, 0.8)), 20_000)
+        return events
+
+    def _amount_anomaly(self, user: int, at: int, size: int) -> _Events:
+        median, largest = self._median_and_max(user, at)
+        target = max(median * (20 + 80 * self.d.uniform()), 4 * largest)
+        item, price, qty = self._priced(target, self.by_price)
+        origin = self._usual_origin(user, at)
+        return [self._event(user, at, "purchase", origin, item, price=price, quantity=qty)]
+
+    def _card_testing(self, user: int, at: int, size: int) -> _Events:
+        d = self.d
+        origin = self._new_origin()
+        return [
+            self._event(
+                user,
+                ts,
+                "purchase",
+                origin,
+                d.below(len(self.world.catalog)),
+                price=round(0.99 + 4 * d.uniform(), 2),
+                quantity=1,
+            )
+            for ts in self._gaps(at, size, 40_000, 0.6, 5_000)
+        ]
+
+    def _purchase_burst(self, user: int, at: int, size: int) -> _Events:
+        w, d = self.world, self.d
+        origin = self._usual_origin(user, at)
+        median, _ = self._median_and_max(user, at)
+        # Ordinary items: the user's favourite categories, at most thrice their median amount.
+        items = [
+            n for c in favourite_categories(w.users[user].favourite_cdf) for n in w.items_of[c]
+        ]
+        ordinary = [n for n in items if w.catalog[n].price <= 3 * median] or items
+        ordinary = ordinary or list(range(len(w.catalog)))
+        events = []
+        for ts in self._gaps(at, size, 60_000, 0.5, 10_000):
+            item = ordinary[d.below(len(ordinary))]
+            price = round(w.catalog[item].price * (1.0 - 0.2 * d.uniform() ** 3), 2)
+            events.append(self._event(user, ts, "purchase", origin, item, price=price, quantity=1))
+        return events
+
+    def _login_burst(self, user: int, at: int, size: int) -> _Events:
+        origin = self._new_origin("web")
+        return [
+            self._event(user, ts, "login", origin | {"ip": random_ip(self.d)})
+            for ts in self._gaps(at, size, 8_000, 0.8, 1_000)
+        ]
+
+    def _refund_abuse(self, user: int, at: int, size: int) -> _Events:
+        d, catalog = self.d, self.world.catalog
+        bought = [event for ts, event in self.pasts[user].bought if ts < at]
+        origin = self._usual_origin(user, at)
+        events = []
+        for ts in self._gaps(at, size, 25 * 60_000, 0.7, 60_000):
+            if bought and d.chance(0.5):
+                purchase = bought.pop(d.below(len(bought)))
+                fields = {
+                    k: purchase[k] for k in ("item_id", "category", "brand", "price", "quantity")
+                }
+                events.append(self._event(user, ts, "refund", origin, **fields))
+            else:  # "it never arrived": an item the user never bought here
+                item = d.below(len(catalog))
+                events.append(
+                    self._event(
+                        user, ts, "refund", origin, item, price=catalog[item].price, quantity=1
+                    )
+                )
+        return events
+
+    def _bot(self, user: int, at: int, size: int) -> _Events:
+        d, w = self.d, self.world
+        origin = self._new_origin("web")
+        lang = w.users[user].lang
+        events = []
+        for ts in self._gaps(at, size, 350, 0.5, 50):
+            roll = d.uniform()
+            if roll < 0.15:
+                queries = w.categories[d.below(len(w.categories))].queries(lang)
+                events.append(self._event(user, ts, "search", origin, text=d.choice(queries)))
+            else:
+                kind = "view" if roll < 0.7 else "click"
+                events.append(self._event(user, ts, kind, origin, d.below(len(w.catalog))))
+        return events
 
 
 def _bad_line(reason: RejectReason, base: dict[str, Any], event_id: str, d: _Draws) -> bytes | None:
@@ -676,12 +1186,22 @@ def generate_events(
     catalog: Sequence[CatalogItem] | None = None,
     start_ms: int = DEFAULT_END_MS - DEFAULT_SPAN_DAYS * DAY_MS,
     span_days: float = DEFAULT_SPAN_DAYS,
+    anomalies: AnomalyConfig | None = None,
+    stats: dict[str, int] | None = None,
 ) -> Iterator[GeneratedEvent]:
     """Yield exactly ``n_events`` JSON lines in event-time order, ``malformed_rate`` of them bad.
 
     ``catalog=None`` uses ``build_catalog(DEFAULT_CATALOG_ITEMS, np.random.default_rng(seed))``,
     so passing that catalog explicitly gives the same events. A duplicate re-sends one of the
     last :data:`DUPLICATE_LOOKBACK` valid events, of a user who is never deleted.
+
+    ``anomalies`` injects labelled episodes of fraud and abuse (see :class:`AnomalyConfig`);
+    ``stats``, if given, receives ``episodes`` and ``short_history`` (episodes whose victim
+    lacks the history its detector needs) once the stream is planned.
+
+    >>> events = list(generate_events(20_000, 400, seed=1, anomalies=AnomalyConfig(0.05)))
+    >>> len(events), len({(e.anomaly, e.user_id) for e in events if e.anomaly})  # 5% of users
+    (20000, 20)
     """
     if n_events < 0 or n_users < 1:
         raise ValueError(f"need n_events >= 0 and n_users >= 1, got {n_events} and {n_users}")
@@ -692,16 +1212,35 @@ def generate_events(
     if not catalog:
         raise ValueError("the catalog is empty")
     draws = _Draws(np.random.default_rng([seed, 1]))
-    world = _World(catalog, n_users, seed, draws)
     n_bad = round(n_events * malformed_rate)
     n_valid = n_events - n_bad
     span_ms = round(span_days * DAY_MS)
-    sessions = _sessions(world, n_valid, start_ms, span_ms)
+    messy_span = None if anomalies is None else (start_ms, span_ms)
+    world = _World(catalog, n_users, seed, draws, messy_span)
+    anomaly_draws = _Draws(np.random.default_rng([seed, 2]), block=4096)
+    plan = [] if anomalies is None else _plan_anomalies(anomaly_draws, n_users, anomalies)
+    n_injected = sum(size for _, size in plan)
+    if n_injected > n_valid // 2:
+        raise ValueError(
+            f"{len(plan)} anomalous episodes need {n_injected} of the {n_valid} valid events: "
+            "lower the anomaly rate or generate more events"
+        )
+    sessions = _sessions(world, n_valid - n_injected, start_ms, span_ms)
     deleted = {s.user for s in sessions if s.deletes}
 
     writer = _Writer(world)
     timeline = [e for s in sessions for e in writer.session(s)]
     timeline.sort(key=lambda e: e[0])  # stable: a user's events keep their order
+    labels: dict[str, str] = {}
+    if plan:
+        injector = _Injector(world, writer, timeline, deleted, start_ms, span_ms, anomaly_draws)
+        injected, labels = injector.inject(plan)
+        timeline += injected
+        timeline.sort(key=lambda e: e[0])
+        if stats is not None:
+            stats["short_history"] = injector.short_history
+    if stats is not None:
+        stats["episodes"] = len(plan)
 
     bad_at = set(draws.rng.choice(n_events, size=n_bad, replace=False).tolist()) if n_bad else set()
     bad_cdf = _cdf(w for _, w in _BAD_KINDS)
@@ -717,7 +1256,7 @@ def generate_events(
             _, user, event = pending
             line = encoder.encode(event)
             recent.append((line, user if user not in deleted else -1))
-            yield GeneratedEvent(line, users[user].user_id)
+            yield GeneratedEvent(line, users[user].user_id, None, labels.get(event["event_id"]))
             last = pending
             pending = next(valid, None)
             continue
@@ -762,6 +1301,24 @@ def write_events(path: str | Path, events: Iterable[GeneratedEvent]) -> int:
     return count
 
 
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
+def write_labels(path: str | Path, events: Iterable[GeneratedEvent]) -> int:
+    """Write ``{"event_id": ..., "kind": ...}`` lines for the anomalous events; return how many."""
+    decoder = msgspec.json.Decoder(_EventId)
+    encoder = msgspec.json.Encoder()
+    count = 0
+    with Path(path).open("wb") as f:
+        for event in events:
+            if event.anomaly is not None:
+                event_id = decoder.decode(event.line).event_id
+                f.write(encoder.encode({"event_id": event_id, "kind": event.anomaly}) + b"\n")
+                count += 1
+    return count
+
+
 def write_catalog(path: str | Path, catalog: Iterable[CatalogItem]) -> int:
     """Write the catalog as JSON lines (one :class:`CatalogItem` object each)."""
     encoder = msgspec.json.Encoder()
@@ -788,12 +1345,18 @@ class GenerationSummary:
     users: set[str] = field(default_factory=set)
     valid_by_type: Counter[str] = field(default_factory=Counter)
     malformed_by_reason: Counter[str] = field(default_factory=Counter)
+    anomalies_by_kind: Counter[str] = field(default_factory=Counter)  # events
+    victims: set[tuple[str, str]] = field(default_factory=set)  # (kind, user)
+    stats: dict[str, int] = field(default_factory=dict)  # filled by generate_events
 
     def add(self, event: GeneratedEvent) -> GeneratedEvent:
         self.lines += 1
         if event.expected_reason is not None:
             self.malformed_by_reason[event.expected_reason] += 1
             return event
+        if event.anomaly is not None:
+            self.anomalies_by_kind[event.anomaly] += 1
+            self.victims.add((event.anomaly, event.user_id))
         self.users.add(event.user_id)
         parsed = parse_event(event.line)
         self.valid_by_type["?" if isinstance(parsed, DeadLetter) else parsed.type] += 1
@@ -805,6 +1368,17 @@ class GenerationSummary:
         out += [f"  {name:<18}{count:>9}" for name, count in self.valid_by_type.most_common()]
         out.append(f"malformed by reason ({bad}):")
         out += [f"  {name:<18}{count:>9}" for name, count in self.malformed_by_reason.most_common()]
+        if self.anomalies_by_kind:
+            episodes, short = self.stats.get("episodes", 0), self.stats.get("short_history", 0)
+            out.append(
+                f"anomalies by kind ({self.anomalies_by_kind.total()} events, {episodes} "
+                f"episodes, {short} on users without the history their detector needs):"
+            )
+            users = Counter(kind for kind, _ in self.victims)
+            out += [
+                f"  {name:<18}{count:>9} events {users[name]:>6} users"
+                for name, count in sorted(self.anomalies_by_kind.items())
+            ]
         return out
 
 
@@ -825,12 +1399,27 @@ def add_command(subparsers: Any) -> None:
     parser.add_argument("--catalog-items", type=int, default=DEFAULT_CATALOG_ITEMS)
     parser.add_argument("--out", type=Path, required=True, help="events JSONL file")
     parser.add_argument("--catalog", type=Path, default=None, help="also write the catalog here")
+    parser.add_argument("--anomalies", action="store_true",
+                        help="inject labelled fraud and abuse episodes (and messier legitimate "
+                        "traffic); needs --labels and ~40 events per user")  # fmt: skip
+    parser.add_argument("--anomaly-rate", type=float, default=AnomalyConfig.rate,
+                        help="share of users given one anomalous episode")  # fmt: skip
+    parser.add_argument("--anomaly-kinds", default=",".join(ANOMALY_KINDS),
+                        help="comma-separated kinds to inject, in turn")  # fmt: skip
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="write the anomalous events' ids and kinds (JSONL)")  # fmt: skip
     parser.set_defaults(handler=_generate_command)
 
 
 def _generate_command(args: argparse.Namespace) -> None:
     if args.catalog_items < 1:
         raise ValueError("--catalog-items must be at least 1")
+    if args.anomalies != (args.labels is not None):
+        raise ValueError("--anomalies and --labels go together")
+    anomalies = None
+    if args.anomalies:
+        kinds = tuple(k.strip() for k in args.anomaly_kinds.split(",") if k.strip())
+        anomalies = AnomalyConfig(args.anomaly_rate, kinds)
     started = time.perf_counter()
     catalog = build_catalog(args.catalog_items, np.random.default_rng(args.seed))
     if args.catalog is not None:
@@ -845,11 +1434,23 @@ def _generate_command(args: argparse.Namespace) -> None:
         catalog=catalog,
         start_ms=DEFAULT_END_MS - round(args.span_days * DAY_MS),
         span_days=args.span_days,
+        anomalies=anomalies,
+        stats=summary.stats,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    count = write_events(args.out, (summary.add(e) for e in events))
+    anomalous: list[GeneratedEvent] = []
+
+    def tally(event: GeneratedEvent) -> GeneratedEvent:
+        if event.anomaly is not None:
+            anomalous.append(event)
+        return summary.add(event)
+
+    count = write_events(args.out, (tally(e) for e in events))
     seconds = time.perf_counter() - started
     print(f"wrote {count} events to {args.out} in {seconds:.1f} s (seed {args.seed})")
+    if args.labels is not None:
+        args.labels.parent.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {write_labels(args.labels, anomalous)} anomaly labels to {args.labels}")
     if args.catalog is not None:
         print(f"wrote {len(catalog)} catalog items to {args.catalog}")
     print("\n".join(summary.lines_out()))
