@@ -41,12 +41,21 @@ class Config:
     )
     output_dir: Path = field(
         default=Path("out"),
-        metadata=_opt("folder for deltas.jsonl and dead_letters.jsonl (sink=file)"),
+        metadata=_opt(
+            "folder for deltas, dead_letters, segments, alerts and demand .jsonl (sink=file)"
+        ),
     )
     brokers: str = field(default="localhost:9092", metadata=_opt("Kafka bootstrap servers"))
     events_topic: str = field(default="profile-events", metadata=_opt("input topic"))
     deltas_topic: str = field(default="profile-deltas", metadata=_opt("profile delta topic"))
     dlq_topic: str = field(default="profile-dead-letters", metadata=_opt("dead-letter topic"))
+    segments_topic: str = field(
+        default="profile-segments", metadata=_opt("segment entry and exit topic")
+    )
+    alerts_topic: str = field(default="profile-alerts", metadata=_opt("risk alert topic"))
+    demand_topic: str = field(
+        default="category-demand", metadata=_opt("category demand and forecast topic")
+    )
     kafka_config_file: Path | None = field(
         default=None,
         metadata=_opt(
@@ -123,6 +132,22 @@ class Config:
         default=600_000,
         metadata=_opt("events older than a user's newest by more than this skip the windows"),
     )
+    segments_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "segment definitions and RFM cut points, JSON (hot-reloaded; default: the shipped ones)"
+        ),
+    )
+    risk_rules_file: Path | None = field(
+        default=None,
+        metadata=_opt("JSON of risk detector thresholds overriding the defaults"),
+    )
+    demand_bucket_ms: int = field(
+        default=3_600_000, metadata=_opt("width of a category demand bucket (event time)")
+    )
+    demand_horizon: int = field(
+        default=24, metadata=_opt("buckets forecast ahead for each category")
+    )
     max_seen_event_ids: int = field(
         default=512, metadata=_opt("recent event ids kept per user to drop duplicates")
     )
@@ -165,6 +190,8 @@ class Config:
             "snapshot_interval_s": 0.0,
             "model_poll_s": 0.0,
             "metrics_port": 0,
+            "demand_bucket_ms": 60_000,
+            "demand_horizon": 1,
         }
         for name, low in at_least.items():
             if getattr(self, name) < low:

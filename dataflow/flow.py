@@ -2,6 +2,10 @@
 
     input (Kafka | JSONL) -> parse (a batch at a time) -> key by user
         -> profile (stateful, per user: wait for text vectors, apply, coalesce) -> deltas sink
+                                         segment entries and exits   -> segments sink
+                                         risk alerts                 -> alerts sink
+    valid events with a category -> key by category
+        -> demand (stateful, per category: hourly buckets, online forecast) -> demand sink
     parse rejects, duplicates and source errors -> dead-letter sink
 
 All logic lives in ``operators/``; this module connects steps, sources, sinks and metrics,
@@ -9,6 +13,11 @@ and adapts the per-user logic to Bytewax's :class:`~bytewax.operators.StatefulBa
 its timers, end of input and snapshots. ``build_flow`` takes optional source, sinks, encoder
 and clock so tests run the real flow with ``bytewax.testing``. ``flow_from_env`` is the entry
 point for ``python -m bytewax.run dataflow.flow:flow_from_env`` on a cluster.
+
+Time passing matters to segments (a user lapses 30 days after their last purchase) and to
+demand (an hour closes): both read the process's :class:`~operators.event_clock.EventClock`,
+which every parsed event moves, and set Bytewax timers from it, so quiet users and
+categories change too.
 
 Each user's state rests as MessagePack bytes between deltas (a few KB); it is decoded when
 the user's first event of an emit interval arrives and encoded again when the delta goes
@@ -24,9 +33,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeGuard, cast
+from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import bytewax.operators as op
+import msgspec
 import numpy as np
 from bytewax.connectors.files import FileSink
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
@@ -50,10 +60,22 @@ from operators.coalesce import (
     encode_pending,
     erase,
     note,
+    note_clock,
     published,
 )
 from operators.deltas import ProfileDelta, delta_to_json
+from operators.demand import (
+    CategoryDemand,
+    DemandParams,
+    DemandReport,
+    close_until,
+    decode_demand,
+    encode_demand,
+    next_close_ms,
+    observe,
+)
 from operators.embedding import Embedder, TextEncoder, embedding_text, typed_text
+from operators.event_clock import EventClock
 from operators.events import DeadLetter, Event, RejectReason, duplicate_of, parse_event
 from operators.item_model import load_item_model
 from operators.item_vectors import ItemVectors, loader_for
@@ -67,9 +89,13 @@ from operators.profile import (
     decode_state,
     encode_state,
 )
+from operators.risk import Alert, load_risk_params
+from operators.segments import SegmentBook, SegmentTransition, exit_all, load_segment_book
+from operators.user_step import Applications, after_event, before_event
 from operators.windows import parse_windows
 
 Clock = Callable[[], int]
+T = TypeVar("T")
 
 
 def wall_clock_ms() -> int:
@@ -138,6 +164,8 @@ class _Context:
     emit_interval_ms: int
     keywords_per_text: int
     dim: int
+    applications: Callable[[], Applications]
+    event_clock: EventClock
 
     def vector_of(self, event: Event) -> tuple[np.ndarray | None, str | None]:
         """The event's vector if the catalog has it, else the text whose vector it needs;
@@ -152,21 +180,37 @@ class _Context:
         return None, embedding_text(event, self.prompts)
 
 
-Output = ProfileDelta | DeadLetter
+Output = ProfileDelta | DeadLetter | SegmentTransition | Alert
 #: A user's snapshot, immutable as Bytewax requires: the state as of the last delta, the
-#: state now and the pending changes (when changes are pending, all MessagePack bytes), and
-#: the events waiting for a text vector.
-UserSnapshot = tuple[bytes | None, bytes | None, bytes | None, list[Event]]
+#: state now and the pending changes (when changes are pending, all MessagePack bytes), the
+#: events waiting for a text vector, the event time the segments must be checked again at
+#: (0: never) and the user's segments (so the segment-size gauges resume too).
+UserSnapshot = tuple[bytes | None, bytes | None, bytes | None, list[Event], int, tuple[str, ...]]
 
 
 class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
     """One user's events in order: wait for vectors, apply, and send a delta when due."""
 
-    __slots__ = ("before", "context", "emitted", "pending", "registered", "state", "waiting")
+    __slots__ = (
+        "before",
+        "context",
+        "due",
+        "emitted",
+        "members",
+        "pending",
+        "registered",
+        "state",
+        "waiting",
+    )
 
     def __init__(self, context: _Context, resume: UserSnapshot | None) -> None:
-        emitted, current, pending, waiting = resume or (None, None, None, [])
+        # Snapshots of releases before segments have four parts: resume those too.
+        emitted, current, pending, waiting, due, members = _resume_parts(resume)
         self.context = context
+        self.due = due  # event time of the next segment check (0: none)
+        self.members = members
+        for segment in members:
+            metrics.SEGMENT_MEMBERS.labels(segment).inc()
         self.emitted = emitted  # the state as of the last delta, as bytes
         self.state: UserState | None = None if current is None else decode_state(current)
         self.pending = None if pending is None else decode_pending(pending)
@@ -186,6 +230,12 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         if self.waiting:
             self.context.batcher.flush_due(now)
         out = self._advance()
+        # Timers go by the watermark (the clock less the allowed lateness): an event within
+        # the lateness that arrives after the check is then still applied before it, as in
+        # a replay, so memberships and versions do not depend on when timers fired.
+        watermark = self.context.event_clock.now_ms() - self.context.params.allowed_lateness_ms
+        if self.due and not self.waiting and self.due <= watermark:
+            out += self._check_segments(watermark, now)
         if self.pending is not None and now >= self.pending.due_ms:
             out.append(self._emit(now))
         return out, self._finished()
@@ -195,6 +245,8 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         while self.waiting:  # the input is over: embed what waits now
             self.context.batcher.flush(self.context.clock())
             out += self._advance()
+        if self.due and self.due <= self.context.event_clock.now_ms():
+            out += self._check_segments(self.context.event_clock.now_ms(), self.context.clock())
         if self.pending is not None:
             out.append(self._emit(self.context.clock()))
         return out, self._finished()
@@ -205,13 +257,19 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             due = self.context.batcher.due_ms() or self.context.clock()
         if self.pending is not None:
             due = self.pending.due_ms if due is None else min(due, self.pending.due_ms)
+        if self.due:
+            check = self.context.event_clock.wall_due(
+                self.due + self.context.params.allowed_lateness_ms
+            )
+            due = check if due is None else min(due, check)
         return None if due is None else _as_datetime(due)
 
     def snapshot(self) -> UserSnapshot:
+        waiting = list(self.waiting or ())
         if self.pending is None or self.state is None:
-            return self.emitted, None, None, list(self.waiting or ())
+            return self.emitted, None, None, waiting, self.due, self.members
         current, pending = encode_state(self.state), encode_pending(self.pending)
-        return self.emitted, current, pending, list(self.waiting or ())
+        return self.emitted, current, pending, waiting, self.due, self.members
 
     def _finished(self) -> bool:
         """Discard the logic once the user is erased and nothing of theirs is left."""
@@ -238,9 +296,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
                 if vector is None:
                     break
             applied += 1
-            output = self._apply(event, vector, now)
-            if output is not None:
-                out.append(output)
+            out += self._apply(event, vector, now)
         del waiting[:applied]
         self.registered = max(self.registered - applied, 1)
         if len(waiting) > self.registered:
@@ -257,13 +313,21 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             self.state = None  # nothing unsent: the state rests as bytes
         return out
 
-    def _apply(self, event: Event, vector: Any, now: int) -> Output | None:
-        context = self.context
+    def _live(self) -> UserState | None:
+        """The user's state as objects (decoded from its resting bytes if need be)."""
         state = self.state
         if state is None and self.emitted is not None:
             state = decode_state(self.emitted)
             if self.pending is None:
                 self.before = published(state)
+        return state
+
+    def _apply(self, event: Event, vector: Any, now: int) -> list[Output]:
+        context = self.context
+        out: list[Output] = []
+        if self.due and self.due <= event.ts_ms:  # what the clock changed before this event
+            out += self._check_segments(event.ts_ms, now, emit=False)
+        state = self._live()
         feed = context.feed
         items = feed.model() if feed is not None else None
         if feed is not None and state is not None and context.params.moves_interest(event):
@@ -284,19 +348,70 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         )
         if outcome is Outcome.DUPLICATE:
             self.state = state if self.pending is not None else None
-            return duplicate_of(event)
+            out.append(duplicate_of(event))
+            return out
         if outcome is Outcome.DELETED:
-            tombstone = erase(state, self.pending, event, context.params, now)
+            if state is not None:
+                apps = context.applications()
+                out += exit_all(state.profile, apps.segments, event.ts_ms, event.event_id)
+            out.append(erase(state, self.pending, event, context.params, now))
+            for segment in self.members:
+                metrics.SEGMENT_TRANSITIONS.labels(segment, "exit").inc()
+                metrics.SEGMENT_MEMBERS.labels(segment).dec()
             self.emitted = self.state = self.pending = self.before = None
-            return tombstone
+            self.due, self.members = 0, ()
+            return out
+        assert new is not None
         if outcome is Outcome.LATE:
             metrics.LATE_EVENTS.inc()
         self.state = new
+        alerts, transitions, self.due = after_event(new, event, context.applications())
+        for alert in alerts:
+            metrics.ALERTS.labels(alert.kind).inc()
+        self._count(transitions)
+        out += alerts
+        out += transitions
         if self.pending is None:
             self.pending = PendingChanges(due_ms=now + context.emit_interval_ms)
         note(self.pending, event, in_windows=outcome is Outcome.APPLIED)
         self.pending.dropped |= dropped
-        return self._emit(now) if context.emit_interval_ms == 0 else None
+        if context.emit_interval_ms == 0:
+            out.append(self._emit(now))
+        return out
+
+    def _check_segments(self, until_ms: int, now: int, emit: bool = True) -> list[Output]:
+        """Move the user's segments as the clock alone moves them, up to ``until_ms``."""
+        state = self._live()
+        if state is None:
+            self.due = 0
+            return []
+        version = state.profile.version
+        transitions, self.due = before_event(state, self.context.applications(), self.due, until_ms)
+        self.state = state
+        out: list[Output] = list(transitions)
+        if state.profile.version == version:
+            if self.pending is None:
+                self.state = self.before = None  # nothing changed: back to resting bytes
+            return out
+        self._count(transitions)
+        if self.pending is None:
+            self.pending = PendingChanges(due_ms=now + self.context.emit_interval_ms)
+        note_clock(self.pending, transitions[-1].event_time_ms if transitions else until_ms)
+        if emit and self.context.emit_interval_ms == 0:
+            out.append(self._emit(now))
+        return out
+
+    def _count(self, transitions: list[SegmentTransition]) -> None:
+        if not transitions:
+            return
+        members = set(self.members)
+        for change in transitions:
+            metrics.count_transition(change.segment, change.direction)
+            if change.direction == "enter":
+                members.add(change.segment)
+            else:
+                members.discard(change.segment)
+        self.members = tuple(sorted(members))
 
     def _emit(self, now: int) -> ProfileDelta:
         assert self.state is not None and self.pending is not None
@@ -308,6 +423,90 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self.emitted = encode_state(self.state)
         self.state = self.pending = self.before = None
         return delta
+
+
+class _CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
+    """One category's demand: count events into buckets, close them as event time passes."""
+
+    __slots__ = ("clock", "params", "state")
+
+    def __init__(self, params: DemandParams, clock: EventClock, resume: bytes | None) -> None:
+        self.params = params
+        self.clock = clock
+        self.state: CategoryDemand | None = None if resume is None else decode_demand(resume)
+
+    def on_batch(self, values: list[Event]) -> tuple[list[DemandReport], bool]:
+        state = self.state
+        for event in values:
+            state, late = observe(state, event, self.params)
+            if late:
+                metrics.DEMAND_LATE_EVENTS.inc()
+        self.state = state
+        return self._close(), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[DemandReport], bool]:
+        return self._close(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[DemandReport], bool]:
+        return self._close(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        due = next_close_ms(self.state, self.params) if self.state is not None else None
+        return None if due is None else _as_datetime(self.clock.wall_due(due))
+
+    def snapshot(self) -> bytes:
+        assert self.state is not None
+        return encode_demand(self.state)
+
+    def _close(self) -> list[DemandReport]:
+        if self.state is None:
+            return []
+        reports = close_until(self.state, self.clock.now_ms(), self.params)
+        for report in reports:
+            _export_demand(report)
+        return reports
+
+
+def _export_demand(report: DemandReport) -> None:
+    """Show a closed bucket and the new forecast on the Grafana panel."""
+    category = report.category
+    for measure, value in report.actual.items():
+        metrics.DEMAND_ACTUAL.labels(category, measure).set(value)
+    if report.forecast:
+        metrics.DEMAND_FORECAST.labels(category, "next").set(report.forecast[0])
+        metrics.DEMAND_FORECAST.labels(category, "horizon").set(sum(report.forecast))
+    if report.predicted is not None:
+        metrics.DEMAND_ABS_ERROR.labels(category).inc(
+            abs(report.predicted - report.actual["units"])
+        )
+        metrics.DEMAND_FORECASTS_SCORED.labels(category).inc()
+
+
+def demand_params(config: Config) -> DemandParams:
+    return DemandParams(
+        bucket_ms=config.demand_bucket_ms,
+        horizon=config.demand_horizon,
+        allowed_lateness_ms=config.allowed_lateness_ms,
+    )
+
+
+def _demand(config: Config, events: Stream[Event], clock: EventClock) -> Stream[DemandReport]:
+    """The second keyed stream: demand per category, with its forecast."""
+    params = demand_params(config)
+    with_category = op.filter("has_category", events, lambda e: e.category is not None)
+    by_category = op.key_on("by_category", with_category, lambda e: cast(str, e.category))
+    reports = op.stateful_batch(
+        "demand", by_category, lambda resume: _CategoryLogic(params, clock, resume)
+    )
+    return op.key_rm("demand_reports", reports)
+
+
+def _resume_parts(resume: tuple[Any, ...] | None) -> UserSnapshot:
+    """A user's snapshot, also one of a release before segments (four parts)."""
+    fresh: UserSnapshot = (None, None, None, [], 0, ())
+    if resume is None:
+        return fresh
+    return cast(UserSnapshot, (*resume, *fresh[len(resume) :]))
 
 
 @lru_cache(maxsize=4096)
@@ -363,10 +562,6 @@ def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
     return isinstance(item, Event)
 
 
-def _is_delta(item: Output) -> TypeGuard[ProfileDelta]:
-    return isinstance(item, ProfileDelta)
-
-
 def _delta_json(delta: ProfileDelta, clock: Clock) -> bytes:
     """Encode a delta for its sink and count it (kind, size, events, latency)."""
     data = delta_to_json(delta)
@@ -400,29 +595,74 @@ def _inputs(
     return op.flat_map_batch("parse", lines, lambda batch: _parse_lines(batch, clock)), []
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """The flow's output streams, each keyed as its topic is."""
+
+    deltas: Stream[ProfileDelta]
+    dead: Stream[DeadLetter]
+    segments: Stream[SegmentTransition]
+    alerts: Stream[Alert]
+    demand: Stream[DemandReport]
+
+
+_json = msgspec.json.Encoder()
+
+
+Record = SegmentTransition | Alert | DemandReport
+
+
+def _record_json(record: Record) -> bytes:
+    return _json.encode(record)
+
+
+def _key_of(record: Record) -> str:
+    return record.category if isinstance(record, DemandReport) else record.user_id
+
+
 def _outputs(
     config: Config,
-    deltas: Stream[ProfileDelta],
-    dead: Stream[DeadLetter],
+    outputs: _Outputs,
     clock: Clock,
-    deltas_sink: Sink[Any] | None,
-    dlq_sink: Sink[Any] | None,
+    sinks: Mapping[str, Sink[Any]],
 ) -> None:
-    if deltas_sink is None and dlq_sink is None and config.sink == "kafka":
-        topic = config.deltas_topic
-        out = op.merge(
-            "to_kafka",
+    records: dict[str, Stream[Record]] = {
+        "segments": outputs.segments,
+        "alerts": outputs.alerts,
+        "demand": outputs.demand,
+    }
+    if not sinks and config.sink == "kafka":
+        topics = {
+            "segments": config.segments_topic,
+            "alerts": config.alerts_topic,
+            "demand": config.demand_topic,
+        }
+        deltas_topic = config.deltas_topic
+        messages = [
             op.map(
                 "delta_msg",
-                deltas,
-                lambda d: KafkaSinkMessage(d.user_id.encode(), _delta_json(d, clock), topic=topic),
+                outputs.deltas,
+                lambda d: KafkaSinkMessage(
+                    d.user_id.encode(), _delta_json(d, clock), topic=deltas_topic
+                ),
             ),
-            op.map("dlq_msg", dead, lambda d: dead_letter_message(d, config.dlq_topic)),
-        )
-        # topic=None: each message names its own topic (deltas or dead letters).
+            op.map("dlq_msg", outputs.dead, lambda d: dead_letter_message(d, config.dlq_topic)),
+        ]
+        for name, stream in records.items():
+            topic = topics[name]
+            messages.append(
+                op.map(
+                    f"{name}_msg",
+                    stream,
+                    lambda r, topic=topic: KafkaSinkMessage(  # type: ignore[misc]
+                        _key_of(r).encode(), _record_json(r), topic=topic
+                    ),
+                )
+            )
+        # topic=None: each message names its own topic.
         kop.output(
             "kafka_out",
-            out,
+            op.merge("to_kafka", *messages),
             brokers=config.brokers.split(","),
             topic=None,  # type: ignore[arg-type]
             # Idempotent producer: retries can neither duplicate nor reorder a partition, so
@@ -430,15 +670,34 @@ def _outputs(
             add_config={"enable.idempotence": "true", **config.kafka_properties()},
         )
         return
-    if deltas_sink is None or dlq_sink is None:
+    chosen = dict(sinks)
+    if not chosen:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("deltas.jsonl", "dead_letters.jsonl"):
-            (config.output_dir / name).touch()
-    deltas_sink = deltas_sink or FileSink(config.output_dir / "deltas.jsonl")
-    dlq_sink = dlq_sink or FileSink(config.output_dir / "dead_letters.jsonl")
-    as_lines = op.map("delta_json", deltas, lambda d: (d.user_id, _delta_json(d, clock).decode()))
-    op.output("deltas_out", as_lines, deltas_sink)
-    op.output("dlq_out", op.map("dlq_json", dead, lambda d: ("dlq", dead_letter_json(d))), dlq_sink)
+        for name, file_name in OUTPUT_FILES.items():
+            (config.output_dir / file_name).touch()
+            chosen[name] = FileSink(config.output_dir / file_name)
+    if "deltas" in chosen:
+        as_lines = op.map(
+            "delta_json", outputs.deltas, lambda d: (d.user_id, _delta_json(d, clock).decode())
+        )
+        op.output("deltas_out", as_lines, chosen["deltas"])
+    if "dead_letters" in chosen:
+        dead = op.map("dlq_json", outputs.dead, lambda d: ("dlq", dead_letter_json(d)))
+        op.output("dlq_out", dead, chosen["dead_letters"])
+    for name, stream in records.items():
+        if name in chosen:
+            lines = op.map(f"{name}_json", stream, lambda r: (_key_of(r), _record_json(r).decode()))
+            op.output(f"{name}_out", lines, chosen[name])
+
+
+#: The files of ``sink=file``, by output name.
+OUTPUT_FILES: Final = {
+    "deltas": "deltas.jsonl",
+    "dead_letters": "dead_letters.jsonl",
+    "segments": "segments.jsonl",
+    "alerts": "alerts.jsonl",
+    "demand": "demand.jsonl",
+}
 
 
 def build_flow(
@@ -447,15 +706,18 @@ def build_flow(
     encoder: TextEncoder | None = None,
     sentiment: SentimentScorer | None = None,
     source: Source | None = None,
-    deltas_sink: Sink[Any] | None = None,
-    dlq_sink: Sink[Any] | None = None,
+    sinks: Mapping[str, Sink[Any]] | None = None,
     clock: Clock = wall_clock_ms,
+    event_clock: EventClock | None = None,
 ) -> Dataflow:
     """Build the dataflow for ``config``; the keyword arguments replace its parts in tests.
 
     With ``source``, items are ``(raw JSON line, origin)`` pairs, as :class:`JsonlSource`
-    gives them; the origin is what makes a profile's incarnation unique. Sinks receive
-    ``(user_id, delta JSON)`` and ``("dlq", dead-letter JSON)`` pairs.
+    gives them; the origin is what makes a profile's incarnation unique. ``sinks`` maps
+    output names (the keys of :data:`OUTPUT_FILES`) to sinks, which receive ``(key, JSON)``
+    pairs: user id and delta, ``"dlq"`` and dead letter, user id and segment transition or
+    alert, category and demand report; outputs left out of ``sinks`` are not written.
+    ``clock`` is the wall clock, ``event_clock`` the stream's event-time clock.
     """
     model = encoder or shared_embedder(config)
     if sentiment is None:
@@ -481,19 +743,87 @@ def build_flow(
         emit_interval_ms=config.emit_interval_ms,
         keywords_per_text=config.keywords_per_text,
         dim=model.dim,
+        applications=applications(config, segment_book(config)),
+        event_clock=event_clock or EventClock(),
     )
     flow = Dataflow("profilestream")
     parsed, source_errors = _inputs(flow, config, source, clock)
     valid = op.branch("valid", parsed, _is_event)
     rejected = cast(Stream[DeadLetter], valid.falses)
-    by_user = op.key_on("by_user", valid.trues, lambda e: e.user_id)
-    results = op.stateful_batch("profile", by_user, lambda resume: _UserLogic(context, resume))
-    split = op.branch("is_delta", op.key_rm("drop_key", results), _is_delta)
-    duplicates = cast(Stream[DeadLetter], split.falses)
+    events = op.inspect(
+        "tick", valid.trues, lambda _s, e: context.event_clock.observe(e.ts_ms, e.ingest_ms)
+    )
+    by_user = op.key_on("by_user", events, lambda e: e.user_id)
+    results = op.key_rm(
+        "drop_key",
+        op.stateful_batch("profile", by_user, lambda resume: _UserLogic(context, resume)),
+    )
+    deltas = op.filter_map("deltas", results, _only(ProfileDelta))
+    duplicates = op.filter_map("duplicates", results, _only(DeadLetter))
     dead = op.merge("dead_letters", rejected, duplicates, *source_errors)
     dead = op.inspect("count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc())
-    _outputs(config, split.trues, dead, clock, deltas_sink, dlq_sink)
+    outputs = _Outputs(
+        deltas=deltas,
+        dead=dead,
+        segments=op.filter_map("transitions", results, _only(SegmentTransition)),
+        alerts=op.filter_map("alerts", results, _only(Alert)),
+        demand=_demand(config, events, context.event_clock),
+    )
+    _outputs(config, outputs, clock, sinks or {})
     return flow
+
+
+def _only(kind: type[T]) -> Callable[[object], T | None]:
+    """Pick one kind of output out of a mixed stream (``filter_map``'s function)."""
+    return lambda item: item if isinstance(item, kind) else None
+
+
+def applications(config: Config, books: Callable[[], SegmentBook]) -> Callable[[], Applications]:
+    """The applications' settings now (the segment book may be reloaded at any time)."""
+    windows = parse_windows(config.windows)
+    risk = load_risk_params(config.risk_rules_file)
+    current = Applications(books(), windows, risk)
+
+    def now() -> Applications:
+        nonlocal current
+        book = books()
+        if book is not current.segments:
+            current = Applications(book, windows, risk)
+        return current
+
+    return now
+
+
+def segment_book(config: Config) -> Callable[[], SegmentBook]:
+    """The segment definitions in use now: the shipped ones, or a watched file."""
+    if config.segments_file is None:
+        book = load_segment_book(None, windows=parse_windows(config.windows))
+        metrics.SEGMENT_DEFINITIONS_INFO.labels(book.version).set(1)
+        return lambda: book
+    windows = parse_windows(config.windows)
+    watcher = ModelWatcher(
+        config.segments_file,
+        config.model_poll_s,
+        load=lambda path: load_segment_book(path, windows=windows),
+        on_load=lambda _path: metrics.SEGMENT_DEFINITIONS_LOADS.labels("ok").inc(),
+        on_error=lambda _path, _exc: metrics.SEGMENT_DEFINITIONS_LOADS.labels("error").inc(),
+    )
+    first = watcher.current()
+    if first is None:
+        raise ValueError(f"cannot load segment definitions from {config.segments_file}")
+    shown = first
+
+    def current() -> SegmentBook:
+        nonlocal shown
+        book = watcher.current() or shown
+        if book is not shown:
+            metrics.SEGMENT_DEFINITIONS_INFO.clear()
+            metrics.SEGMENT_DEFINITIONS_INFO.labels(book.version).set(1)
+            shown = book
+        return book
+
+    metrics.SEGMENT_DEFINITIONS_INFO.labels(first.version).set(1)
+    return current
 
 
 def item_model_feed(config: Config) -> ItemModelFeed | None:

@@ -122,3 +122,56 @@ ITEM_VECTOR_VERSIONS = VersionMetrics(ITEM_VECTORS_LOADS, ITEM_VECTORS_INFO)
 def type_weights_changed(weights: dict[str, float]) -> None:
     for event_type, weight in weights.items():
         EVENT_TYPE_WEIGHT.labels(event_type).set(weight)
+
+
+SEGMENT_TRANSITIONS = Counter(
+    "profilestream_segment_transitions",
+    "Users entering and leaving marketing segments, by segment and direction (enter, exit)",
+    ["segment", "direction"],
+)
+SEGMENT_MEMBERS = Gauge(
+    "profilestream_segment_members",
+    "Users in each segment, held by this process (also after a restart from recovery)",
+    ["segment"],
+)
+SEGMENT_DEFINITIONS_LOADS = Counter(
+    "profilestream_segment_definitions_loads",
+    "Segment definition files loaded by the running flow, by result (ok, error)",
+    ["result"],
+)
+SEGMENT_DEFINITIONS_INFO = Gauge(
+    "profilestream_segment_definitions_info",
+    "1 for the segment definitions version in use",
+    ["version"],
+)
+ALERTS = Counter("profilestream_alerts", "Risk alerts raised, by kind", ["kind"])
+DEMAND_ACTUAL = Gauge(
+    "profilestream_category_demand",
+    "A category's demand in its last closed bucket, by measure (views, carts, purchases, "
+    "units, revenue)",
+    ["category", "measure"],
+)
+DEMAND_FORECAST = Gauge(
+    "profilestream_category_demand_forecast_units",
+    "Units a category is forecast to sell, in the next bucket and summed over the horizon",
+    ["category", "horizon"],
+)
+DEMAND_ABS_ERROR = Counter(
+    "profilestream_demand_forecast_abs_error_units",
+    "Absolute error of one-bucket-ahead unit forecasts, summed (divide by the count: MAE)",
+    ["category"],
+)
+DEMAND_FORECASTS_SCORED = Counter(
+    "profilestream_demand_forecasts_scored",
+    "One-bucket-ahead unit forecasts compared with the actual, by category",
+    ["category"],
+)
+DEMAND_LATE_EVENTS = Counter(
+    "profilestream_demand_late_events",
+    "Events too late for their category's demand bucket (already closed)",
+)
+
+
+def count_transition(segment: str, direction: str) -> None:
+    SEGMENT_TRANSITIONS.labels(segment, direction).inc()
+    SEGMENT_MEMBERS.labels(segment).inc(1 if direction == "enter" else -1)

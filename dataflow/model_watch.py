@@ -1,10 +1,11 @@
-"""Pick up newer model versions from a watched folder while the flow runs (hot reload).
+"""Pick up newer model versions from a watched folder, or an edited file, while the flow runs.
 
 ``profilestream train --out ROOT`` writes each model into its own version folder,
 ``ROOT/<version>/``, and writes ``manifest.json`` last (by an atomic rename), so a folder
 with a manifest is complete. :class:`ModelWatcher` checks ``ROOT`` at most every
 ``poll_interval_s`` seconds and loads the newest complete version (version names sort by
-time); the profile step asks it for the current model on every event, which costs a clock
+time). A watched *file* (segment definitions) is loaded again when its modification time
+changes. The profile step asks it for the current model on every event, which costs a clock
 read between checks. A version that fails to load is logged, counted and skipped: the flow
 keeps serving the model it has.
 
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelWatcher(Generic[Model]):
-    """The newest model under a folder, reloaded when a newer version appears.
+    """The newest model under a folder, reloaded when a newer version appears; or, when
+    ``root`` is a file, that file, reloaded when it changes.
 
     Worker threads of one process share a watcher; loading happens under a lock, once.
     ``on_load(version_folder)`` and ``on_error(version_folder, exc)`` feed metrics.
@@ -62,7 +64,8 @@ class ModelWatcher(Generic[Model]):
         self._lock = threading.Lock()
         self._model: Model | None = None
         self._folder: Path | None = None
-        self._failed: set[Path] = set()
+        self._seen: tuple[Path, int] | None = None  # what was loaded: path, file mtime
+        self._failed: set[tuple[Path, int]] = set()
         self._next_check = float("-inf")
 
     def current(self) -> Model | None:
@@ -77,17 +80,21 @@ class ModelWatcher(Generic[Model]):
         return self._model
 
     def _refresh(self) -> None:
-        folder = newest_version(self.root)
-        if folder is None or folder == self._folder or folder in self._failed:
+        if self.root.is_file():
+            folder: Path | None = self.root
+            stamp = self.root.stat().st_mtime_ns
+        else:
+            folder, stamp = newest_version(self.root), 0
+        if folder is None or (folder, stamp) == self._seen or (folder, stamp) in self._failed:
             return
         try:
             model = self._load(folder)
         except Exception as exc:  # a broken artefact must not stop the stream
-            self._failed.add(folder)
+            self._failed.add((folder, stamp))
             log.exception("model version %s failed to load; keeping %s", folder, self._folder)
             self._on_error(folder, exc)
             return
-        self._model, self._folder = model, folder
+        self._model, self._folder, self._seen = model, folder, (folder, stamp)
         log.info("serving model version %s", folder.name)
         self._on_load(folder)
 

@@ -86,6 +86,12 @@ def note(pending: PendingChanges, event: Event, in_windows: bool = True) -> None
     pending.event_time_ms = max(pending.event_time_ms, event.ts_ms)
 
 
+def note_clock(pending: PendingChanges, at_ms: int) -> None:
+    """Record that the clock alone changed the profile at event time ``at_ms`` (a segment
+    that a quiet user left as time passed): a delta with no new events."""
+    pending.event_time_ms = max(pending.event_time_ms, at_ms)
+
+
 class Published(NamedTuple):
     """What the last delta told consumers: its fields (:func:`profile_fields`), the interest
     vector and the version."""

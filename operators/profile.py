@@ -52,6 +52,7 @@ import numpy as np
 from operators.events import Event
 from operators.item_model import ItemModel, UserItemMemory, memory_fields, update_memory
 from operators.nlp import TextSignals
+from operators.risk import RiskState
 from operators.windows import DEFAULT_WINDOWS, WindowSpec, WindowState, parse_windows
 from operators.windows import add as add_to_windows
 from operators.windows import initialize as new_windows
@@ -130,6 +131,9 @@ class UserProfile(msgspec.Struct):
     refunded: float = 0.0
     first_seen_ms: int = 0
     last_seen_ms: int = 0
+    last_purchase_ms: int = 0  # 0: never bought
+    segments: dict[str, int] = {}  # segment name -> event time the user entered it
+    rfm: str = ""  # recency, frequency, monetary scores 1-5 ("543"); "" before a purchase
 
 
 class UserState(msgspec.Struct):
@@ -143,6 +147,7 @@ class UserState(msgspec.Struct):
     seen_event_ids: dict[int, None] = {}  # an ordered set: O(1) to check, oldest first
     deltas_since_full: int = 0
     needs_full: bool = False  # the anchor moved or the item memory was rebuilt
+    risk: RiskState | None = None  # what the risk detectors remember (never published)
 
 
 class Outcome(enum.StrEnum):
@@ -289,6 +294,8 @@ def _update(
     profile.last_seen_ms = max(profile.last_seen_ms, event.ts_ms)
     profile.first_seen_ms = min(profile.first_seen_ms, event.ts_ms)
     profile.counts[event.type] = profile.counts.get(event.type, 0) + 1
+    if event.type == "purchase":
+        profile.last_purchase_ms = max(profile.last_purchase_ms, event.ts_ms)
     if event.type == "purchase" and event.price is not None:
         profile.spend += event.price * event.quantity
     elif event.type == "refund" and event.price is not None:
@@ -407,6 +414,9 @@ def profile_fields(profile: UserProfile) -> dict[str, Any]:
         "refunded": profile.refunded,
         "first_seen_ms": profile.first_seen_ms,
         "last_seen_ms": profile.last_seen_ms,
+        "last_purchase_ms": profile.last_purchase_ms,
+        "segments": dict(profile.segments),
+        "rfm": profile.rfm,
     }
     if profile.item_memory is not None:
         fields.update(memory_fields(profile.item_memory))

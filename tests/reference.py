@@ -11,7 +11,10 @@ from operators.embedding import TextEncoder, embedding_text, typed_text
 from operators.events import Event, parse_event
 from operators.item_vectors import ItemVectors
 from operators.nlp import SentimentScorer, read_text
-from operators.profile import ProfileParams, UserState, apply_event, public_fields
+from operators.profile import Outcome, ProfileParams, UserState, apply_event, public_fields
+from operators.risk import RiskParams
+from operators.segments import SegmentBook, load_segment_book
+from operators.user_step import Applications, after_event, before_event
 
 
 def reference_states(
@@ -21,11 +24,17 @@ def reference_states(
     sentiment: SentimentScorer,
     keywords_per_text: int = 5,
     items: ItemVectors | None = None,
+    segments: SegmentBook | None = None,
 ) -> dict[str, UserState]:
-    """Fold every valid line, in order, into per-user state with ``apply_event``.
+    """Fold every valid line, in order, into per-user state as the flow's user step does:
+    due segment checks, ``apply_event``, then the applications (:mod:`operators.user_step`);
+    at the end of the input, every check due by the newest event time runs.
 
     Events about items in ``items`` (no typed text of their own) take the item's vector.
     """
+    apps = Applications(
+        segments or load_segment_book(None, windows=params.windows), params.windows, RiskParams()
+    )
     events = [e for e in (parse_event(line) for line in lines) if isinstance(e, Event)]
 
     def catalog_vector(event: Event) -> np.ndarray | None:
@@ -39,11 +48,17 @@ def reference_states(
     texts = sorted({t for e in events if (t := text_of(e)) is not None})
     vectors = dict(zip(texts, encoder.encode(texts), strict=True)) if texts else {}
     states: dict[str, UserState] = {}
+    due: dict[str, int] = {}
     for event in events:
         text = text_of(event)
         vector = vectors[text] if text is not None else catalog_vector(event)
-        new, _ = apply_event(
-            states.get(event.user_id),
+        state = states.get(event.user_id)
+        if state is not None:
+            due[event.user_id] = before_event(state, apps, due.get(event.user_id, 0), event.ts_ms)[
+                1
+            ]
+        new, outcome = apply_event(
+            state,
             event,
             vector,
             params,
@@ -52,8 +67,13 @@ def reference_states(
         )
         if new is None:
             states.pop(event.user_id, None)
-        else:
+            due.pop(event.user_id, None)
+        elif outcome is not Outcome.DUPLICATE:
             states[event.user_id] = new
+            due[event.user_id] = after_event(new, event, apps)[2]
+    end = max((e.ts_ms for e in events), default=0)
+    for user, state in states.items():
+        before_event(state, apps, due.get(user, 0), end)
     return states
 
 

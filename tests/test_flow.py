@@ -77,8 +77,7 @@ def run_flow(
         encoder=HashEncoder(),
         sentiment=WordListSentiment(),
         source=source or TestingSource(with_origins(lines), batch_size=5),
-        deltas_sink=TestingSink(deltas),
-        dlq_sink=TestingSink(dead),
+        sinks={"deltas": TestingSink(deltas), "dead_letters": TestingSink(dead)},
     )
     recovery_config = RecoveryConfig(str(recovery)) if recovery else None
     # A zero epoch interval snapshots after every input batch, so an abort loses little.

@@ -104,8 +104,7 @@ def test_the_flow_picks_up_a_new_model_version_without_a_restart(tmp_path: Path)
         encoder=HashEncoder(),
         sentiment=WordListSentiment(),
         source=TestingSource(source()),
-        deltas_sink=TestingSink(deltas),
-        dlq_sink=TestingSink([]),
+        sinks={"deltas": TestingSink(deltas), "dead_letters": TestingSink([])},
     )
     run_main(flow)
     parsed = [delta_from_json(v) for _, v in deltas]

@@ -30,8 +30,7 @@ def test_a_file_with_invalid_utf8_and_blank_lines_is_dead_lettered_not_fatal(
         Config(input_path=path),
         encoder=HashEncoder(),
         sentiment=WordListSentiment(),
-        deltas_sink=TestingSink(deltas),
-        dlq_sink=TestingSink(dead),
+        sinks={"deltas": TestingSink(deltas), "dead_letters": TestingSink(dead)},
     )
     run_main(flow)
     delta = delta_from_json(deltas[0][1])

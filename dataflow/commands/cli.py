@@ -21,7 +21,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from dataflow.commands import demo, generator, items, recsys, sentiment
+    from dataflow.commands import (
+        demand_eval,
+        demo,
+        generator,
+        items,
+        recsys,
+        risk_eval,
+        segments_eval,
+        sentiment,
+    )
 
     parser = argparse.ArgumentParser(
         prog="profilestream",
@@ -37,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     items.add_command(commands)
     sentiment.add_command(commands)
     recsys.add_command(commands)
+    segments_eval.add_command(commands)
+    risk_eval.add_command(commands)
+    demand_eval.add_command(commands)
     return parser
 
 

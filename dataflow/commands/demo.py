@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,15 @@ from operators.recommend import recommend
 
 DEFAULT_OUT = Path("out/demo")
 #: Output files a previous run leaves behind; removed first so every run starts clean.
-OUTPUT_FILES = ("events.jsonl", "catalog.jsonl", "deltas.jsonl", "dead_letters.jsonl")
+OUTPUT_FILES = (
+    "events.jsonl",
+    "catalog.jsonl",
+    "deltas.jsonl",
+    "dead_letters.jsonl",
+    "segments.jsonl",
+    "alerts.jsonl",
+    "demand.jsonl",
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,60 @@ class DemoReport:
     #: category, users with an interest vector) -- does the vector know what they shop for?
     nearest_agreement: dict[str, tuple[int, int]]
     profiles: list[ProfileSummary]
+    applications: ApplicationSummary
+
+
+@dataclass(frozen=True)
+class ApplicationSummary:
+    """What the segments, alerts and demand streams said in a run."""
+
+    segment_sizes: dict[str, int]  # members at the end, replayed from entries and exits
+    transitions: int
+    sample_transitions: list[dict[str, Any]]
+    alerts_by_kind: Counter[str]
+    sample_alerts: list[dict[str, Any]]
+    #: The busiest categories' last closed bucket: (category, bucket start, units, forecast
+    #: of the next bucket, forecast of the next 24 buckets)
+    demand: list[tuple[str, int, float, float, float]]
+
+
+def summarise_applications(out: Path) -> ApplicationSummary:
+    """Read ``segments.jsonl``, ``alerts.jsonl`` and ``demand.jsonl`` of a run."""
+    decoder = msgspec.json.Decoder(dict[str, Any])
+
+    def records(name: str) -> list[dict[str, Any]]:
+        return [decoder.decode(line) for line in (out / name).read_bytes().splitlines()]
+
+    transitions = records("segments.jsonl")
+    members: dict[str, set[str]] = {}
+    for change in transitions:
+        group = members.setdefault(change["segment"], set())
+        if change["direction"] == "enter":
+            group.add(change["user_id"])
+        else:
+            group.discard(change["user_id"])
+    alerts = records("alerts.jsonl")
+    last: dict[str, dict[str, Any]] = {}
+    for report in records("demand.jsonl"):
+        last[report["category"]] = report
+    busiest = sorted(last.values(), key=lambda r: -sum(r["forecast"]))[:4]
+    return ApplicationSummary(
+        segment_sizes={k: len(v) for k, v in sorted(members.items()) if v},
+        transitions=len(transitions),
+        sample_transitions=transitions[-4:],
+        alerts_by_kind=Counter(a["kind"] for a in alerts),
+        sample_alerts=list({a["kind"]: a for a in alerts}.values())[:4],  # one of each kind
+        demand=[
+            (
+                r["category"],
+                r["bucket_start_ms"],
+                r["actual"]["units"],
+                r["forecast"][0] if r["forecast"] else 0.0,
+                sum(r["forecast"]),
+            )
+            for r in busiest
+        ],
+    )
 
 
 def demo_config(args: argparse.Namespace) -> Config:
@@ -321,6 +384,7 @@ def run_demo(
             summarise_profile(p, items, matrix, recommended_items(p, item_model, by_id))
             for p in _sample(profiles)
         ],
+        applications=summarise_applications(out),
     )
 
 
@@ -331,6 +395,35 @@ def _counts(counter: Counter[str] | dict[str, int]) -> str:
 
 def _scores(pairs: list[tuple[str, float]]) -> str:
     return ", ".join(f"{name} {score:.2f}" for name, score in pairs) or "-"
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _application_lines(apps: ApplicationSummary) -> list[str]:
+    lines = [
+        "",
+        f"segments        {apps.transitions:,} entries and exits; members at the end: "
+        + (", ".join(f"{k} {v:,}" for k, v in apps.segment_sizes.items()) or "-"),
+    ]
+    lines += [
+        f"    {_when(t['event_time_ms'])}  {t['user_id']} {t['direction']}s {t['segment']}"
+        + (f" (event {t['event_id']})" if t.get("event_id") else " (as time passed)")
+        for t in apps.sample_transitions
+    ]
+    lines.append(f"risk alerts     {apps.alerts_by_kind.total():,}: {_counts(apps.alerts_by_kind)}")
+    lines += [
+        f"    {_when(a['event_time_ms'])}  {a['user_id']} {a['kind']} score {a['score']:.2f}: "
+        + ", ".join(f"{k} {v}" for k, v in list(a["evidence"].items())[:4])
+        for a in apps.sample_alerts
+    ]
+    lines.append("category demand last closed hour, units: actual, forecast next hour / next 24 h")
+    lines += [
+        f"    {category:<18} {_when(start)}  {units:,.0f}, {nxt:,.1f} / {day:,.0f}"
+        for category, start, units, nxt, day in apps.demand
+    ] or ["    (no bucket closed yet)"]
+    return lines
 
 
 def format_report(report: DemoReport) -> str:
@@ -373,6 +466,7 @@ def format_report(report: DemoReport) -> str:
             or "-"
         ),
     ]
+    lines += _application_lines(report.applications)
     for p in report.profiles:
         lines += [
             "",

@@ -326,6 +326,75 @@ def cdnow_offline_check(
     return check
 
 
+@dataclass(frozen=True)
+class CdnowFlowCheck:
+    """The CDNOW replay through the real dataflow, with its file sinks."""
+
+    comparison: RfmComparison
+    transitions: int
+    memberships_match: bool
+    events: int
+    seconds: float
+
+
+def cdnow_flow_check(
+    out_dir: Path,
+    *,
+    encoder: Any = None,
+    config: Any = None,
+    out: Callable[[str], Any] | None = print,
+) -> CdnowFlowCheck:
+    """Replay CDNOW through the dataflow (file source, file sinks in ``out_dir``), rebuild the
+    profiles from ``deltas.jsonl`` as a consumer does, and compare their RFM scores with the
+    pandas recomputation; replay ``segments.jsonl`` into memberships and compare with the
+    profiles'. Cut points are the batch's quintiles, written to a segments file the flow reads.
+
+    ``encoder`` replaces the embedding model (tests); ``config`` is a base
+    :class:`~dataflow.config.Config` whose paths are replaced.
+    """
+    from bytewax.testing import run_main
+
+    from dataflow.commands.cdnow import write_cdnow_events
+    from dataflow.config import Config
+    from dataflow.flow import build_flow
+
+    log = read_cdnow()
+    as_of = max(p.ts_ms for p in log)
+    cuts = cuts_from_inputs(cdnow_rfm_inputs(log, as_of))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segments_file = out_dir / "segments-cdnow.json"
+    write_segments(segments_file, cuts, {"source": "quintiles of the CDNOW log"}, None)
+    events_file = out_dir / "cdnow-events.jsonl"
+    n_events = write_cdnow_events(events_file, log)
+    base = config if config is not None else Config()
+    flow_config = base.replace(
+        source="file",
+        sink="file",
+        input_path=events_file,
+        output_dir=out_dir,
+        segments_file=segments_file,
+    )
+    started = time.perf_counter()
+    run_main(build_flow(flow_config, encoder=encoder))
+    seconds = time.perf_counter() - started
+    profiles = materialize((out_dir / "deltas.jsonl").read_bytes().splitlines())
+    streaming = {uid: str(p.fields["rfm"]) for uid, p in profiles.items() if p.fields.get("rfm")}
+    decoder = msgspec.json.Decoder(SegmentTransition)
+    transitions = [
+        decoder.decode(line) for line in (out_dir / "segments.jsonl").read_bytes().splitlines()
+    ]
+    replayed = memberships_from_transitions(transitions)
+    held = {uid: set(p.fields["segments"]) for uid, p in profiles.items() if p.fields["segments"]}
+    comparison = check_streaming_rfm(streaming, cuts=cuts, purchases=log, as_of_ms=as_of, out=out)
+    check = CdnowFlowCheck(comparison, len(transitions), replayed == held, n_events, seconds)
+    if out is not None:
+        out(
+            f"dataflow: {n_events:,} events in {seconds:.1f} s; {len(transitions):,} segment "
+            f"transitions replay to the profiles' memberships: {check.memberships_match}"
+        )
+    return check
+
+
 # --- timing ----------------------------------------------------------------------------------
 
 
@@ -442,6 +511,12 @@ def add_command(subparsers: Any) -> None:
     )
     check.add_argument("--segments", type=Path, default=None, help="segments file to time")
     check.add_argument("--events", type=int, default=100_000, help="generated events to time on")
+    check.add_argument(
+        "--flow-out",
+        type=Path,
+        default=None,
+        help="also replay CDNOW through the real dataflow, writing its outputs here",
+    )
     check.set_defaults(handler=_segments_check_command)
 
 
@@ -481,6 +556,10 @@ def _rfm_cuts_command(args: argparse.Namespace) -> None:
 
 
 def _segments_check_command(args: argparse.Namespace) -> None:
+    if args.flow_out is not None:
+        flow = cdnow_flow_check(args.flow_out)
+        if flow.comparison.share_equal < TARGET_SHARE or not flow.memberships_match:
+            raise ValueError("the dataflow's RFM scores and the batch disagree (see above)")
     check = cdnow_offline_check()
     book = parse_segment_book((args.segments or BUNDLED_SEGMENTS).read_bytes())
     for name, value in time_segments(book, n_events=args.events).items():

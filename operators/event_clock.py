@@ -1,0 +1,95 @@
+"""The stream's event-time clock: how far the input has got, and when it will get further.
+
+Some outputs depend on time passing, not on a user acting: a user lapses 30 days after
+their last purchase, a category's hour closes after its last event. In event time, "now" is
+the newest event time the stream has seen; a quiet user or category learns the time from
+everybody else's events. :class:`EventClock` keeps that (per process, shared by its worker
+threads) and translates a due event time into the wall-clock time to check again, which is
+what Bytewax's timers (``notify_at``) take.
+
+The translation measures how fast event time runs against the wall clock: about 1x for a
+live stream, thousands of times faster for a replay of a year-old log. It never assumes
+slower than 1x, so a live stream's timer fires no later than the event time falls due; it
+waits at least ``min_wait_ms``, so timers cannot spin, and at most ``max_wait_ms`` (10
+minutes), so a timer set before a replay's speed was known is not stuck for hours. A timer
+that fires early finds the clock short of its due time and sets itself again (a million
+users with timers cost under two thousand such wake-ups a second).
+
+An event time more than ``max_ahead_ms`` beyond the time it was ingested (a producer's
+broken clock) does not move the clock: otherwise one bad timestamp would lapse everyone.
+
+>>> wall = [0]
+>>> clock = EventClock(wall_clock=lambda: wall[0])
+>>> clock.observe(1_000_000, ingest_ms=1_000_000); clock.now_ms()
+1000000
+>>> clock.observe(99_000_000_000, ingest_ms=1_000_000); clock.now_ms()  # from a broken clock
+1000000
+>>> wall[0] = 1_000; clock.observe(4_600_000, ingest_ms=4_600_000)  # an hour a wall second
+>>> clock.wall_due(4_600_000 + 10 * 3_600_000)  # ten hours of event time: ten wall seconds
+11000
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+#: How far ahead of its ingest time an event time may be and still move the clock.
+MAX_AHEAD_MS: Final = 3_600_000
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EventClock:
+    """The newest trusted event time of the stream, and a wall-clock estimate of the future."""
+
+    def __init__(
+        self,
+        *,
+        wall_clock: Callable[[], int] = _wall_ms,
+        max_ahead_ms: int = MAX_AHEAD_MS,
+        min_wait_ms: int = 1_000,
+        max_wait_ms: int = 600_000,
+    ) -> None:
+        self._wall = wall_clock
+        self.max_ahead_ms = max_ahead_ms
+        self.min_wait_ms = min_wait_ms
+        self.max_wait_ms = max_wait_ms
+        self._now = 0
+        self._lock = threading.Lock()
+        self._mark: tuple[int, int] | None = None  # (wall, event) where the rate was last read
+        self._rate = 1.0  # event ms per wall ms, at least 1
+
+    def observe(self, ts_ms: int, ingest_ms: int = 0) -> None:
+        """Note an event time (``ingest_ms``: when it entered, 0 if unknown)."""
+        if ts_ms <= self._now or (ingest_ms and ts_ms > ingest_ms + self.max_ahead_ms):
+            return
+        with self._lock:
+            if ts_ms > self._now:
+                self._now = ts_ms
+                self._measure()
+
+    def now_ms(self) -> int:
+        """The newest event time seen (0 before the first event)."""
+        return self._now
+
+    def wall_due(self, due_event_ms: int) -> int:
+        """The wall-clock time (ms) to check again for something due at ``due_event_ms``."""
+        ahead = max(due_event_ms - self._now, 0) / self._rate
+        wait = min(max(ahead, self.min_wait_ms), self.max_wait_ms)
+        return self._wall() + int(wait)
+
+    def _measure(self) -> None:
+        """Update the event-time speed every second of wall time (under the lock)."""
+        wall = self._wall()
+        if self._mark is None:
+            self._mark = (wall, self._now)
+            return
+        wall_then, event_then = self._mark
+        if wall - wall_then >= 1_000:
+            self._rate = max((self._now - event_then) / (wall - wall_then), 1.0)
+            self._mark = (wall, self._now)

@@ -1,0 +1,153 @@
+"""Segments, risk alerts and category demand through the real dataflow (bytewax.testing)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from dataflow.config import Config
+from dataflow.flow import build_flow
+from operators.deltas import delta_from_json, materialize
+from operators.event_clock import EventClock
+from operators.segments import SegmentTransition, memberships_from_transitions
+from tests.conftest import HashEncoder, WordListSentiment
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z
+CONFIG = Config(embed_batch_size=4, embed_max_wait_ms=1, emit_interval_ms=0)
+
+
+def event(n: int, user: str, ts: int, kind: str, **fields: Any) -> str:
+    return json.dumps({"event_id": f"e{n}", "user_id": user, "ts": ts, "type": kind, **fields})
+
+
+def run(source: Any, config: Config = CONFIG) -> dict[str, list[Any]]:
+    """Run the flow; every output as parsed JSON, in the order it came out."""
+    outputs: dict[str, list[Any]] = {n: [] for n in ("deltas", "segments", "alerts", "demand")}
+    flow = build_flow(
+        config,
+        encoder=HashEncoder(),
+        sentiment=WordListSentiment(),
+        source=source,
+        sinks={name: TestingSink(items) for name, items in outputs.items()},
+        # Timers wait 50-500 ms of wall time, so a test sees them fire.
+        event_clock=EventClock(min_wait_ms=50, max_wait_ms=500),
+    )
+    run_main(flow)
+    return {name: [json.loads(v) for _, v in items] for name, items in outputs.items()}
+
+
+class _Paced(StatelessSourcePartition[tuple[str, str]]):
+    """Emit the first batch, then nothing for ``pause_s`` (timers fire meanwhile), then the rest."""
+
+    def __init__(self, batches: list[list[tuple[str, str]]], pause_s: float) -> None:
+        self.batches = batches
+        self.pause_s = pause_s
+        self.resume_at = 0.0
+
+    def next_batch(self) -> list[tuple[str, str]]:
+        if not self.batches:
+            raise StopIteration
+        if time.monotonic() < self.resume_at:
+            return []
+        self.resume_at = time.monotonic() + self.pause_s
+        return self.batches.pop(0)
+
+
+class PacedSource(DynamicSource[tuple[str, str]]):
+    def __init__(self, batches: list[list[tuple[str, str]]], pause_s: float) -> None:
+        self.batches = batches
+        self.pause_s = pause_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Paced:
+        return _Paced(list(self.batches), self.pause_s)
+
+
+def test_a_quiet_user_lapses_from_a_timer_while_others_shop() -> None:
+    buy = {"item_id": "i1", "category": "c", "price": 20.0}
+    first = [(event(0, "quiet", T0, "purchase", **buy), "t:0")]
+    for day in range(1, 41):  # somebody else's events move the stream's clock 40 days on
+        first.append((event(day, "busy", T0 + day * DAY_MS, "view", item_id="i2"), f"t:{day}"))
+    then = [(event(99, "late_comer", T0 + 41 * DAY_MS, "login"), "t:99")]
+
+    out = run(PacedSource([first, then], pause_s=1.5))
+    quiet = [t for t in out["segments"] if t["user_id"] == "quiet"]
+    lapsed = [t for t in quiet if t["segment"] == "lapsing"]
+    assert [(t["direction"], t["event_id"]) for t in lapsed] == [("enter", None)]
+    assert lapsed[0]["event_time_ms"] == T0 + 30 * DAY_MS  # exactly when it fell due
+    # It came from the timer, before the input ended: before the late comer's first entry.
+    order = [(t["user_id"], t["segment"]) for t in out["segments"]]
+    assert order.index(("quiet", "lapsing")) < order.index(("late_comer", "new_users"))
+    # The profile carries the membership too, in a delta with no new event and a new version.
+    profiles = materialize(json.dumps(d).encode() for d in out["deltas"])
+    assert "lapsing" in profiles["quiet"].fields["segments"]
+    assert profiles["quiet"].version > 1
+    # Entries and exits replay to exactly the memberships the profiles hold.
+    replayed = memberships_from_transitions(SegmentTransition(**t) for t in out["segments"])
+    held = {u: set(p.fields["segments"]) for u, p in profiles.items() if p.fields["segments"]}
+    assert replayed == held
+
+
+def test_a_deleted_user_leaves_every_segment() -> None:
+    lines = [
+        event(0, "u", T0, "purchase", item_id="i1", category="c", price=5000.0),
+        event(1, "u", T0 + 1000, "delete_user"),
+    ]
+    out = run(TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]))
+    entered = {t["segment"] for t in out["segments"] if t["direction"] == "enter"}
+    left = {t["segment"] for t in out["segments"] if t["direction"] == "exit"}
+    assert "high_value" in entered and entered == left
+    assert memberships_from_transitions(SegmentTransition(**t) for t in out["segments"]) == {}
+
+
+def test_category_demand_reports_every_hour_with_its_forecast() -> None:
+    lines = []
+    n = 0
+    for hour in range(60):
+        for k in range(hour % 5 + 1):  # hour h: h % 5 + 1 purchases of 2 units at 3.0
+            ts = T0 + hour * HOUR_MS + k * 1000
+            lines.append(event(n, f"u{k}", ts, "purchase", item_id="i", category="tea",
+                               price=3.0, quantity=2))  # fmt: skip
+            n += 1
+        lines.append(event(n, "viewer", T0 + hour * HOUR_MS + 5000, "view", item_id="i",
+                           category="tea"))  # fmt: skip
+        n += 1
+    out = run(TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]))
+    tea = [r for r in out["demand"] if r["category"] == "tea"]
+    # Every hour that ended at least 10 minutes (the allowed lateness) before the newest
+    # event (hour 59, 5 s in) closed: hours 0-57.
+    assert [r["bucket_start_ms"] for r in tea] == [T0 + h * HOUR_MS for h in range(58)]
+    for hour, report in enumerate(tea):
+        purchases = hour % 5 + 1
+        assert report["actual"] == {
+            "views": 1,
+            "carts": 0,
+            "purchases": purchases,
+            "units": 2 * purchases,
+            "revenue": 6.0 * purchases,
+        }
+        assert len(report["forecast"]) == 24 and min(report["forecast"]) >= 0
+    assert tea[-1]["predicted"] is not None
+
+
+def test_a_card_testing_burst_raises_one_alert_through_the_flow() -> None:
+    lines = []
+    for i in range(20):  # a quiet history of ordinary purchases
+        lines.append(event(i, "u", T0 + i * DAY_MS // 2, "purchase", item_id=f"i{i}",
+                           category="c", price=40.0 + i))  # fmt: skip
+    start = T0 + 11 * DAY_MS
+    for i in range(12):  # then a dozen tiny purchases within two minutes
+        lines.append(event(100 + i, "u", start + i * 10_000, "purchase", item_id=f"g{i}",
+                           category="gift cards", price=1.0))  # fmt: skip
+    out = run(TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]))
+    kinds = [a["kind"] for a in out["alerts"]]
+    assert kinds.count("card_testing") == 1, kinds
+    alert = next(a for a in out["alerts"] if a["kind"] == "card_testing")
+    assert set(alert["event_ids"]) <= {f"e{100 + i}" for i in range(12)}
+    assert alert["user_id"] == "u" and 0 < alert["score"] <= 1
+    assert delta_from_json(json.dumps(out["deltas"][-1])).user_id == "u"
