@@ -62,7 +62,7 @@ class EventClock:
         self._now = 0
         self._lock = threading.Lock()
         self._mark: tuple[int, int] | None = None  # (wall, event) where the rate was last read
-        self._rate = 1.0  # event ms per wall ms, at least 1
+        self._rate: float | None = None  # event ms per wall ms (at least 1); None: not yet known
 
     def observe(self, ts_ms: int, ingest_ms: int = 0) -> None:
         """Note an event time (``ingest_ms``: when it entered, 0 if unknown)."""
@@ -78,10 +78,27 @@ class EventClock:
         return self._now
 
     def wall_due(self, due_event_ms: int) -> int:
-        """The wall-clock time (ms) to check again for something due at ``due_event_ms``."""
-        ahead = max(due_event_ms - self._now, 0) / self._rate
-        wait = min(max(ahead, self.min_wait_ms), self.max_wait_ms)
-        return self._wall() + int(wait)
+        """The wall-clock time (ms) to check again for something due at ``due_event_ms``.
+
+        Before the speed is known (the first second of a run), check again soon.
+        """
+        wall = self._wall()
+        rate = self._speed(wall)
+        if rate is None:
+            return wall + self.min_wait_ms
+        ahead = max(due_event_ms - self._now, 0) / rate
+        return wall + int(min(max(ahead, self.min_wait_ms), self.max_wait_ms))
+
+    def _speed(self, wall: int) -> float | None:
+        """The measured speed, slowing towards 1x while no newer event arrives (a replay that
+        has ended, a quiet night), so timers do not wake every second for nothing."""
+        mark, rate = self._mark, self._rate
+        if mark is None or rate is None:
+            return rate
+        since = wall - mark[0]
+        if since <= 1_000:
+            return rate
+        return max(min(rate, (self._now - mark[1]) / since), 1.0)
 
     def _measure(self) -> None:
         """Update the event-time speed every second of wall time (under the lock)."""

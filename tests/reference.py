@@ -25,10 +25,13 @@ def reference_states(
     keywords_per_text: int = 5,
     items: ItemVectors | None = None,
     segments: SegmentBook | None = None,
+    end_ms: int | None = None,
 ) -> dict[str, UserState]:
     """Fold every valid line, in order, into per-user state as the flow's user step does:
     due segment checks, ``apply_event``, then the applications (:mod:`operators.user_step`);
-    at the end of the input, every check due by the newest event time runs.
+    at the end of the input, every check due by ``end_ms`` runs: by default the newest event
+    time, as a flow that reaches the end of its input does; a tailing flow, whose timers go by
+    the watermark, gets there at the newest event time less the allowed lateness.
 
     Events about items in ``items`` (no typed text of their own) take the item's vector.
     """
@@ -71,7 +74,7 @@ def reference_states(
         elif outcome is not Outcome.DUPLICATE:
             states[event.user_id] = new
             due[event.user_id] = after_event(new, event, apps)[2]
-    end = max((e.ts_ms for e in events), default=0)
+    end = max((e.ts_ms for e in events), default=0) if end_ms is None else end_ms
     for user, state in states.items():
         before_event(state, apps, due.get(user, 0), end)
     return states

@@ -3,13 +3,16 @@
 Both runs coalesce deltas at the default emit interval. One uninterrupted run checks profiles
 against the pure-function reference, every event against exactly one delta, the dead letters
 against what the generator made malformed, and the Prometheus counters against what was
-sent. A second run is SIGKILLed mid-stream and restarted on its recovery directory; its
-materialised profiles must equal the uninterrupted run's, though the restart re-sends deltas
-with other boundaries.
+sent; the segments, alerts and demand topics are checked against the profiles and the
+events. A second run is SIGKILLed mid-stream and restarted on its recovery directory; its
+materialised profiles must equal the reference, though the restart re-sends deltas with
+other boundaries. (The tailing run's segment timers stop at the watermark, the restart's at
+the end of the topic: each is compared with the reference for its end.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,10 +25,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from confluent_kafka import Consumer, Message
 
-from dataflow.commands.generator import GeneratedEvent, generate_events
+from dataflow.commands.generator import DEFAULT_END_MS, GeneratedEvent, generate_events
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
 from operators.deltas import (
@@ -36,7 +40,10 @@ from operators.deltas import (
     delta_from_json,
     materialize,
 )
+from operators.demand import DemandReport
 from operators.events import Event, RejectReason, parse_event
+from operators.risk import Alert
+from operators.segments import SegmentTransition, memberships_from_transitions
 from operators.sentiment import load_sentiment_model
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 from tests.reference import assert_profiles_match, reference_states
@@ -44,6 +51,7 @@ from tests.reference import assert_profiles_match, reference_states
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS, N_USERS, SEED, MALFORMED = 10_000, 800, 11, 0.015
+DAY_MS = 86_400_000
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,14 +60,38 @@ class Topics:
     events: str
     deltas: str
     dlq: str
+    segments: str
+    alerts: str
+    demand: str
 
     @classmethod
     def create(cls, kafka: KafkaBroker) -> Topics:
         tag = uuid.uuid4().hex[:8]
-        topics = cls(f"events-{tag}", f"deltas-{tag}", f"dlq-{tag}")
-        for name in (topics.events, topics.deltas, topics.dlq):
-            kafka.create_topic(name, partitions=3)
+        names = ("events", "deltas", "dlq", "segments", "alerts", "demand")
+        topics = cls(*(f"{name}-{tag}" for name in names))
+        for name in names:
+            kafka.create_topic(getattr(topics, name), partitions=3)
         return topics
+
+
+#: A card-testing burst after an ordinary history: the alerts topic must carry it.
+CARD_TESTER = "u-card-tester"
+
+
+def card_testing_burst(end_ms: int) -> list[GeneratedEvent]:
+    lines = []
+    start = end_ms - 12 * DAY_MS
+    for i in range(20):
+        lines.append({"event_id": f"ct{i}", "ts": start + i * DAY_MS // 2, "type": "purchase",
+                      "item_id": f"ct-i{i}", "category": "Knits", "price": 40.0 + i})  # fmt: skip
+    for i in range(12):
+        lines.append({"event_id": f"ct-small{i}", "ts": start + 11 * DAY_MS + i * 10_000,
+                      "type": "purchase", "item_id": f"gift{i}", "category": "gift cards",
+                      "price": 1.0})  # fmt: skip
+    return [
+        GeneratedEvent(json.dumps({"user_id": CARD_TESTER, **line}).encode(), CARD_TESTER, None)
+        for line in lines
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +103,29 @@ def generated() -> list[GeneratedEvent]:
         GeneratedEvent(b'{"event_id": "x", "user_id": "\xff\xfe"}', "u-bin", "invalid_json"),
     ]
     assert sum(e.expected_reason is not None for e in events) >= N_EVENTS // 100
-    return events
+    return events + card_testing_burst(DEFAULT_END_MS)
 
 
-@pytest.fixture(scope="module")
-def reference(generated: list[GeneratedEvent]) -> dict:
+def newest_ts(generated: list[GeneratedEvent]) -> int:
+    return max(e.ts_ms for g in generated if isinstance(e := parse_event(g.line), Event))
+
+
+def reference_at(generated: list[GeneratedEvent], end_ms: int) -> dict:
     model = shared_embedder(Config())
     return reference_states(
         [g.line for g in generated],
         model,
         profile_params(Config(), model.name),
         load_sentiment_model(),  # the flow process runs the shipped default too
+        end_ms=end_ms,
     )
+
+
+@pytest.fixture(scope="module")
+def reference(generated: list[GeneratedEvent]) -> dict:
+    """What a tailing flow settles on: segment timers run up to the watermark, the newest
+    event time less the allowed lateness."""
+    return reference_at(generated, newest_ts(generated) - Config().allowed_lateness_ms)
 
 
 def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str, bytes]]:
@@ -114,6 +157,8 @@ def start_flow(
         *kafka_flow_args(
             kafka.bootstrap, topics.events, topics.deltas, topics.dlq, 2, metrics_port
         ),
+        *("--segments-topic", topics.segments, "--alerts-topic", topics.alerts),
+        *("--demand-topic", topics.demand),
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -152,6 +197,17 @@ class TopicReader:
             self.messages += [m for m in batch if m.error() is None]
         return self.messages
 
+    def read_until_quiet(self, quiet_s: float, timeout_s: float) -> list[Message]:
+        """Poll until nothing new has arrived for ``quiet_s`` (or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s and time.monotonic() < deadline:
+            batch = [m for m in self._consumer.consume(1000, timeout=0.5) if m.error() is None]
+            if batch:
+                self.messages += batch
+                last = time.monotonic()
+        return self.messages
+
     def close(self) -> None:
         self._consumer.close()
 
@@ -179,6 +235,9 @@ class FlowRun:
     dead_letters: Counter[tuple[str, bytes]]
     metrics: str
     profiles: dict[str, MaterializedProfile]
+    segments: list[Message]
+    alerts: list[Message]
+    demand: list[Message]
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +251,14 @@ def uninterrupted(
     log = tmp_path_factory.mktemp("flow") / "flow.log"
     process = start_flow(kafka, topics, log, port)
     deltas, dlq = TopicReader(kafka, topics.deltas), TopicReader(kafka, topics.dlq)
+    records = [TopicReader(kafka, t) for t in (topics.segments, topics.alerts, topics.demand)]
     try:
         want_events, want_dead = expected_events(generated), expected_dead_letters(generated)
-        delta_msgs = deltas.read_until(lambda ms: covered(ms) >= want_events, 480, process)
+        deltas.read_until(lambda ms: covered(ms) >= want_events, 480, process)
+        # Then segment timers catch up with the watermark: wait until the flow is quiet.
+        delta_msgs = deltas.read_until_quiet(quiet_s=6, timeout_s=120)
         dead_msgs = dlq.read_until(lambda ms: len(ms) >= sum(want_dead.values()), 60, process)
+        segments, alerts, demand = (r.read_until_quiet(quiet_s=2, timeout_s=60) for r in records)
         assert process.poll() is None, log.read_text()[-3000:]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
         run = FlowRun(
@@ -203,6 +266,9 @@ def uninterrupted(
             dead_letters_of(dead_msgs),
             metrics.decode(),
             materialize(deltas_of(delta_msgs)),
+            segments,
+            alerts,
+            demand,
         )
     finally:
         process.send_signal(signal.SIGINT)
@@ -210,8 +276,8 @@ def uninterrupted(
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-        deltas.close()
-        dlq.close()
+        for reader in (deltas, dlq, *records):
+            reader.close()
     yield run
 
 
@@ -271,10 +337,61 @@ def test_metrics_count_what_was_sent(
     assert metric(text, "profilestream_embed_batch_wait_seconds_count") == batches
 
 
+def test_segments_alerts_and_demand_reach_their_topics(
+    uninterrupted: FlowRun, generated: list[GeneratedEvent]
+) -> None:
+    # Segments: keyed by user; replayed in order, they give the profiles' memberships.
+    transitions = [
+        msgspec.json.decode(m.value(), type=SegmentTransition) for m in uninterrupted.segments
+    ]
+    assert all(
+        m.key() == t.user_id.encode()
+        for m, t in zip(uninterrupted.segments, transitions, strict=True)
+    )
+    held = {u: set(p.fields["segments"]) for u, p in uninterrupted.profiles.items()}
+    assert memberships_from_transitions(transitions) == {u: s for u, s in held.items() if s}
+    assert {t.segment for t in transitions} >= {"new_users", "lapsing"} | {
+        f"rfm:{g}" for g in ("champions", "new_customers")
+    }
+    # Alerts: keyed by user; the planted card-testing burst is caught once.
+    alerts = [msgspec.json.decode(m.value(), type=Alert) for m in uninterrupted.alerts]
+    assert all(
+        m.key() == a.user_id.encode() for m, a in zip(uninterrupted.alerts, alerts, strict=True)
+    )
+    caught = [a for a in alerts if a.user_id == CARD_TESTER and a.kind == "card_testing"]
+    assert len(caught) == 1 and set(caught[0].event_ids) <= {f"ct-small{i}" for i in range(12)}
+    # Demand: keyed by category, consecutive hours, counts no more than the events hold.
+    reports = [msgspec.json.decode(m.value(), type=DemandReport) for m in uninterrupted.demand]
+    assert reports and all(
+        m.key() == r.category.encode() for m, r in zip(uninterrupted.demand, reports, strict=True)
+    )
+    events = [e for g in generated if isinstance(e := parse_event(g.line), Event)]
+    units: Counter[tuple[str | None, int]] = Counter()
+    for e in events:
+        if e.type == "purchase":
+            units[e.category, e.ts_ms // 3_600_000] += e.quantity
+    by_category: dict[str, list[DemandReport]] = {}
+    for r in reports:
+        by_category.setdefault(r.category, []).append(r)
+    reported = 0.0
+    for category, rs in by_category.items():
+        starts = [r.bucket_start_ms for r in rs]
+        assert starts == list(range(starts[0], starts[-1] + 1, 3_600_000)), category
+        for r in rs:
+            assert r.actual["units"] <= units[category, r.bucket_start_ms // 3_600_000]
+            assert len(r.forecast) == 24
+            reported += r.actual["units"]
+    closed = sum(
+        n for (c, hour), n in units.items() if c in by_category
+        and by_category[c][0].bucket_start_ms // 3_600_000 <= hour
+        <= by_category[c][-1].bucket_start_ms // 3_600_000
+    )  # fmt: skip
+    assert reported >= 0.95 * closed  # late events aside, every unit is in its hour
+
+
 def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
     kafka: KafkaBroker,
     generated: list[GeneratedEvent],
-    uninterrupted: FlowRun,
     tmp_path: Path,
 ) -> None:
     """Kill -9 while a burst is being processed; the restart resumes from the last snapshot.
@@ -313,12 +430,11 @@ def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
     # run's deltas never meets a gap and ends on the uninterrupted profiles.
     view = ProfileView()
     assert Applied.GAP not in {view.apply(d) for d in all_deltas}
-    profiles = view.profiles
-    assert sorted(profiles) == sorted(uninterrupted.profiles)
-    for user, profile in uninterrupted.profiles.items():
-        again = profiles[user]
-        assert (again.version, again.fields) == (profile.version, profile.fields), user
-        assert abs(again.interest - profile.interest).max() <= 1e-4, user
+    # The restart ran to the end of the topic, so its segment timers caught up with the newest
+    # event time (the tailing run's stop at the watermark).
+    params = profile_params(Config(), shared_embedder(Config()).name)
+    ended = reference_at(generated, newest_ts(generated))
+    assert_profiles_match(view.profiles, ended, params, atol=1e-4)
     assert covered(deltas.messages) == want  # every event, none lost
     dlq = TopicReader(kafka, topics.dlq)
     dead = dead_letters_of(dlq.read_until(lambda ms: False, timeout_s=5))
