@@ -5,9 +5,10 @@ emit interval (:mod:`operators.coalesce`). A consumer that applies them in order
 profile exactly -- :func:`materialize` and :class:`ProfileView` are that consumer, shipped as a
 library so downstream services and our own tests use the same code.
 
-``version`` is the number of events folded into the profile (so a delta covering three
-events moves it by three), and depends only on the user's events, not on when deltas went
-out. Three kinds of delta:
+``version`` is the number of changes folded into the profile -- each event, and each
+segment check that time passing made change something (so a delta covering three events
+moves it by at least three) -- and depends only on the user's events and the event times
+checks fell due at, not on when deltas went out. Three kinds of delta:
 
 * ``full`` -- every public field and the interest vector. The first delta of a profile and
   every ``full_every``-th are full, so a consumer can start anywhere.

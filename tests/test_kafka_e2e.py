@@ -350,7 +350,7 @@ def test_segments_alerts_and_demand_reach_their_topics(
     )
     held = {u: set(p.fields["segments"]) for u, p in uninterrupted.profiles.items()}
     assert memberships_from_transitions(transitions) == {u: s for u, s in held.items() if s}
-    assert {t.segment for t in transitions} >= {"new_users", "lapsing"} | {
+    assert {t.segment for t in transitions} >= {"new_users", "high_value"} | {
         f"rfm:{g}" for g in ("champions", "new_customers")
     }
     # Alerts: keyed by user; the planted card-testing burst is caught once.

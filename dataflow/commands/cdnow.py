@@ -7,7 +7,8 @@ so the segments and the category demand are checked against it: each line become
 ``purchase`` event of ``quantity`` CDs at ``dollars / cds`` each, at midnight UTC of its day.
 The log is moved 28 years forward (1997 becomes 2025): the validator rejects event times
 before 2000 as upstream bugs, and a 28-year shift keeps every date on its weekday, so weekly
-patterns stay where they were. The file is read from the installed package at run time (never copied into the repository).
+patterns stay where they were. The file is read from the installed package at run time
+(never copied into the repository).
 """
 
 from __future__ import annotations

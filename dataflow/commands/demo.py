@@ -29,6 +29,7 @@ import numpy as np
 from dataflow.commands.generator import (
     CATEGORIES,
     DEFAULT_CATALOG_ITEMS,
+    AnomalyConfig,
     CatalogItem,
     GenerationSummary,
     build_catalog,
@@ -306,7 +307,12 @@ def run_demo(
     write_catalog(out / "catalog.jsonl", catalog)
     generated = GenerationSummary()
     events = generate_events(
-        n_events, n_users, seed=seed, malformed_rate=malformed_rate, catalog=catalog
+        n_events,
+        n_users,
+        seed=seed,
+        malformed_rate=malformed_rate,
+        catalog=catalog,
+        anomalies=AnomalyConfig(),  # labelled fraud episodes, for the risk alerts to find
     )
     events_in = write_events(config.input_path, (generated.add(e) for e in events))
     generate_seconds = time.perf_counter() - started
