@@ -132,6 +132,14 @@ class Config:
         default=600_000,
         metadata=_opt("events older than a user's newest by more than this skip the windows"),
     )
+    pii_secret: str = field(
+        default="",
+        repr=False,  # never in logs or reprs
+        metadata=_opt(
+            "secret of the keyed hashes that replace IPs and device ids; set it through the "
+            "environment (a Kubernetes Secret), not a flag (empty: a public development secret)"
+        ),
+    )
     segments_file: Path | None = field(
         default=None,
         metadata=_opt(

@@ -26,6 +26,7 @@ out, so a busy user pays for (de)serialisation once per delta, not once per even
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -80,6 +81,7 @@ from operators.events import DeadLetter, Event, RejectReason, duplicate_of, pars
 from operators.item_model import load_item_model
 from operators.item_vectors import ItemVectors, loader_for
 from operators.nlp import SentimentScorer, read_text
+from operators.privacy import pii_key, pseudonymise
 from operators.profile import (
     DAY_MS,
     Outcome,
@@ -95,6 +97,7 @@ from operators.user_step import Applications, after_event, before_event
 from operators.windows import parse_windows
 
 Clock = Callable[[], int]
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -519,7 +522,9 @@ def _origin(message: KafkaSourceMessage) -> str:
     return f"{message.topic}/{message.partition}/{message.offset}"
 
 
-def _parse_kafka(messages: list[KafkaSourceMessage], clock: Clock) -> list[Event | DeadLetter]:
+def _parse_kafka(
+    messages: list[KafkaSourceMessage], clock: Clock, key: bytes
+) -> list[Event | DeadLetter]:
     now = clock()
     parsed = []
     for message in messages:
@@ -532,19 +537,28 @@ def _parse_kafka(messages: list[KafkaSourceMessage], clock: Clock) -> list[Event
                 ingest_ms=stamp if kind and stamp > 0 else now,
             )
         )
-    return _counted(parsed)
+    return _prepared(parsed, key)
 
 
-def _parse_lines(lines: list[RawLine], clock: Clock) -> list[Event | DeadLetter]:
+def _parse_lines(lines: list[RawLine], clock: Clock, key: bytes) -> list[Event | DeadLetter]:
     now = clock()
-    return _counted([parse_event(line, source=origin, ingest_ms=now) for line, origin in lines])
+    parsed = [parse_event(line, source=origin, ingest_ms=now) for line, origin in lines]
+    return _prepared(parsed, key)
 
 
-def _counted(parsed: list[Event | DeadLetter]) -> list[Event | DeadLetter]:
-    """Count valid events by type once per batch (a labelled counter per event is costly)."""
-    for event_type, n in Counter(e.type for e in parsed if isinstance(e, Event)).items():
+def _prepared(parsed: list[Event | DeadLetter], key: bytes) -> list[Event | DeadLetter]:
+    """Hide IPs and device ids before anything keeps them; count valid events by type once
+    per batch (a labelled counter per event is costly)."""
+    out: list[Event | DeadLetter] = []
+    types: Counter[str] = Counter()
+    for item in parsed:
+        if isinstance(item, Event):
+            types[item.type] += 1
+            item = pseudonymise(item, key)
+        out.append(item)
+    for event_type, n in types.items():
         metrics.EVENTS_IN.labels(event_type).inc(n)
-    return parsed
+    return out
 
 
 def _source_error(error: Any) -> DeadLetter:
@@ -576,6 +590,12 @@ def _delta_json(delta: ProfileDelta, clock: Clock) -> bytes:
 def _inputs(
     flow: Dataflow, config: Config, source: Source | None, clock: Clock
 ) -> tuple[Stream[Event | DeadLetter], list[Stream[DeadLetter]]]:
+    if not config.pii_secret and config.sink == "kafka":
+        log.warning(
+            "PROFILESTREAM_PII_SECRET is not set: IPs and device ids are hashed with the public "
+            "development secret, which does not protect them"
+        )
+    key = pii_key(config.pii_secret)
     if source is None and config.source == "kafka":
         kafka = kop.input(
             "kafka_in",
@@ -585,14 +605,14 @@ def _inputs(
             tail=config.kafka_tail,
             add_config=config.kafka_properties(),
         )
-        parsed = op.flat_map_batch("parse", kafka.oks, lambda ms: _parse_kafka(ms, clock))
+        parsed = op.flat_map_batch("parse", kafka.oks, lambda ms: _parse_kafka(ms, clock, key))
         return parsed, [op.map("source_errors", kafka.errs, _source_error)]
     if source is None:
         if config.input_path is None:
             raise ValueError("source=file needs input_path")
         source = JsonlSource(config.input_path)
     lines = op.input("file_in", flow, source)
-    return op.flat_map_batch("parse", lines, lambda batch: _parse_lines(batch, clock)), []
+    return op.flat_map_batch("parse", lines, lambda batch: _parse_lines(batch, clock, key)), []
 
 
 @dataclass(frozen=True)

@@ -73,3 +73,16 @@ def test_out_of_range_settings_are_refused(field: str, value: int) -> None:
 def test_a_mistyped_boolean_is_an_error_not_false() -> None:
     with pytest.raises(ValueError, match="PROFILESTREAM_KAFKA_TAIL"):
         load_config(env={"PROFILESTREAM_SOURCE": "kafka", "PROFILESTREAM_KAFKA_TAIL": "flase"})
+
+
+def test_the_kubernetes_configmap_sets_only_real_settings_with_valid_values() -> None:
+    import re
+    from dataclasses import fields
+
+    configmap = Path(__file__).parents[1] / "deploy" / "k8s" / "configmap.yaml"
+    text = configmap.read_text()
+    env = dict(re.findall(r'^\s+#?\s*(PROFILESTREAM_\w+): "([^"]*)"', text, re.MULTILINE))
+    names = {f"PROFILESTREAM_{f.name.upper()}" for f in fields(Config)}
+    assert set(env) <= names, set(env) - names
+    assert {"PROFILESTREAM_SEGMENTS_TOPIC", "PROFILESTREAM_ALERTS_TOPIC"} <= set(env)
+    load_config(env=env)  # every value parses and is in range

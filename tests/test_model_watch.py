@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,38 @@ def test_the_feed_learns_which_event_type_predicts_the_next_item(tmp_path: Path)
     weights = feed.model().type_weights  # type: ignore[union-attr]
     assert weights["purchase"] == 1.0 and weights["view"] < 0.5
     assert len(published) > 1  # the learned weights were served, not just computed
+
+
+def test_an_edited_segments_file_is_reloaded_and_a_broken_edit_is_skipped(
+    tmp_path: Path,
+) -> None:
+    from operators.segments import BUNDLED_SEGMENTS, load_segment_book
+
+    path = tmp_path / "segments.json"
+    definitions = json.loads(BUNDLED_SEGMENTS.read_text())
+    path.write_text(json.dumps(definitions))
+    now = [0.0]
+    errors: list[Path] = []
+    watcher = ModelWatcher(
+        path,
+        10.0,
+        load=load_segment_book,
+        clock=lambda: now[0],
+        on_error=lambda p, _e: errors.append(p),
+    )
+    first = watcher.current()
+    assert first is not None and "vips" not in first.names
+
+    def edit(text: str, mtime_ns: int) -> None:
+        path.write_text(text)
+        os.utime(path, ns=(mtime_ns, mtime_ns))  # a distinct mtime, however fast the test
+
+    definitions["segments"]["vips"] = {"when": {"field": "spend", "op": ">=", "value": 5000}}
+    edit(json.dumps(definitions), 10**18)
+    assert watcher.current() is first  # not before the poll interval
+    now[0] = 11.0
+    second = watcher.current()
+    assert second is not None and "vips" in second.names and second.version != first.version
+    edit('{"segments": {"bad": {"when": {"field": "spend", "op": "=>"}}}}', 2 * 10**18)
+    now[0] = 22.0
+    assert watcher.current() is second and errors == [path]  # the flow keeps the last good
