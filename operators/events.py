@@ -81,10 +81,15 @@ class RejectReason(enum.StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     DUPLICATE_EVENT = "duplicate_event"
     SOURCE_ERROR = "source_error"
+    ERASED_USER = "erased_user"  # a re-sent event from before its user's deletion or expiry
+    BEYOND_DEDUPE_MEMORY = "beyond_dedupe_memory"  # too old to tell from a forgotten duplicate
 
 
-# Ids and labels: 1-128 characters with at least one visible one and no control characters.
-Label = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^(?=.*\S)[^\x00-\x1f\x7f]+\Z")]
+# Ids and labels: 1-128 characters, not all whitespace, and no control characters (Unicode
+# category Cc: C0 U+0000-U+001F, DEL and C1 U+007F-U+009F), however the JSON spells them.
+Label = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^(?=.*\S)[^\x00-\x1f\x7f-\x9f]+\Z")
+]
 IntId = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]  # a 64-bit integer id, as producers have
 Short = Annotated[str, Meta(max_length=128)]
 # RFC 3339 date-time: a full date, "T" (or "t"), a time, and a zone ("Z" or +hh:mm).
@@ -159,6 +164,7 @@ class _Rejected(Exception):
 
 
 _decoder = msgspec.json.Decoder(_WireEvent)
+_json_syntax = msgspec.json.Decoder(msgspec.Raw)  # checks the syntax, builds nothing
 
 
 def parse_timestamp_ms(ts: int | str) -> int:
@@ -233,26 +239,47 @@ def _validated(
     )
 
 
+def _check_utf8(data: bytes) -> None:
+    """Reject anything but strict UTF-8: no overlong forms, surrogates or code points > U+10FFFF."""
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:
+        raise _Rejected(RejectReason.INVALID_JSON, f"not UTF-8: {exc}") from exc
+
+
+def _check_json(data: bytes) -> None:
+    """Reject a message that is not JSON, though the decoder stopped at a bad field before."""
+    try:
+        _json_syntax.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _Rejected(RejectReason.INVALID_JSON, f"{type(exc).__name__}: {exc}") from exc
+
+
 def parse_event(
     raw: bytes | str, *, key: bytes | None = None, source: str = "", ingest_ms: int = 0
 ) -> Event | DeadLetter:
     """Validate one message; return the :class:`Event` or a :class:`DeadLetter` saying why not.
 
     ``key`` and ``source`` (topic/partition/offset or file) travel into the dead letter so an
-    operator can find and replay the message.
+    operator can find and replay the message. A ``str`` is taken as its UTF-8 bytes; one with
+    lone surrogates (not text) is dead-lettered as ``invalid_json`` with them encoded as-is.
     """
-    data = raw.encode() if isinstance(raw, str) else raw
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
     try:
         if len(data) > MAX_MESSAGE_BYTES:
             raise _Rejected(
                 RejectReason.TOO_LARGE, f"message is {len(data)} bytes > {MAX_MESSAGE_BYTES}"
             )
+        if not data.isascii():
+            # The decoder skips unknown fields without looking at their bytes: check them all.
+            _check_utf8(data)
         try:
             wire = _decoder.decode(data)
         except msgspec.ValidationError as exc:
+            _check_json(data)  # invalid JSON outranks a bad field that comes first
             raise _Rejected(_reason_for(exc), str(exc)) from exc
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            # Invalid UTF-8 inside a string, or nesting too deep to decode.
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # Malformed JSON, or nesting too deep to decode.
             raise _Rejected(RejectReason.INVALID_JSON, f"{type(exc).__name__}: {exc}") from exc
         return _validated(wire, data, key, source, ingest_ms)
     except _Rejected as rejected:
@@ -263,10 +290,26 @@ def parse_event(
 
 def duplicate_of(event: Event) -> DeadLetter:
     """Dead-letter an event whose id this user has already sent."""
-    return DeadLetter(
-        RejectReason.DUPLICATE_EVENT.value,
-        f"event_id {event.event_id!r} already processed for user {event.user_id!r}",
-        event.raw,
-        event.key,
-        event.source,
+    error = f"event_id {event.event_id!r} already processed for user {event.user_id!r}"
+    return refused(event, RejectReason.DUPLICATE_EVENT, error)
+
+
+def refused(event: Event, reason: RejectReason, error: str) -> DeadLetter:
+    """Dead-letter a valid event the profile step refuses (a duplicate, a re-send after
+    erasure, an event too old to de-duplicate), keeping what identifies it."""
+    return DeadLetter(reason.value, error, event.raw, event.key, event.source)
+
+
+def erased_user(event: Event) -> DeadLetter:
+    """Dead-letter an event re-sent from before its user was deleted or expired."""
+    error = f"event {event.event_id!r} is from before user {event.user_id!r} was erased"
+    return refused(event, RejectReason.ERASED_USER, error)
+
+
+def beyond_dedupe_memory(event: Event) -> DeadLetter:
+    """Dead-letter an event older than every event id its user's profile still remembers."""
+    error = (
+        f"event {event.event_id!r} is older than user {event.user_id!r}'s de-duplication "
+        "memory: it may be a forgotten duplicate"
     )
+    return refused(event, RejectReason.BEYOND_DEDUPE_MEMORY, error)
