@@ -156,6 +156,16 @@ class Config:
     demand_horizon: int = field(
         default=24, metadata=_opt("buckets forecast ahead for each category")
     )
+    expire_after_days: float = field(
+        default=0.0,
+        metadata=_opt("erase a user inactive this long in event time, with a tombstone (0: never)"),
+    )
+    erased_memory_days: float = field(
+        default=7.0,
+        metadata=_opt(
+            "how long an erased user's older re-sent events are refused (the input retention)"
+        ),
+    )
     max_seen_event_ids: int = field(
         default=512, metadata=_opt("recent event ids kept per user to drop duplicates")
     )
@@ -199,6 +209,8 @@ class Config:
             "model_poll_s": 0.0,
             "metrics_port": 0,
             "demand_bucket_ms": 60_000,
+            "expire_after_days": 0.0,
+            "erased_memory_days": 0.0,
             "demand_horizon": 1,
         }
         for name, low in at_least.items():

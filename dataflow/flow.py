@@ -60,6 +60,7 @@ from operators.coalesce import (
     emit,
     encode_pending,
     erase,
+    expire,
     note,
     note_clock,
     published,
@@ -77,7 +78,15 @@ from operators.demand import (
 )
 from operators.embedding import Embedder, TextEncoder, embedding_text, typed_text
 from operators.event_clock import EventClock
-from operators.events import DeadLetter, Event, RejectReason, duplicate_of, parse_event
+from operators.events import (
+    DeadLetter,
+    Event,
+    RejectReason,
+    beyond_dedupe_memory,
+    duplicate_of,
+    erased_user,
+    parse_event,
+)
 from operators.item_model import load_item_model
 from operators.item_vectors import ItemVectors, loader_for
 from operators.nlp import SentimentScorer, read_text
@@ -167,6 +176,8 @@ class _Context:
     emit_interval_ms: int
     keywords_per_text: int
     dim: int
+    expire_after_ms: int
+    erased_memory_ms: int
     applications: Callable[[], Applications]
     event_clock: EventClock
 
@@ -187,8 +198,12 @@ Output = ProfileDelta | DeadLetter | SegmentTransition | Alert
 #: A user's snapshot, immutable as Bytewax requires: the state as of the last delta, the
 #: state now and the pending changes (when changes are pending, all MessagePack bytes), the
 #: events waiting for a text vector, the event time the segments must be checked again at
-#: (0: never) and the user's segments (so the segment-size gauges resume too).
-UserSnapshot = tuple[bytes | None, bytes | None, bytes | None, list[Event], int, tuple[str, ...]]
+#: (0: never), the user's segments (so the segment-size gauges resume too), the event time
+#: the user expires at (0: never) and, once erased, the newest event time of theirs that
+#: re-sends must not pass (0: none).
+UserSnapshot = tuple[
+    bytes | None, bytes | None, bytes | None, list[Event], int, tuple[str, ...], int, int
+]
 
 
 class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
@@ -199,6 +214,8 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         "context",
         "due",
         "emitted",
+        "erased",
+        "expires",
         "members",
         "pending",
         "registered",
@@ -208,10 +225,12 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
 
     def __init__(self, context: _Context, resume: UserSnapshot | None) -> None:
         # Snapshots of releases before segments have four parts: resume those too.
-        emitted, current, pending, waiting, due, members = _resume_parts(resume)
+        emitted, current, pending, waiting, due, members, expires, erased = _resume_parts(resume)
         self.context = context
         self.due = due  # event time of the next segment check (0: none)
         self.members = members
+        self.expires = expires  # event time the user expires at (0: never)
+        self.erased = erased  # newest event time of an erased user: older re-sends are refused
         for segment in members:
             metrics.SEGMENT_MEMBERS.labels(segment).inc()
         self.emitted = emitted  # the state as of the last delta, as bytes
@@ -239,6 +258,10 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         watermark = self.context.event_clock.now_ms() - self.context.params.allowed_lateness_ms
         if self.due and not self.waiting and self.due <= watermark:
             out += self._check_segments(watermark, now)
+        if self.expires and not self.waiting and self.expires <= watermark:
+            out += self._expire(now)
+        if self.erased and self.erased + self.context.erased_memory_ms <= watermark:
+            self.erased = 0  # re-sends this old are past the input's retention
         if self.pending is not None and now >= self.pending.due_ms:
             out.append(self._emit(now))
         return out, self._finished()
@@ -248,8 +271,11 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         while self.waiting:  # the input is over: embed what waits now
             self.context.batcher.flush(self.context.clock())
             out += self._advance()
-        if self.due and self.due <= self.context.event_clock.now_ms():
-            out += self._check_segments(self.context.event_clock.now_ms(), self.context.clock())
+        end = self.context.event_clock.newest_ms()  # the input is over: all of it counts
+        if self.due and self.due <= end:
+            out += self._check_segments(end, self.context.clock())
+        if self.expires and self.expires <= end:
+            out += self._expire(self.context.clock())
         if self.pending is not None:
             out.append(self._emit(self.context.clock()))
         return out, self._finished()
@@ -260,23 +286,38 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             due = self.context.batcher.due_ms() or self.context.clock()
         if self.pending is not None:
             due = self.pending.due_ms if due is None else min(due, self.pending.due_ms)
-        if self.due:
+        clock_due = min(
+            (
+                t
+                for t in (
+                    self.due,
+                    self.expires,
+                    self.erased and self.erased + self.context.erased_memory_ms,
+                )
+                if t
+            ),
+            default=0,
+        )
+        if clock_due:
             check = self.context.event_clock.wall_due(
-                self.due + self.context.params.allowed_lateness_ms
+                clock_due + self.context.params.allowed_lateness_ms
             )
             due = check if due is None else min(due, check)
         return None if due is None else _as_datetime(due)
 
     def snapshot(self) -> UserSnapshot:
         waiting = list(self.waiting or ())
+        clock = (self.due, self.members, self.expires, self.erased)
         if self.pending is None or self.state is None:
-            return self.emitted, None, None, waiting, self.due, self.members
+            return self.emitted, None, None, waiting, *clock
         current, pending = encode_state(self.state), encode_pending(self.pending)
-        return self.emitted, current, pending, waiting, self.due, self.members
+        return self.emitted, current, pending, waiting, *clock
 
     def _finished(self) -> bool:
-        """Discard the logic once the user is erased and nothing of theirs is left."""
+        """Discard the logic once the user is erased and nothing of theirs is left (the
+        marker that refuses their old re-sent events included)."""
         done = self.emitted is None and self.state is None and not self.waiting
+        done = done and not self.erased
         return StatefulBatchLogic.DISCARD if done else StatefulBatchLogic.RETAIN
 
     def _advance(self) -> list[Output]:
@@ -328,6 +369,16 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
     def _apply(self, event: Event, vector: Any, now: int) -> list[Output]:
         context = self.context
         out: list[Output] = []
+        if self.erased and event.ts_ms <= self.erased:
+            out.append(erased_user(event))
+            return out
+        if self.expires:  # gone before this event came, by its time or the stream's
+            watermark = context.event_clock.now_ms() - context.params.allowed_lateness_ms
+            if self.expires <= max(event.ts_ms, watermark):
+                out += self._expire(now)
+                if event.ts_ms <= self.erased:
+                    out.append(erased_user(event))
+                    return out
         if self.due and self.due <= event.ts_ms:  # what the clock changed before this event
             out += self._check_segments(event.ts_ms, now, emit=False)
         state = self._live()
@@ -349,25 +400,20 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             items=items,
             dropped=dropped,
         )
-        if outcome is Outcome.DUPLICATE:
+        if outcome is Outcome.DUPLICATE or outcome is Outcome.UNVERIFIABLE:
             self.state = state if self.pending is not None else None
-            out.append(duplicate_of(event))
+            refused = duplicate_of if outcome is Outcome.DUPLICATE else beyond_dedupe_memory
+            out.append(refused(event))
             return out
         if outcome is Outcome.DELETED:
-            if state is not None:
-                apps = context.applications()
-                out += exit_all(state.profile, apps.segments, event.ts_ms, event.event_id)
-            out.append(erase(state, self.pending, event, context.params, now))
-            for segment in self.members:
-                metrics.SEGMENT_TRANSITIONS.labels(segment, "exit").inc()
-                metrics.SEGMENT_MEMBERS.labels(segment).dec()
-            self.emitted = self.state = self.pending = self.before = None
-            self.due, self.members = 0, ()
-            return out
+            tombstone = erase(state, self.pending, event, context.params, now)
+            return out + self._forget(state, tombstone, event.event_id)
         assert new is not None
         if outcome is Outcome.LATE:
             metrics.LATE_EVENTS.inc()
         self.state = new
+        if context.expire_after_ms:
+            self.expires = new.profile.last_seen_ms + context.expire_after_ms
         alerts, transitions, self.due = after_event(new, event, context.applications())
         for alert in alerts:
             metrics.ALERTS.labels(alert.kind).inc()
@@ -402,6 +448,35 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         note_clock(self.pending, transitions[-1].event_time_ms if transitions else until_ms)
         if emit and self.context.emit_interval_ms == 0:
             out.append(self._emit(now))
+        return out
+
+    def _expire(self, now: int) -> list[Output]:
+        """Erase a user inactive for the time to live."""
+        state = self._live()
+        self.expires = 0
+        if state is None:
+            return []
+        metrics.EXPIRED_USERS.inc()
+        return self._forget(state, expire(state, self.pending, self.context.params, now), None)
+
+    def _forget(
+        self, state: UserState | None, tombstone: ProfileDelta, event_id: str | None
+    ) -> list[Output]:
+        """Erase the user: segment exits, the tombstone, and a marker that refuses re-sends
+        of their older events for ``erased_memory_days``."""
+        out: list[Output] = []
+        if state is not None:
+            apps = self.context.applications()
+            out += exit_all(state.profile, apps.segments, tombstone.event_time_ms, event_id)
+            self.erased = max(state.profile.last_seen_ms, tombstone.event_time_ms)
+        else:
+            self.erased = tombstone.event_time_ms
+        for segment in self.members:
+            metrics.SEGMENT_TRANSITIONS.labels(segment, "exit").inc()
+            metrics.SEGMENT_MEMBERS.labels(segment).dec()
+        out.append(tombstone)
+        self.emitted = self.state = self.pending = self.before = None
+        self.due, self.members, self.expires = 0, (), 0
         return out
 
     def _count(self, transitions: list[SegmentTransition]) -> None:
@@ -451,7 +526,7 @@ class _CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
         return self._close(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[DemandReport], bool]:
-        return self._close(), StatefulBatchLogic.RETAIN
+        return self._close(self.clock.newest_ms()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         due = next_close_ms(self.state, self.params) if self.state is not None else None
@@ -461,10 +536,11 @@ class _CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
         assert self.state is not None
         return encode_demand(self.state)
 
-    def _close(self) -> list[DemandReport]:
+    def _close(self, watermark: int | None = None) -> list[DemandReport]:
         if self.state is None:
             return []
-        reports = close_until(self.state, self.clock.now_ms(), self.params)
+        now = self.clock.now_ms() if watermark is None else watermark
+        reports = close_until(self.state, now, self.params)
         for report in reports:
             _export_demand(report)
         return reports
@@ -506,7 +582,7 @@ def _demand(config: Config, events: Stream[Event], clock: EventClock) -> Stream[
 
 def _resume_parts(resume: tuple[Any, ...] | None) -> UserSnapshot:
     """A user's snapshot, also one of a release before segments (four parts)."""
-    fresh: UserSnapshot = (None, None, None, [], 0, ())
+    fresh: UserSnapshot = (None, None, None, [], 0, (), 0, 0)
     if resume is None:
         return fresh
     return cast(UserSnapshot, (*resume, *fresh[len(resume) :]))
@@ -523,7 +599,7 @@ def _origin(message: KafkaSourceMessage) -> str:
 
 
 def _parse_kafka(
-    messages: list[KafkaSourceMessage], clock: Clock, key: bytes
+    messages: list[KafkaSourceMessage], clock: Clock, key: bytes, events: EventClock
 ) -> list[Event | DeadLetter]:
     now = clock()
     parsed = []
@@ -537,23 +613,30 @@ def _parse_kafka(
                 ingest_ms=stamp if kind and stamp > 0 else now,
             )
         )
-    return _prepared(parsed, key)
+    partition = f"{messages[0].topic}/{messages[0].partition}" if messages else ""
+    return _prepared(parsed, key, events, partition)
 
 
-def _parse_lines(lines: list[RawLine], clock: Clock, key: bytes) -> list[Event | DeadLetter]:
+def _parse_lines(
+    lines: list[RawLine], clock: Clock, key: bytes, events: EventClock
+) -> list[Event | DeadLetter]:
     now = clock()
     parsed = [parse_event(line, source=origin, ingest_ms=now) for line, origin in lines]
-    return _prepared(parsed, key)
+    return _prepared(parsed, key, events, "")
 
 
-def _prepared(parsed: list[Event | DeadLetter], key: bytes) -> list[Event | DeadLetter]:
-    """Hide IPs and device ids before anything keeps them; count valid events by type once
-    per batch (a labelled counter per event is costly)."""
+def _prepared(
+    parsed: list[Event | DeadLetter], key: bytes, events: EventClock, partition: str
+) -> list[Event | DeadLetter]:
+    """Hide IPs and device ids before anything keeps them, move the event clock, and count
+    valid events by type once per batch (a labelled counter per event is costly). A batch
+    comes from one input partition."""
     out: list[Event | DeadLetter] = []
     types: Counter[str] = Counter()
     for item in parsed:
         if isinstance(item, Event):
             types[item.type] += 1
+            events.observe(item.ts_ms, item.ingest_ms, partition)
             item = pseudonymise(item, key)
         out.append(item)
     for event_type, n in types.items():
@@ -588,7 +671,7 @@ def _delta_json(delta: ProfileDelta, clock: Clock) -> bytes:
 
 
 def _inputs(
-    flow: Dataflow, config: Config, source: Source | None, clock: Clock
+    flow: Dataflow, config: Config, source: Source | None, clock: Clock, events: EventClock
 ) -> tuple[Stream[Event | DeadLetter], list[Stream[DeadLetter]]]:
     if not config.pii_secret and config.sink == "kafka":
         log.warning(
@@ -605,14 +688,18 @@ def _inputs(
             tail=config.kafka_tail,
             add_config=config.kafka_properties(),
         )
-        parsed = op.flat_map_batch("parse", kafka.oks, lambda ms: _parse_kafka(ms, clock, key))
+        parsed = op.flat_map_batch(
+            "parse", kafka.oks, lambda ms: _parse_kafka(ms, clock, key, events)
+        )
         return parsed, [op.map("source_errors", kafka.errs, _source_error)]
     if source is None:
         if config.input_path is None:
             raise ValueError("source=file needs input_path")
         source = JsonlSource(config.input_path)
     lines = op.input("file_in", flow, source)
-    return op.flat_map_batch("parse", lines, lambda batch: _parse_lines(batch, clock, key)), []
+    return op.flat_map_batch(
+        "parse", lines, lambda batch: _parse_lines(batch, clock, key, events)
+    ), []
 
 
 @dataclass(frozen=True)
@@ -630,6 +717,20 @@ _json = msgspec.json.Encoder()
 
 
 Record = SegmentTransition | Alert | DemandReport
+
+
+def _delta_messages(
+    delta: ProfileDelta, topic: str, clock: Clock
+) -> list[KafkaSinkMessage[bytes, bytes | None]]:
+    """A delta's Kafka message; a tombstone is followed by a Kafka tombstone (same key, no
+    value), so a compacted deltas topic drops every record of the erased user."""
+    key = delta.user_id.encode()
+    message: KafkaSinkMessage[bytes, bytes | None] = KafkaSinkMessage(
+        key, _delta_json(delta, clock), topic=topic
+    )
+    if delta.kind != "tombstone":
+        return [message]
+    return [message, KafkaSinkMessage(key, None, topic=topic)]
 
 
 def _record_json(record: Record) -> bytes:
@@ -659,12 +760,8 @@ def _outputs(
         }
         deltas_topic = config.deltas_topic
         messages = [
-            op.map(
-                "delta_msg",
-                outputs.deltas,
-                lambda d: KafkaSinkMessage(
-                    d.user_id.encode(), _delta_json(d, clock), topic=deltas_topic
-                ),
+            op.flat_map(
+                "delta_msg", outputs.deltas, lambda d: _delta_messages(d, deltas_topic, clock)
             ),
             op.map("dlq_msg", outputs.dead, lambda d: dead_letter_message(d, config.dlq_topic)),
         ]
@@ -763,16 +860,16 @@ def build_flow(
         emit_interval_ms=config.emit_interval_ms,
         keywords_per_text=config.keywords_per_text,
         dim=model.dim,
+        expire_after_ms=round(config.expire_after_days * DAY_MS),
+        erased_memory_ms=round(config.erased_memory_days * DAY_MS),
         applications=applications(config, segment_book(config)),
         event_clock=event_clock or EventClock(),
     )
     flow = Dataflow("profilestream")
-    parsed, source_errors = _inputs(flow, config, source, clock)
+    parsed, source_errors = _inputs(flow, config, source, clock, context.event_clock)
     valid = op.branch("valid", parsed, _is_event)
     rejected = cast(Stream[DeadLetter], valid.falses)
-    events = op.inspect(
-        "tick", valid.trues, lambda _s, e: context.event_clock.observe(e.ts_ms, e.ingest_ms)
-    )
+    events = valid.trues
     by_user = op.key_on("by_user", events, lambda e: e.user_id)
     results = op.key_rm(
         "drop_key",

@@ -52,6 +52,10 @@ EVENTS_PER_DELTA = Histogram(
     "Events a delta covers (coalescing within the emit interval)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+EXPIRED_USERS = Counter(
+    "profilestream_expired_users",
+    "Users erased after being inactive for --expire-after-days (a tombstone each)",
+)
 LATE_EVENTS = Counter(
     "profilestream_late_events",
     "Events older than their user's newest by more than the allowed lateness: applied to the "

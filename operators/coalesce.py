@@ -158,14 +158,40 @@ def erase(
     """The tombstone for ``delete_user``; it also covers the events still pending."""
     covered = [*(pending.event_ids if pending else []), event.event_id]
     ingest = min(filter(None, [pending.ingest_ms if pending else 0, event.ingest_ms]), default=0)
+    return _tombstone(state, event.user_id, covered, event.ts_ms, "deleted", params, now_ms, ingest)
+
+
+def expire(
+    state: UserState, pending: PendingChanges | None, params: ProfileParams, now_ms: int
+) -> ProfileDelta:
+    """The tombstone of a user inactive for the time to live (``reason: expired``); it
+    covers the events still pending and is dated when the user fell due."""
+    profile = state.profile
+    covered = list(pending.event_ids) if pending else []
+    ingest = pending.ingest_ms if pending else 0
+    at = profile.last_seen_ms
+    return _tombstone(state, profile.user_id, covered, at, "expired", params, now_ms, ingest)
+
+
+def _tombstone(
+    state: UserState | None,
+    user_id: str,
+    covered: list[str],
+    at_ms: int,
+    reason: str,
+    params: ProfileParams,
+    now_ms: int,
+    ingest_ms: int,
+) -> ProfileDelta:
     return ProfileDelta(
-        user_id=event.user_id,
+        user_id=user_id,
         version=state.profile.version + 1 if state is not None else 1,
         kind="tombstone",
         incarnation=state.profile.incarnation if state is not None else "",
-        event_time_ms=event.ts_ms,
+        event_time_ms=at_ms,
         event_ids=covered,
         model_version=params.model_version,
-        ingest_ms=ingest,
+        ingest_ms=ingest_ms,
         processed_ms=now_ms,
+        reason=reason,
     )

@@ -70,6 +70,7 @@ class ProfileDelta(msgspec.Struct, omit_defaults=True):
     interest: str | None = None
     ingest_ms: int = 0
     processed_ms: int = 0
+    reason: str | None = None  # of a tombstone: "deleted" (delete_user) or "expired" (TTL)
 
 
 def encode_vector(vector: np.ndarray) -> str:

@@ -2,10 +2,19 @@
 
 Some outputs depend on time passing, not on a user acting: a user lapses 30 days after
 their last purchase, a category's hour closes after its last event. In event time, "now" is
-the newest event time the stream has seen; a quiet user or category learns the time from
-everybody else's events. :class:`EventClock` keeps that (per process, shared by its worker
-threads) and translates a due event time into the wall-clock time to check again, which is
-what Bytewax's timers (``notify_at``) take.
+how far the stream has got; a quiet user or category learns the time from everybody else's
+events. :class:`EventClock` keeps that (per process, shared by its worker threads) and
+translates a due event time into the wall-clock time to check again, which is what
+Bytewax's timers (``notify_at``) take.
+
+"How far the stream has got" is the newest event time of the *slowest* input partition,
+as Flink's watermarks are: while a backlog is read, one Kafka partition may be hours ahead
+of another, and a clock that followed the fastest would close a category's hour before the
+slower partition's events for it arrived. A partition that has sent nothing for
+``idle_ms`` of wall time stops holding the clock back (an idle partition would stop it), and
+the clock stays at 0 for the first ``idle_ms`` after the first event, so every partition
+that has data gets to report before the clock moves (it never moves back). At the end of
+the input, :meth:`newest_ms` is how far every partition got.
 
 The translation measures how fast event time runs against the wall clock: about 1x for a
 live stream, thousands of times faster for a replay of a year-old log. It never assumes
@@ -20,13 +29,17 @@ broken clock) does not move the clock: otherwise one bad timestamp would lapse e
 
 >>> wall = [0]
 >>> clock = EventClock(wall_clock=lambda: wall[0])
->>> clock.observe(1_000_000, ingest_ms=1_000_000); clock.now_ms()
-1000000
->>> clock.observe(99_000_000_000, ingest_ms=1_000_000); clock.now_ms()  # from a broken clock
-1000000
->>> wall[0] = 1_000; clock.observe(4_600_000, ingest_ms=4_600_000)  # an hour a wall second
->>> clock.wall_due(4_600_000 + 10 * 3_600_000)  # ten hours of event time: ten wall seconds
-11000
+>>> clock.observe(1_000_000, ingest_ms=1_000_000)
+>>> clock.observe(99_000_000_000, ingest_ms=1_000_000)  # from a broken clock: ignored
+>>> wall[0] = 1_000; clock.observe(4_600_000, ingest_ms=4_600_000)
+>>> clock.now_ms()  # ... once the first 10 s after the first event have passed
+0
+>>> wall[0] = 10_000; clock.now_ms()
+4600000
+>>> clock.observe(4_650_000, partition="p1"); clock.observe(9_000_000); clock.now_ms()
+4650000
+>>> wall[0] = 21_000; clock.now_ms(), clock.newest_ms()  # p1 has been idle for 11 s
+(9000000, 9000000)
 """
 
 from __future__ import annotations
@@ -54,28 +67,57 @@ class EventClock:
         max_ahead_ms: int = MAX_AHEAD_MS,
         min_wait_ms: int = 1_000,
         max_wait_ms: int = 600_000,
+        idle_ms: int = 10_000,
     ) -> None:
         self._wall = wall_clock
         self.max_ahead_ms = max_ahead_ms
         self.min_wait_ms = min_wait_ms
         self.max_wait_ms = max_wait_ms
+        self.idle_ms = idle_ms
         self._now = 0
+        #: Each partition's newest event time, and the wall time it last sent one.
+        self._partitions: dict[str, tuple[int, int]] = {}
+        self._first_wall: int | None = None  # when the first event arrived
         self._lock = threading.Lock()
         self._mark: tuple[int, int] | None = None  # (wall, event) where the rate was last read
         self._rate: float | None = None  # event ms per wall ms (at least 1); None: not yet known
 
-    def observe(self, ts_ms: int, ingest_ms: int = 0) -> None:
-        """Note an event time (``ingest_ms``: when it entered, 0 if unknown)."""
-        if ts_ms <= self._now or (ingest_ms and ts_ms > ingest_ms + self.max_ahead_ms):
+    def observe(self, ts_ms: int, ingest_ms: int = 0, partition: str = "") -> None:
+        """Note an event time read from ``partition`` (``ingest_ms``: when it entered, 0 if
+        unknown)."""
+        if ingest_ms and ts_ms > ingest_ms + self.max_ahead_ms:
             return
+        wall = self._wall()
         with self._lock:
-            if ts_ms > self._now:
-                self._now = ts_ms
-                self._measure()
+            newest, _ = self._partitions.get(partition, (0, 0))
+            self._partitions[partition] = (max(newest, ts_ms), wall)
+            self._advance(wall)
 
     def now_ms(self) -> int:
-        """The newest event time seen (0 before the first event)."""
+        """How far the slowest live partition has got (0 before the first event)."""
+        if self._partitions:
+            wall = self._wall()
+            with self._lock:
+                self._advance(wall)
         return self._now
+
+    def newest_ms(self) -> int:
+        """The newest event time of any partition: the clock once the input has ended."""
+        with self._lock:
+            return max((t for t, _ in self._partitions.values()), default=0)
+
+    def _advance(self, wall: int) -> None:
+        """Move the clock to the slowest partition that is not idle (under the lock); it
+        never goes back."""
+        if self._first_wall is None:
+            self._first_wall = wall
+        if wall - self._first_wall < self.idle_ms:
+            return  # partitions that have data are still reporting in
+        live = [t for t, seen in self._partitions.values() if wall - seen <= self.idle_ms]
+        newest = min(live) if live else max(t for t, _ in self._partitions.values())
+        if newest > self._now:
+            self._now = newest
+            self._measure(wall)
 
     def wall_due(self, due_event_ms: int) -> int:
         """The wall-clock time (ms) to check again for something due at ``due_event_ms``.
@@ -100,9 +142,8 @@ class EventClock:
             return rate
         return max(min(rate, (self._now - mark[1]) / since), 1.0)
 
-    def _measure(self) -> None:
+    def _measure(self, wall: int) -> None:
         """Update the event-time speed every second of wall time (under the lock)."""
-        wall = self._wall()
         if self._mark is None:
             self._mark = (wall, self._now)
             return

@@ -145,6 +145,12 @@ class UserState(msgspec.Struct):
 
     profile: UserProfile
     seen_event_ids: dict[int, None] = {}  # an ordered set: O(1) to check, oldest first
+    #: The newest event time of each block of DEDUPE_BLOCK ids remembered, oldest first ...
+    dedupe_marks: list[int] = []
+    dedupe_count: int = 0  # ... ids ever remembered ...
+    #: ... and the horizon: an event at or before it whose id is not remembered may be a
+    #: duplicate whose id was forgotten, so it is refused rather than counted twice.
+    dedupe_horizon_ms: int = 0
     deltas_since_full: int = 0
     needs_full: bool = False  # the anchor moved or the item memory was rebuilt
     risk: RiskState | None = None  # what the risk detectors remember (never published)
@@ -156,6 +162,7 @@ class Outcome(enum.StrEnum):
     APPLIED = "applied"
     LATE = "late"  # applied to the long-term profile, too late for the windows
     DUPLICATE = "duplicate"  # already applied: nothing changed
+    UNVERIFIABLE = "unverifiable"  # older than the de-duplication memory: refused
     DELETED = "deleted"  # the user asked to be erased
 
 
@@ -205,6 +212,8 @@ def sgd_step(
     ([2.0, 3.0], 4.0)
     """
     new_weight = total_weight + weight
+    if new_weight <= 0.0:  # an event so old its decayed weight underflowed: it moves nothing
+        return interest, total_weight
     moved = target - interest  # float32
     moved *= weight / new_weight  # a Python float keeps the float32 array float32
     moved += interest
@@ -220,6 +229,8 @@ def add_to_mean(
     (0.0, 2.0)
     """
     total = weight + value_weight
+    if total <= 0.0:  # nothing weighs anything (decayed to zero): the mean stays
+        return mean, total
     return (mean * weight + value * value_weight) / total, total
 
 
@@ -354,6 +365,41 @@ def _update(
         )
 
 
+#: Event ids are remembered in blocks of this many, each with the newest event time in it.
+DEDUPE_BLOCK = 64
+
+
+def remember(state: UserState, key: int, ts_ms: int, capacity: int) -> None:
+    """Remember an event id; past ``capacity`` forget the oldest and move the horizon.
+
+    When the first id of a block is forgotten, the horizon moves to the newest event time of
+    that block: an event at or before it whose id is not remembered may be one of the
+    forgotten, so :func:`apply_event` refuses it. The horizon trails about ``capacity``
+    events behind the user's newest, at a cost of a few integers per user.
+
+    >>> state = UserState(new_profile(Event("e0", "u", 0, "login"), 2, ProfileParams()))
+    >>> for i in range(200):
+    ...     remember(state, i, 1_000 * i, capacity=128)
+    >>> len(state.seen_event_ids), state.dedupe_horizon_ms, len(state.dedupe_marks)
+    (128, 127000, 3)
+    """
+    seen, marks = state.seen_event_ids, state.dedupe_marks
+    if state.dedupe_count % DEDUPE_BLOCK == 0:
+        marks.append(ts_ms)
+    elif ts_ms > marks[-1]:
+        marks[-1] = ts_ms
+    state.dedupe_count += 1
+    seen[key] = None
+    if len(seen) <= capacity:
+        return
+    del seen[next(iter(seen))]
+    forgotten = state.dedupe_count - len(seen) - 1  # the index of the id just forgotten
+    if forgotten % DEDUPE_BLOCK == 0:
+        state.dedupe_horizon_ms = max(state.dedupe_horizon_ms, marks[0])
+    if forgotten % DEDUPE_BLOCK == DEDUPE_BLOCK - 1:
+        del marks[0]
+
+
 def apply_event(
     state: UserState | None,
     event: Event,
@@ -378,15 +424,14 @@ def apply_event(
     key = event_key(event.event_id)
     if state is not None and key in state.seen_event_ids:
         return state, Outcome.DUPLICATE
+    if state is not None and event.ts_ms <= state.dedupe_horizon_ms:
+        return state, Outcome.UNVERIFIABLE
     if state is None:
         size = dim if vector is None else len(vector)
         if size is None:
             raise ValueError("a new profile needs `dim` when the event has no vector")
         state = UserState(new_profile(event, size, params))
-    seen = state.seen_event_ids
-    seen[key] = None
-    if len(seen) > params.max_seen_event_ids:
-        del seen[next(iter(seen))]
+    remember(state, key, event.ts_ms, params.max_seen_event_ids)
     on_time = add_to_windows(
         state.profile.windows, params.windows, event, params.allowed_lateness_ms
     )

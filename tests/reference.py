@@ -52,7 +52,10 @@ def reference_states(
     vectors = dict(zip(texts, encoder.encode(texts), strict=True)) if texts else {}
     states: dict[str, UserState] = {}
     due: dict[str, int] = {}
+    erased: dict[str, int] = {}  # user -> newest event time at erasure: older re-sends refused
     for event in events:
+        if event.ts_ms <= erased.get(event.user_id, -1):
+            continue
         text = text_of(event)
         vector = vectors[text] if text is not None else catalog_vector(event)
         state = states.get(event.user_id)
@@ -69,9 +72,11 @@ def reference_states(
             signals=read_text(event, sentiment, keywords_per_text, vector),
         )
         if new is None:
+            last = state.profile.last_seen_ms if state is not None else event.ts_ms
+            erased[event.user_id] = max(last, event.ts_ms)
             states.pop(event.user_id, None)
             due.pop(event.user_id, None)
-        elif outcome is not Outcome.DUPLICATE:
+        elif outcome is not Outcome.DUPLICATE and outcome is not Outcome.UNVERIFIABLE:
             states[event.user_id] = new
             due[event.user_id] = after_event(new, event, apps)[2]
     end = max((e.ts_ms for e in events), default=0) if end_ms is None else end_ms

@@ -28,15 +28,17 @@ def event(n: int, user: str, ts: int, kind: str, **fields: Any) -> str:
 
 def run(source: Any, config: Config = CONFIG) -> dict[str, list[Any]]:
     """Run the flow; every output as parsed JSON, in the order it came out."""
-    outputs: dict[str, list[Any]] = {n: [] for n in ("deltas", "segments", "alerts", "demand")}
+    names = ("deltas", "dead_letters", "segments", "alerts", "demand")
+    outputs: dict[str, list[Any]] = {n: [] for n in names}
     flow = build_flow(
         config,
         encoder=HashEncoder(),
         sentiment=WordListSentiment(),
         source=source,
         sinks={name: TestingSink(items) for name, items in outputs.items()},
-        # Timers wait 50-500 ms of wall time, so a test sees them fire.
-        event_clock=EventClock(min_wait_ms=50, max_wait_ms=500),
+        # Timers wait 50-500 ms of wall time, and the clock starts at once (one input
+        # partition: no other to wait for), so a test sees them fire.
+        event_clock=EventClock(min_wait_ms=50, max_wait_ms=500, idle_ms=0),
     )
     run_main(flow)
     return {name: [json.loads(v) for _, v in items] for name, items in outputs.items()}
@@ -151,3 +153,41 @@ def test_a_card_testing_burst_raises_one_alert_through_the_flow() -> None:
     assert set(alert["event_ids"]) <= {f"e{100 + i}" for i in range(12)}
     assert alert["user_id"] == "u" and 0 < alert["score"] <= 1
     assert delta_from_json(json.dumps(out["deltas"][-1])).user_id == "u"
+
+
+def test_a_resent_event_from_before_a_deletion_does_not_recreate_the_user() -> None:
+    lines = [
+        event(1, "u", T0, "view", item_id="i1"),
+        event(2, "u", T0 + 1000, "purchase", item_id="i1", price=3.0),
+        event(3, "u", T0 + 2000, "delete_user"),
+        event(1, "u", T0, "view", item_id="i1"),  # a re-send from before the deletion
+        event(4, "u", T0 + 5000, "login"),  # the user comes back: a new profile
+    ]
+    out = run(TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]))
+    assert [(d["reason"], json.loads(d["original"])["event_id"]) for d in out["dead_letters"]] == [
+        ("erased_user", "e1")
+    ]
+    tombstone = next(d for d in out["deltas"] if d["kind"] == "tombstone")
+    assert tombstone["reason"] == "deleted"
+    profiles = materialize(json.dumps(d).encode() for d in out["deltas"])
+    assert profiles["u"].version == 1 and profiles["u"].incarnation.startswith("e4@")
+
+
+def test_an_inactive_user_expires_with_a_tombstone_and_leaves_their_segments() -> None:
+    lines = [event(0, "sleepy", T0, "purchase", item_id="i1", category="c", price=2000.0)]
+    for hour in range(1, 60):  # others keep the clock moving for 2.5 days
+        lines.append(event(hour, "busy", T0 + hour * HOUR_MS, "view", item_id="i2"))
+    lines.append(event(99, "sleepy", T0 - 1000, "view", item_id="i1"))  # a late re-send
+    out = run(
+        TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]),
+        CONFIG.replace(expire_after_days=1.0),
+    )
+    sleepy = [d for d in out["deltas"] if d["user_id"] == "sleepy"]
+    assert sleepy[-1]["kind"] == "tombstone" and sleepy[-1]["reason"] == "expired"
+    assert sleepy[-1]["event_time_ms"] == T0  # dated when they were last seen
+    assert [d["reason"] for d in out["dead_letters"]] == ["erased_user"]
+    left = {t["segment"] for t in out["segments"] if t["user_id"] == "sleepy"
+            and t["direction"] == "exit"}  # fmt: skip
+    assert "high_value" in left
+    profiles = materialize(json.dumps(d).encode() for d in out["deltas"])
+    assert "sleepy" not in profiles and "busy" in profiles

@@ -243,3 +243,19 @@ def test_state_round_trips_through_its_stored_bytes() -> None:
     assert again.seen_event_ids == state.seen_event_ids
     again, _ = apply_event(again, event(99), unit(rng, 4), PARAMS)  # the restored state updates
     assert again is not None and again.profile.version == 31
+
+
+def test_a_resend_older_than_the_dedupe_memory_is_refused_not_counted_twice() -> None:
+    params = ProfileParams(max_seen_event_ids=64)
+    state, _ = run([(event(i), None) for i in range(300)], params)
+    assert state is not None and len(state.seen_event_ids) == 64
+    views = state.profile.counts["view"]
+    for old in (3, 150, 200):  # ids long forgotten: their times are behind the horizon
+        state, outcome = apply_event(state, event(old), None, params, dim=4)
+        assert outcome is Outcome.UNVERIFIABLE and state.profile.counts["view"] == views
+    state, outcome = apply_event(state, event(290), None, params, dim=4)
+    assert outcome is Outcome.DUPLICATE  # a remembered id is still a plain duplicate
+    late = event(1_000, ts=T0 + 290 * 60_000 - 1)  # new, and newer than the horizon
+    state, outcome = apply_event(state, late, None, params, dim=4)
+    assert outcome is Outcome.APPLIED and state.profile.counts["view"] == views + 1
+    assert state.dedupe_horizon_ms < T0 + 290 * 60_000 and len(state.dedupe_marks) <= 3
