@@ -175,6 +175,34 @@ class Config:
     affinity_half_life_days: float = field(
         default=30.0, metadata=_opt("half-life of category and brand affinities")
     )
+    serve_store: str = field(
+        default="sqlite://profiles.db",
+        metadata=_opt("serve: sqlite:///path/profiles.db (embedded) or redis://host:6379/0"),
+    )
+    serve_http_host: str = field(default="127.0.0.1", metadata=_opt("serve: API address"))
+    serve_http_port: int = field(default=8080, metadata=_opt("serve: API port"))
+    serve_consume: bool = field(
+        default=True,
+        metadata=_opt("serve: consume the topics; --no-serve-consume only reads a shared store"),
+    )
+    serve_assignment: Literal["auto", "all", "group"] = field(
+        default="auto",
+        metadata=_opt(
+            "serve: all = read every partition (each replica its own store); group = split "
+            "partitions between replicas of a shared store; auto = all for sqlite, group for "
+            "redis"
+        ),
+    )
+    serve_group_id: str = field(
+        default="",
+        metadata=_opt("serve: consumer group (default: profilestream-serve-<store id>)"),
+    )
+    serve_batch_size: int = field(
+        default=500, metadata=_opt("serve: most records applied in one store transaction")
+    )
+    serve_batch_wait_ms: int = field(
+        default=20, metadata=_opt("serve: longest the consumer waits to fill a batch")
+    )
     recovery_dir: Path | None = field(
         default=None, metadata=_opt("Bytewax recovery database folder (enables recovery)")
     )
@@ -187,7 +215,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name in ("source", "sink", "embed_precision", "embed_model"):
+        for name in ("source", "sink", "embed_precision", "embed_model", "serve_assignment"):
             allowed = _choices(name)
             if allowed and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
@@ -210,6 +238,9 @@ class Config:
             "metrics_port": 0,
             "demand_bucket_ms": 60_000,
             "expire_after_days": 0.0,
+            "serve_batch_size": 1,
+            "serve_batch_wait_ms": 0,
+            "serve_http_port": 0,
             "erased_memory_days": 0.0,
             "demand_horizon": 1,
         }

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         risk_eval,
         segments_eval,
         sentiment,
+        serve,
     )
 
     parser = argparse.ArgumentParser(
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     segments_eval.add_command(commands)
     risk_eval.add_command(commands)
     demand_eval.add_command(commands)
+    serve.add_command(commands)
     return parser
 
 
