@@ -11,19 +11,32 @@ returns. Seven detectors share one bounded :class:`RiskState`:
   user (``ato_unusual_ratio`` times their median amount). The score is
   ``1 - 0.5 ** (1 + unusual purchases)``: 0.5 for the new device and IP alone, which alerts
   only if ``ato_min_score`` is lowered to 0.5.
-- ``amount_anomaly``: a purchase far above the user's *own* amounts: ``amount_over_median``
-  times the median of their last ``amount_history`` purchases, ``amount_over_max`` times the
-  largest (remembered beyond the ring, slowly decaying), and a robust z-score (median and
-  MAD of log amounts) of at least ``amount_z``, so users whose amounts vary widely need
-  more. Amounts up to ``card_small_amount`` (tests, samples) are left out of the history.
-  Silent until ``amount_grace`` purchases are known.
+- ``amount_anomaly``: a purchase out of the blue -- *blind* (see below) and opening a visit
+  (the first event of its session, or at least ``amount_idle_ms`` after the user's latest
+  event) -- far above the user's *own* amounts: ``amount_over_median`` times the median of
+  their last ``amount_history`` purchases, ``amount_over_max`` times the largest
+  (remembered beyond the ring, slowly decaying), and a robust z-score (median and MAD of
+  log amounts) of at least ``amount_z``, so users whose amounts vary widely need more.
+  Amounts up to ``card_small_amount`` (tests, samples) are left out of the history. Silent
+  until ``amount_grace`` purchases are known. A big purchase of something the user looked
+  at, or one in the middle of a visit (a shopper settling for a dear item they did not
+  open), is left alone: amounts alone cannot tell those from fraud.
 - ``card_testing``: ``card_count`` purchases of at most ``card_small_amount`` within
   ``card_window_ms``.
-- ``purchase_burst`` / ``login_burst``: that many purchases / logins within a short window.
+- ``purchase_burst``: ``purchase_burst_count`` blind purchases within
+  ``purchase_burst_window_ms``. ``login_burst``: that many logins within a short window.
 - ``refund_abuse``: ``refund_count`` refunds within ``refund_window_ms`` while refunds are at
   least ``refund_min_ratio`` of the user's (decayed) purchases.
 - ``bot``: ``bot_count`` browsing events (views, clicks, searches, ...) within
   ``bot_window_ms``: a sustained rate no person browses at.
+
+A purchase is *blind* when its item is neither among those of the user's last
+``item_memory`` browsing events (views, clicks, adds to the cart, ...) nor among the last
+``cart_memory`` items they put in their cart and have not removed or bought since.
+Shoppers look before they buy: a whole-cart check-out (even of things carted weeks ago) or
+a big purchase they thought about is of items they browsed, while a scripted run of
+purchases or a one-off outlier bought straight away is not. Items are remembered as 32-bit
+hashes of their ids.
 
 A burst or bot detector is silent until its ring holds its count of events (its warm-up);
 the windows are judged on the spread of the ring's timestamps, so slightly out-of-order
@@ -45,7 +58,7 @@ at most ``max_devices`` and ``max_ips`` of them, evicting the least used first.
 ...     alerts += fired
 >>> [(a.kind, a.event_ids[-1], a.score, a.evidence["rate_per_s"]) for a in alerts]
 [('bot', 'e19', 0.9266, 4.0)]
->>> len(msgspec.msgpack.encode(state)) < 400
+>>> len(msgspec.msgpack.encode(state)) < 500
 True
 """
 
@@ -54,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
@@ -88,13 +102,16 @@ Evidence = dict[str, float | int | str]
 class RiskParams:
     """Thresholds and memory sizes of the detectors; changing any is a new ``model_version``."""
 
-    model_version: str = "risk-v1"
+    model_version: str = "risk-v2"
     #: An episode of a kind ends after this long without a trigger of that kind.
     episode_quiet_ms: int = 6 * HOUR_MS
     #: Most event ids an alert cites (the most recent of its window; the trigger last).
     max_cited: int = 10
     max_devices: int = 8
     max_ips: int = 16
+    #: Browsed items and items in the cart remembered; a purchase of any other item is blind.
+    item_memory: int = 32
+    cart_memory: int = 16
     # Account takeover.
     ato_grace_logins: int = 3
     ato_quiet_ms: int = DAY_MS
@@ -104,19 +121,22 @@ class RiskParams:
     ato_min_score: float = 0.7
     # Purchase amounts.
     amount_history: int = 32
-    amount_grace: int = 5
-    amount_over_median: float = 25.0
-    amount_over_max: float = 3.5
-    amount_z: float = 2.0  # robust z of the log amount: users whose amounts vary widely need more
+    amount_grace: int = 4
+    amount_over_median: float = 10.0
+    amount_over_max: float = 2.0
+    amount_z: float = 1.0  # robust z of the log amount: users whose amounts vary widely need more
     amount_mad_floor: float = 0.25  # in natural-log units: amounts within ~25% look alike
     amount_min: float = 20.0
+    #: An outlier counts only when it opens a visit: the first event of its session, or one
+    #: after this long without any event of the user.
+    amount_idle_ms: int = 30 * MINUTE_MS
     #: The largest amount is also remembered beyond the ring, halving at this pace.
     amount_peak_half_life_ms: int = 90 * DAY_MS
     # Card testing and bursts.
     card_small_amount: float = 5.0
     card_count: int = 5
     card_window_ms: int = 15 * MINUTE_MS
-    purchase_burst_count: int = 8
+    purchase_burst_count: int = 6  # blind purchases
     purchase_burst_window_ms: int = 15 * MINUTE_MS
     login_burst_count: int = 6
     login_burst_window_ms: int = 10 * MINUTE_MS
@@ -149,7 +169,7 @@ def load_risk_params(path: str | Path | None) -> RiskParams:
     """The defaults, overridden by the JSON object in ``path`` (``None``: the defaults).
 
     >>> load_risk_params(None).model_version
-    'risk-v1'
+    'risk-v2'
     """
     if path is None:
         return RiskParams()
@@ -210,9 +230,9 @@ class AmountModel(msgspec.Struct, array_like=True):
     >>> model, params = AmountModel(), RiskParams()
     >>> for amount in (40.0, 55.0, 48.0, 60.0, 52.0):
     ...     model.learn_one(amount, 0, params)
-    >>> score = model.score_one(2_400.0, 0, params)
+    >>> score = model.score_one(600.0, 0, params)
     >>> round(score.median, 2), score.largest, round(score.excess, 2)
-    (52.0, 60.0, 1.85)
+    (52.0, 60.0, 1.15)
     >>> model.score_one(100.0, 0, params).excess < 1
     True
     """
@@ -255,8 +275,11 @@ class RiskState(msgspec.Struct, array_like=True):
     """A user's risk memory; every collection is capped (typically 0.5 KB, at most ~2.5 KB).
 
     ``version`` counts the events assessed. Rings hold ``(ts_ms, event_id[, amount])``,
-    oldest first; ``episodes`` maps a kind to the (start, last trigger) of its open episode.
-    Encoded as a MessagePack array: new fields go at the end, with defaults.
+    oldest first (``purchases``: the blind ones only); ``episodes`` maps a kind to the
+    (start, last trigger) of its open episode; ``items`` holds the hashes (:func:`item_key`)
+    of the latest browsed items, oldest first, and ``cart`` those of the items in the cart,
+    least recently added first; ``session`` the hash of the latest event's session id (0:
+    none). Encoded as a MessagePack array: new fields go at the end, with defaults.
     """
 
     version: int = 0
@@ -277,6 +300,9 @@ class RiskState(msgspec.Struct, array_like=True):
     refund_weight: float = 0.0
     refund_anchor_ms: int = 0
     episodes: dict[str, tuple[int, int]] = {}
+    items: list[int] = []
+    session: int = 0
+    cart: list[int] = []
 
 
 class Alert(msgspec.Struct, frozen=True):
@@ -345,6 +371,40 @@ def _rate_score(span_ms: int, window_ms: int) -> float:
 
 def _spread(times: list[int]) -> int:
     return max(times) - min(times)
+
+
+def item_key(item_id: str) -> int:
+    """The 32-bit hash the state remembers an item (or a session) by, stable across processes.
+
+    >>> item_key("i000042")
+    2175063589
+    """
+    return zlib.crc32(item_id.encode())
+
+
+def _browsed(state: RiskState, kind: str, item_id: str | None, params: RiskParams) -> None:
+    """Remember a browsed item; the cart's items also in the cart (until removed or bought).
+
+    ``items`` is a plain ring of the latest browsing, cheap to keep: an item browsed twice in
+    a row (a click, then its view) takes one place, but one browsed again later takes
+    another. ``cart`` holds each item once.
+    """
+    if item_id is None:
+        return
+    key = zlib.crc32(item_id.encode())  # item_key, inlined: this runs for most events
+    items = state.items
+    if not items or items[-1] != key:
+        _push(items, key, params.item_memory)
+    if kind == "add_to_cart":
+        cart = state.cart
+        if key in cart:
+            cart.remove(key)
+        _push(cart, key, params.cart_memory)
+
+
+def _blind(state: RiskState, key: int | None) -> bool:
+    """Whether a purchase of the item ``key`` comes without the user having browsed it."""
+    return key is None or (key not in state.items and key not in state.cart)
 
 
 def _amount(event: Event) -> float | None:
@@ -421,10 +481,11 @@ def _takeover(
 
 
 def _amount_anomaly(
-    state: RiskState, event: Event, amount: float, params: RiskParams
+    state: RiskState, event: Event, amount: float, opens: bool, idle_ms: int, params: RiskParams
 ) -> _Finding | None:
-    """An outlier among the user's own amounts (scored before it is learned)."""
-    if amount < params.amount_min:
+    """An outlier among the user's own amounts (scored before it is learned), bought blind
+    in a purchase that ``opens`` a visit, ``idle_ms`` after the user's latest event."""
+    if amount < params.amount_min or not (opens or idle_ms >= params.amount_idle_ms):
         return None
     score = state.amount.score_one(amount, event.ts_ms, params)
     if score is None or score.excess < 1.0:
@@ -436,6 +497,9 @@ def _amount_anomaly(
         "max": round(score.largest, 2),
         "z": round(score.z, 2),
         "history": score.history,
+        "browsed_items": len(state.items),  # the item is none of them
+        "new_session": int(opens),
+        "idle_min": round(idle_ms / MINUTE_MS, 1),
     }
     return _Finding("amount_anomaly", score.excess / (score.excess + 1), [event.event_id], evidence)
 
@@ -533,6 +597,10 @@ def assess(
         return RiskState(), []
     state = RiskState() if state is None else state
     t = event.ts_ms
+    idle_ms = t - state.last_ms  # since the user's latest event
+    session = 0 if event.session_id is None else zlib.crc32(event.session_id.encode())
+    opens = session != 0 and session != state.session  # the first event of its session
+    state.session = session
     kind = event.type
     amount = _amount(event) if kind in ("purchase", "refund") else None
     findings: list[_Finding] = []
@@ -541,6 +609,7 @@ def assess(
     if takeover is not None:
         findings.append(takeover)
     if kind in BROWSE_TYPES:
+        _browsed(state, kind, event.item_id, params)
         bot = _bot(state, event, params)
         if bot is not None:
             findings.append(bot)
@@ -555,6 +624,10 @@ def assess(
         )
         if found is not None:
             findings.append(found)
+    elif kind == "remove_from_cart" and event.item_id is not None:
+        key = item_key(event.item_id)
+        if key in state.cart:
+            state.cart.remove(key)
     elif kind == "purchase":
         _decayed_counts(state, t, params)
         state.purchase_weight += 1.0
@@ -570,19 +643,28 @@ def assess(
             )
             if card is not None:
                 findings.append(card)
-        _push(state.purchases, (t, event.event_id, amount or 0.0), params.purchase_burst_count)
-        burst = _burst(
-            "purchase_burst",
-            state.purchases,
-            params.purchase_burst_count,
-            params.purchase_burst_window_ms,
-            params.max_cited,
-        )
+        bought = None if event.item_id is None else item_key(event.item_id)
+        blind = _blind(state, bought)
+        if bought in state.cart:
+            state.cart.remove(bought)
+        burst = None
+        if blind:
+            ring = state.purchases
+            _push(ring, (t, event.event_id, amount or 0.0), params.purchase_burst_count)
+            burst = _burst(
+                "purchase_burst",
+                ring,
+                params.purchase_burst_count,
+                params.purchase_burst_window_ms,
+                params.max_cited,
+            )
         card_episode = card is not None or _episode_open(state, "card_testing", t, params)
         if burst is not None and not in_suspect and not card_episode:
             findings.append(burst)
         if amount is not None and amount > params.card_small_amount:  # tests and samples
-            outlier = None if in_suspect else _amount_anomaly(state, event, amount, params)
+            outlier = None
+            if blind and not in_suspect:
+                outlier = _amount_anomaly(state, event, amount, opens, idle_ms, params)
             if outlier is not None:
                 findings.append(outlier)
             state.amount.learn_one(amount, t, params)

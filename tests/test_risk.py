@@ -174,6 +174,10 @@ def test_amount_far_above_the_users_own_history() -> None:
     evidence = alert.evidence
     assert evidence["amount"] == 2_400.0 and evidence["median"] == 49.96  # in log space
     assert evidence["max"] == 60.0 and evidence["history"] == 6 and evidence["z"] > 2
+    # Bought blind (the five viewed items are others) and out of the blue: no session ids
+    # here, but 33 hours since the user's latest event.
+    assert evidence["browsed_items"] == 5 and evidence["new_session"] == 0
+    assert evidence["idle_min"] == 33 * 60
     assert 0.5 < alert.score < 1
     assert feed.send("purchase", now + HOUR_MS, price=9_000.0) == []  # the same episode
     assert [a.kind for a in feed.send("purchase", now + DAY_MS, price=90_000.0)] == [
@@ -184,13 +188,16 @@ def test_amount_far_above_the_users_own_history() -> None:
 @pytest.mark.parametrize(
     ("history", "amount", "fires"),
     [
-        ((40, 55, 48, 60, 52, 45), 1_000.0, False),  # 20x the median: under 25x
-        ((40, 55, 48, 60, 52, 45), 1_300.0, True),
-        ((40, 55, 48, 60, 52, 450), 1_500.0, False),  # only 3.3x their largest
-        ((40, 55, 48, 60), 3_000.0, False),  # warm-up: four purchases known
-        ((4.0, 3.5, 2.0, 40, 55, 48, 60, 52, 45), 1_300.0, True),  # tests, samples: ignored
+        ((40, 55, 48, 60, 52, 45), 450.0, False),  # 9x the median: under 10x
+        ((40, 55, 48, 60, 52, 45), 550.0, True),
+        ((40, 55, 48, 60, 52, 450), 800.0, False),  # only 1.8x their largest
+        ((40, 55, 48), 3_000.0, False),  # warm-up: three purchases known
+        ((40, 55, 48, 60), 3_000.0, True),
+        ((4.0, 3.5, 2.0, 40, 55, 48, 52), 1_300.0, True),  # tests, samples: left out
+        ((4.0, 3.5, 2.0, 40, 55, 48), 1_300.0, False),  # ... so still warming up
         ((2_000, 2_500, 1_800, 2_200, 2_100), 60_000.0, True),  # relative, not absolute
-        ((10, 1000, 15, 900, 20, 1200), 30_000.0, False),  # varies widely: z under 2
+        ((10, 1000, 15, 900, 20, 1200), 2_700.0, False),  # varies widely: z under 1
+        ((10, 1000, 15, 900, 20, 1200), 5_000.0, True),
     ],
 )
 def test_amount_thresholds_and_warm_up(
@@ -206,6 +213,41 @@ def test_amount_thresholds_are_configurable() -> None:
     feed = Feed(replace(PARAMS, amount_over_median=4.0, amount_over_max=3.0))
     now = established(feed)
     assert [a.kind for a in feed.send("purchase", now, price=250.0)] == ["amount_anomaly"]
+
+
+def test_amount_only_for_a_blind_purchase_out_of_the_blue() -> None:
+    # The item was looked at first (even long ago, if it sat in the cart): a considered buy.
+    feed = Feed()
+    now = established(feed)
+    feed.send("view", now - 2 * HOUR_MS, item_id="tv")
+    feed.send("purchase", now, item_id="tv", price=2_400.0)
+    feed.send("add_to_cart", now + DAY_MS, item_id="sofa")
+    for k in range(2 * PARAMS.item_memory):  # browsing pushes the sofa out of the ring ...
+        feed.send("view", now + DAY_MS + (k + 1) * 20_000, item_id=f"other{k}")
+    feed.send("purchase", now + 2 * DAY_MS, item_id="sofa", price=2_400.0)  # ... not the cart
+    assert feed.alerts == []
+    feed.send("purchase", now + 3 * DAY_MS, item_id="sofa", price=9_000.0)  # bought: gone
+    assert feed.kinds() == ["amount_anomaly"]
+
+    # In the middle of a visit (the previous event minutes before, in the same session),
+    # a dear item the shopper did not open is them settling for it; opening a visit (a new
+    # session, or after amount_idle_ms without an event) it is out of the blue.
+    for session, gap_ms, fires in [
+        ("s1", 5 * MINUTE_MS, False),
+        ("s2", 5 * MINUTE_MS, True),
+        ("s1", 40 * MINUTE_MS, True),
+        (None, 5 * MINUTE_MS, False),
+        (None, 40 * MINUTE_MS, True),
+    ]:
+        feed = Feed()
+        now = established(feed)
+        feed.send("view", now, session_id="s1")
+        feed.send("purchase", now + gap_ms, session_id=session, price=2_400.0)
+        assert feed.kinds() == (["amount_anomaly"] if fires else []), (session, gap_ms)
+        if fires:
+            evidence = feed.alerts[0].evidence
+            assert evidence["new_session"] == (session == "s2")
+            assert evidence["idle_min"] == gap_ms / MINUTE_MS
 
 
 def test_amount_remembers_the_largest_beyond_its_ring() -> None:
@@ -277,7 +319,7 @@ def test_purchase_burst_and_card_testing() -> None:
     for k in range(12):
         burst.send("purchase", T0 + k * 60_000, price=35.0)
     assert burst.kinds() == ["purchase_burst"]
-    assert burst.alerts[0].evidence == {"count": 8, "span_s": 420.0, "total": 280.0}
+    assert burst.alerts[0].evidence == {"count": 6, "span_s": 300.0, "total": 210.0}
 
     cards = Feed()
     for k in range(12):
@@ -289,6 +331,29 @@ def test_purchase_burst_and_card_testing() -> None:
     for k in range(12):
         slow.send("purchase", T0 + k * 5 * MINUTE_MS, price=2.0)
     assert slow.alerts == []
+
+
+def test_purchase_burst_counts_blind_purchases_only() -> None:
+    checkout = Feed()  # a whole cart checked out, some carted days before: a shopper
+    for k in range(12):
+        checkout.send("add_to_cart", T0 + k * HOUR_MS, item_id=f"item{k}")
+    for k in range(3 * PARAMS.item_memory):
+        checkout.send("view", T0 + DAY_MS + k * 20_000, item_id=f"other{k}")
+    for k in range(12):
+        checkout.send("purchase", T0 + 2 * DAY_MS + k * 20_000, item_id=f"item{k}", price=35.0)
+    assert checkout.alerts == []
+    assert checkout.state is not None and checkout.state.cart == []  # all bought
+
+    mixed = Feed()  # blind purchases among considered ones: only the blind ones count
+    for k in range(12):
+        item = f"seen{k}" if k % 2 else f"blind{k}"
+        if k % 2:
+            mixed.send("view", T0 + k * 60_000 - 10_000, item_id=item)
+        mixed.send("purchase", T0 + k * 60_000, item_id=item, price=35.0)
+    [alert] = mixed.alerts
+    assert alert.kind == "purchase_burst"
+    assert alert.event_ids == tuple(f"u1-e{n}" for n in (1, 4, 7, 10, 13, 16))  # the blind ones
+    assert alert.evidence == {"count": 6, "span_s": 600.0, "total": 210.0}
 
 
 def test_burst_thresholds_are_configurable() -> None:
@@ -375,19 +440,32 @@ def test_state_is_bounded_and_round_trips_through_msgpack() -> None:
     established(feed)
     ts = T0 + 8 * DAY_MS
     for k in range(3_000):  # a new device and IP every event, every kind of event
-        kind = ("view", "login", "purchase", "refund", "click")[k % 5]
-        feed.send(kind, ts + k * 7_000, device_id=f"d{k}", ip=f"ip{k}", price=20.0 + k % 50)
+        kind = ("view", "login", "purchase", "refund", "click", "add_to_cart")[k % 6]
+        fields = {"device_id": f"d{k}", "ip": f"ip{k}", "price": 20.0 + k % 50}
+        feed.send(kind, ts + k * 7_000, item_id=f"item-{k:08d}", **fields)
     state = feed.state
     assert state is not None
     assert len(state.devices) == PARAMS.max_devices and len(state.ips) == PARAMS.max_ips
     assert "phone" in state.devices and "10.0.0.1" in state.ips  # the well-used ones stay
     assert len(state.amount.amounts) == PARAMS.amount_history
     assert len(state.browse_ms) == PARAMS.bot_count
+    assert len(state.items) == PARAMS.item_memory and len(state.cart) == PARAMS.cart_memory
     assert len(state.episodes) <= len(KINDS)
     data = encode_state(state)
     assert len(data) < 2_500
     assert decode_state(data) == state
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=RiskState) == state
+
+
+def test_a_state_saved_before_the_item_memory_still_decodes() -> None:
+    feed = Feed()
+    established(feed)
+    state = feed.state
+    assert state is not None and state.items and state.session == 0
+    fields = msgspec.msgpack.decode(encode_state(state))
+    old = decode_state(msgspec.msgpack.encode(fields[:-3]))  # without items, session, cart
+    assert old.items == [] and old.cart == [] and old.session == 0
+    assert old.amount == state.amount and old.episodes == state.episodes
 
 
 def test_delete_user_forgets_everything() -> None:
@@ -402,7 +480,7 @@ def test_alert_json_round_trip() -> None:
     now = established(feed)
     [alert] = feed.send("purchase", now, price=2_400.0)
     data = msgspec.json.encode(alert)
-    assert json.loads(data)["model_version"] == "risk-v1"
+    assert json.loads(data)["model_version"] == "risk-v2"
     assert msgspec.json.decode(data, type=Alert) == alert
 
 
@@ -481,13 +559,11 @@ def test_detectors_find_the_generated_anomalies(anomalous_stream: tuple[Path, Pa
     report = score_alerts(
         replay_alerts(events_path), read_labels(labels_path), read_events(events_path)
     )
-    for kind in KINDS:
+    for kind in KINDS:  # the issue's targets
         row = report.row(kind)
         assert row.episodes >= 15, kind
-        assert row.recall is not None and row.recall >= 0.85, (kind, row)
-        # Legitimate users' occasional big purchases cap the amount detector's precision.
-        least = 0.6 if kind == "amount_anomaly" else 0.85
-        assert row.precision is not None and row.precision >= least, (kind, row)
+        assert row.recall is not None and row.recall >= 0.9, (kind, row)
+        assert row.precision is not None and row.precision >= 0.9, (kind, row)
     assert report.total.false_per_1000_users_per_day <= 1.0
 
 
@@ -504,9 +580,30 @@ def test_eval_risk_command(
     report = json.loads(capsys.readouterr().out)
     assert report["source"] == "replay" and set(report["kinds"]) == set(KINDS)
     assert report["all"]["alerts"] == len(risk_eval.read_alerts(alerts)) > 0
-    with pytest.raises(ValueError, match="--replay"):  # the real flow is not wired yet
-        args = parser.parse_args(argv)
-        args.handler(args)
+    # The real dataflow (on a small stream: it takes seconds to start) raises what the
+    # replay does.
+    small, small_labels = tmp_path / "small.jsonl", tmp_path / "small-labels.jsonl"
+    logins = [("u1", f"a{k}", T0 + k * 8_000, "login", {}) for k in range(20)]
+    views = [("u2", f"b{k}", T0 + k * 250, "view", {"item_id": f"i{k}"}) for k in range(60)]
+    small.write_text(
+        "".join(
+            json.dumps({"event_id": i, "user_id": u, "ts": ts, "type": kind, **extra}) + "\n"
+            for u, i, ts, kind, extra in sorted([*logins, *views], key=lambda e: e[2])
+        )
+    )
+    small_labels.write_text(
+        "".join(json.dumps({"event_id": e[1], "kind": "login_burst"}) + "\n" for e in logins)
+        + "".join(json.dumps({"event_id": e[1], "kind": "bot"}) + "\n" for e in views)
+    )
+    flow_alerts = tmp_path / "flow-alerts.jsonl"
+    argv = ["eval-risk", "--events", str(small), "--labels", str(small_labels), "--json"]
+    args = parser.parse_args([*argv, "--alerts-out", str(flow_alerts)])
+    args.handler(args)
+    report = json.loads(capsys.readouterr().out)
+    assert report["source"] == "flow" and report["all"]["recall"] == 1.0
+    assert {a.alert_id for a in risk_eval.read_alerts(flow_alerts)} == {
+        a.alert_id for a in replay_alerts(small)
+    }
 
 
 def test_replay_drops_duplicates_and_bad_lines(tmp_path: Path) -> None:
