@@ -633,12 +633,14 @@ def _prepared(
     comes from one input partition."""
     out: list[Event | DeadLetter] = []
     types: Counter[str] = Counter()
+    times = []
     for item in parsed:
         if isinstance(item, Event):
             types[item.type] += 1
-            events.observe(item.ts_ms, item.ingest_ms, partition)
+            times.append((item.ts_ms, item.ingest_ms))
             item = pseudonymise(item, key)
         out.append(item)
+    events.observe(times, partition)
     for event_type, n in types.items():
         metrics.EVENTS_IN.labels(event_type).inc(n)
     return out

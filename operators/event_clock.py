@@ -10,8 +10,10 @@ Bytewax's timers (``notify_at``) take.
 "How far the stream has got" is the newest event time of the *slowest* input partition,
 as Flink's watermarks are: while a backlog is read, one Kafka partition may be hours ahead
 of another, and a clock that followed the fastest would close a category's hour before the
-slower partition's events for it arrived. A partition that has sent nothing for
-``idle_ms`` of wall time stops holding the clock back (an idle partition would stop it), and
+slower partition's events for it arrived. A batch counts ``settle_ms`` after it was read
+(its events may still be travelling to their users' workers or waiting for an embedding).
+A partition that has sent nothing for ``idle_ms`` of wall time stops holding the clock back
+(an idle partition would stop it), and
 the clock stays at 0 for the first ``idle_ms`` after the first event, so every partition
 that has data gets to report before the clock moves (it never moves back). At the end of
 the input, :meth:`newest_ms` is how far every partition got.
@@ -28,25 +30,28 @@ An event time more than ``max_ahead_ms`` beyond the time it was ingested (a prod
 broken clock) does not move the clock: otherwise one bad timestamp would lapse everyone.
 
 >>> wall = [0]
->>> clock = EventClock(wall_clock=lambda: wall[0])
->>> clock.observe(1_000_000, ingest_ms=1_000_000)
->>> clock.observe(99_000_000_000, ingest_ms=1_000_000)  # from a broken clock: ignored
->>> wall[0] = 1_000; clock.observe(4_600_000, ingest_ms=4_600_000)
->>> clock.now_ms()  # ... once the first 10 s after the first event have passed
+>>> clock = EventClock(wall_clock=lambda: wall[0], idle_ms=10_000, settle_ms=2_000)
+>>> clock.observe([(1_000_000, 1_000_000), (99_000_000_000, 1_000_000)])  # one from a bad clock
+>>> clock.observe([(4_600_000, 4_600_000)], partition="p1")
+>>> clock.now_ms()  # the first 10 s after the first event: partitions report in
 0
->>> wall[0] = 10_000; clock.now_ms()
-4600000
->>> clock.observe(4_650_000, partition="p1"); clock.observe(9_000_000); clock.now_ms()
-4650000
->>> wall[0] = 21_000; clock.now_ms(), clock.newest_ms()  # p1 has been idle for 11 s
-(9000000, 9000000)
+>>> wall[0] = 10_000
+>>> clock.observe([(5_000_000, 0)]); clock.observe([(4_700_000, 0)], partition="p1")
+>>> clock.now_ms()  # the slowest partition's settled batches (the new ones are in flight)
+1000000
+>>> wall[0] = 12_000; clock.now_ms()  # the batches read at 10 s have settled
+4700000
+>>> wall[0] = 30_000; clock.now_ms(), clock.newest_ms()  # both idle: all they read counts
+(5000000, 5000000)
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Final
 
 #: How far ahead of its ingest time an event time may be and still move the clock.
@@ -55,6 +60,16 @@ MAX_AHEAD_MS: Final = 3_600_000
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Partition:
+    """What the clock knows of one input partition."""
+
+    done: int = 0  # newest event time of the batches that have settled
+    read: int = 0  # newest event time read
+    seen: int = 0  # wall time of the latest batch
+    in_flight: deque[tuple[int, int]] = field(default_factory=deque)  # (wall read, newest)
 
 
 class EventClock:
@@ -68,29 +83,41 @@ class EventClock:
         min_wait_ms: int = 1_000,
         max_wait_ms: int = 600_000,
         idle_ms: int = 10_000,
+        settle_ms: int = 2_000,
     ) -> None:
         self._wall = wall_clock
         self.max_ahead_ms = max_ahead_ms
         self.min_wait_ms = min_wait_ms
         self.max_wait_ms = max_wait_ms
         self.idle_ms = idle_ms
+        self.settle_ms = settle_ms
         self._now = 0
-        #: Each partition's newest event time, and the wall time it last sent one.
-        self._partitions: dict[str, tuple[int, int]] = {}
+        self._partitions: dict[str, _Partition] = {}
         self._first_wall: int | None = None  # when the first event arrived
         self._lock = threading.Lock()
         self._mark: tuple[int, int] | None = None  # (wall, event) where the rate was last read
         self._rate: float | None = None  # event ms per wall ms (at least 1); None: not yet known
 
-    def observe(self, ts_ms: int, ingest_ms: int = 0, partition: str = "") -> None:
-        """Note an event time read from ``partition`` (``ingest_ms``: when it entered, 0 if
-        unknown)."""
-        if ingest_ms and ts_ms > ingest_ms + self.max_ahead_ms:
-            return
+    def observe(self, times: Iterable[tuple[int, int]], partition: str = "") -> None:
+        """Note a batch read from ``partition``: ``(event time, ingest time)`` pairs (ingest
+        0 if unknown).
+
+        The clock counts a batch only ``settle_ms`` of wall time after it was read (or once
+        its partition has been idle for ``idle_ms``): until then its events may still be on
+        their way to the users and categories they concern, and a clock that already
+        counted them could fire those users' timers before their older events arrive.
+        """
+        ahead = self.max_ahead_ms
+        newest = max((t for t, ingest in times if not ingest or t <= ingest + ahead), default=0)
         wall = self._wall()
         with self._lock:
-            newest, _ = self._partitions.get(partition, (0, 0))
-            self._partitions[partition] = (max(newest, ts_ms), wall)
+            state = self._partitions.get(partition)
+            if state is None:
+                state = self._partitions[partition] = _Partition()
+            state.read = max(state.read, newest)
+            state.seen = wall
+            if newest:
+                state.in_flight.append((wall, newest))
             self._advance(wall)
 
     def now_ms(self) -> int:
@@ -104,7 +131,7 @@ class EventClock:
     def newest_ms(self) -> int:
         """The newest event time of any partition: the clock once the input has ended."""
         with self._lock:
-            return max((t for t, _ in self._partitions.values()), default=0)
+            return max((p.read for p in self._partitions.values()), default=0)
 
     def _advance(self, wall: int) -> None:
         """Move the clock to the slowest partition that is not idle (under the lock); it
@@ -113,8 +140,16 @@ class EventClock:
             self._first_wall = wall
         if wall - self._first_wall < self.idle_ms:
             return  # partitions that have data are still reporting in
-        live = [t for t, seen in self._partitions.values() if wall - seen <= self.idle_ms]
-        newest = min(live) if live else max(t for t, _ in self._partitions.values())
+        live, idle = [], []
+        for state in self._partitions.values():
+            if wall - state.seen > self.idle_ms:
+                idle.append(state.read)
+                continue
+            flight = state.in_flight
+            while flight and wall - flight[0][0] >= self.settle_ms:
+                state.done = max(state.done, flight.popleft()[1])
+            live.append(state.done)
+        newest = min(live) if live else max(idle, default=0)
         if newest > self._now:
             self._now = newest
             self._measure(wall)

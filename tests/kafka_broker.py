@@ -168,8 +168,12 @@ class KafkaBroker:
 
 
 def _cluster_id() -> str:
-    """A random Kafka cluster id: 16 bytes in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random Kafka cluster id: 16 bytes in URL-safe base64 without padding, not starting
+    with "-" (the storage tool would read it as an option)."""
+    while True:
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster.startswith("-"):
+            return cluster
 
 
 def send(producer: Producer, topic: str, key: bytes, value: bytes) -> None:

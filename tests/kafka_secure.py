@@ -22,14 +22,12 @@ the end; as for the ``kafka`` fixture, a broker that cannot start fails the test
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.kafka_broker import MAIN_CLASS, STORAGE_TOOL, KafkaBroker, ensure_jars
+from tests.kafka_broker import MAIN_CLASS, STORAGE_TOOL, KafkaBroker, _cluster_id, ensure_jars
 
 MECHANISM = "SCRAM-SHA-512"
 CLIENT_USER = "profilestream"
@@ -255,7 +253,7 @@ class SecureKafkaBroker(KafkaBroker):
         self._certificates = make_certificates(self.workdir / "tls")
         config = self.workdir / "server.properties"
         config.write_text("\n".join(self.server_properties()) + "\n")
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         scram = [
             f"{MECHANISM}=[name={CLIENT_USER},password={self.password}]",
             f"{MECHANISM}=[name={BROKER_USER},password={self._broker_password}]",

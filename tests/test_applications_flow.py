@@ -38,7 +38,7 @@ def run(source: Any, config: Config = CONFIG) -> dict[str, list[Any]]:
         sinks={name: TestingSink(items) for name, items in outputs.items()},
         # Timers wait 50-500 ms of wall time, and the clock starts at once (one input
         # partition: no other to wait for), so a test sees them fire.
-        event_clock=EventClock(min_wait_ms=50, max_wait_ms=500, idle_ms=0),
+        event_clock=EventClock(min_wait_ms=50, max_wait_ms=500, idle_ms=0, settle_ms=0),
     )
     run_main(flow)
     return {name: [json.loads(v) for _, v in items] for name, items in outputs.items()}

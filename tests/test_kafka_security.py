@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -160,6 +161,35 @@ def test_the_flow_runs_on_a_sasl_ssl_broker_with_only_a_properties_file(
         user: {"view": count} for user, count in EVENTS_PER_USER.items()
     }
     assert stored(secure_kafka, topics.dlq_topic) == 0
+
+
+def test_serve_reads_a_sasl_ssl_deltas_topic_with_the_same_properties_file(
+    secure_kafka: SecureKafkaBroker, tmp_path: Path
+) -> None:
+    from tests.test_serve import ServeProcess, caught_up_with, fetch
+
+    properties = write_properties(tmp_path / "kafka.properties", secure_kafka.security_properties())
+    topics = Topics.create(secure_kafka)
+    produce_events(secure_kafka, topics.events_topic)
+    config = flow_config(flow_values(secure_kafka, topics, properties))
+    run_main(build_flow(config, encoder=HashEncoder(), sentiment=WordListSentiment()))
+    store = f"sqlite:///{tmp_path / 'profiles.db'}"
+    serve = ServeProcess(
+        store,
+        secure_kafka,
+        topics.deltas_topic,
+        topics.segments_topic,
+        tmp_path / "serve.log",
+        "--kafka-config-file",
+        str(properties),
+    )
+    try:
+        serve.wait_until(caught_up_with(len(EVENTS_PER_USER)), timeout_s=60)
+        for user, count in EVENTS_PER_USER.items():
+            status, body = fetch(f"{serve.url}/users/{user}")
+            assert status == 200 and body["version"] == count, body
+    finally:
+        serve.stop(signal.SIGTERM)
 
 
 #: Runs the flow of a JSON object of :class:`Config` fields (argv[1]) until it ends.

@@ -322,13 +322,15 @@ def kafka_messages(deltas: list[ProfileDelta]) -> list[tuple[bytes, bytes | None
 class ServeProcess:
     """``python -m dataflow.serve`` on a free port, logging to a file."""
 
-    def __init__(self, store: str, kafka: KafkaBroker, deltas: str, segments: str, log: Path):
+    def __init__(
+        self, store: str, kafka: KafkaBroker, deltas: str, segments: str, log: Path, *extra: str
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable, "-m", "dataflow.serve", "--serve-store", store, "--brokers",
             kafka.bootstrap, "--deltas-topic", deltas, "--segments-topic", segments,
-            "--serve-http-port", str(self.port), "--serve-batch-wait-ms", "10",
+            "--serve-http-port", str(self.port), "--serve-batch-wait-ms", "10", *extra,
         ]  # fmt: skip
         self.log = log
         with log.open("ab") as out:
