@@ -21,6 +21,8 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.server_process import ServerProcess
+
 HERE = Path(__file__).parent / "kafka"
 KAFKA_VERSION = "4.1.1"
 MAIN_CLASS = "kafka.Kafka"
@@ -66,7 +68,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class KafkaBroker:
+class KafkaBroker(ServerProcess):
     """Start and stop one KRaft broker+controller on loopback."""
 
     def __init__(self, workdir: Path) -> None:
@@ -75,7 +77,7 @@ class KafkaBroker:
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = workdir / "broker.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         java = shutil.which("java")
@@ -140,22 +142,6 @@ class KafkaBroker:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"Kafka broker did not answer within {timeout_s}s: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
 
     def create_topic(
         self, name: str, partitions: int = 3, config: dict[str, str] | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_broker import free_port
+from tests.server_process import ServerProcess
 
 PACKAGE = "redis-server"
 
@@ -52,15 +53,17 @@ def ensure_redis_server() -> str:
     return found
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One ``redis-server`` on loopback, in its own folder, with persistence off."""
+
+    stop_timeout_s = 10.0
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log_path = workdir / "redis.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     def start(self, timeout_s: float = 20.0) -> None:
         binary = ensure_redis_server()
@@ -87,22 +90,6 @@ class RedisServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer within {timeout_s}s: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
 
 
 _shared: RedisServer | None = None
