@@ -86,3 +86,6 @@ def test_the_kubernetes_configmap_sets_only_real_settings_with_valid_values() ->
     assert set(env) <= names, set(env) - names
     assert {"PROFILESTREAM_SEGMENTS_TOPIC", "PROFILESTREAM_ALERTS_TOPIC"} <= set(env)
     load_config(env=env)  # every value parses and is in range
+    serve = (configmap.parent / "serve.yaml").read_text()
+    serve_env = set(re.findall(r"name: (PROFILESTREAM_\w+)", serve))
+    assert serve_env and serve_env <= names, serve_env - names
