@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -130,18 +131,24 @@ class KafkaBroker(ServerProcess):
             self._process = subprocess.Popen(
                 self._java(libs, MAIN_CLASS, str(config)), stdout=log, stderr=subprocess.STDOUT
             )
+        self._await({"bootstrap.servers": self.bootstrap, "log_level": 0}, timeout_s)
+
+    def _await(self, client: dict[str, Any], timeout_s: float, name: str = "Kafka broker") -> None:
+        """Wait until the started broker lists its topics to a client of this configuration."""
+        assert self._process is not None
         deadline = time.monotonic() + timeout_s
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient(client)
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"Kafka broker exited: {self.log_tail()}")
+                raise RuntimeError(f"{name} exited: {self.log_tail()}")
             try:
                 admin.list_topics(timeout=2)
                 return
             except Exception:
                 time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"Kafka broker did not answer within {timeout_s}s: {self.log_tail()}")
+        raise RuntimeError(f"{name} did not answer within {timeout_s}s: {tail}")
 
     def create_topic(
         self, name: str, partitions: int = 3, config: dict[str, str] | None = None

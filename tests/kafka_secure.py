@@ -27,7 +27,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,19 +271,7 @@ class SecureKafkaBroker(KafkaBroker):
             self._process = subprocess.Popen(
                 self._java(libs, MAIN_CLASS, str(config)), stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout_s
-        admin = AdminClient(self.client_config({"log_level": "0"}))
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"SASL_SSL Kafka broker exited: {self.log_tail()}")
-            try:
-                admin.list_topics(timeout=2)
-                return
-            except Exception:
-                time.sleep(0.5)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"SASL_SSL Kafka broker did not answer within {timeout_s}s: {tail}")
+        self._await(self.client_config({"log_level": "0"}), timeout_s, "SASL_SSL Kafka broker")
 
     def create_topic(
         self, name: str, partitions: int = 3, config: dict[str, str] | None = None

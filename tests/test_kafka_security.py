@@ -132,19 +132,25 @@ def consume(bootstrap: str, properties: Mapping[str, str], topic: str, count: in
     return messages
 
 
+def run_secure_flow(broker: SecureKafkaBroker, tmp_path: Path) -> tuple[Config, Topics, Path]:
+    """Produce the events to fresh topics and run the flow over them with only a properties
+    file for security; returns its config, the topics and the file."""
+    properties = write_properties(tmp_path / "kafka.properties", broker.security_properties())
+    topics = Topics.create(broker)
+    produce_events(broker, topics.events_topic)
+    config = flow_config(flow_values(broker, topics, properties))
+    run_main(build_flow(config, encoder=HashEncoder(), sentiment=WordListSentiment()))
+    return config, topics, properties
+
+
 def test_the_flow_runs_on_a_sasl_ssl_broker_with_only_a_properties_file(
     secure_kafka: SecureKafkaBroker, tmp_path: Path
 ) -> None:
-    properties = write_properties(tmp_path / "kafka.properties", secure_kafka.security_properties())
-    topics = Topics.create(secure_kafka)
-    produce_events(secure_kafka, topics.events_topic)
-    config = flow_config(flow_values(secure_kafka, topics, properties))
+    config, topics, _ = run_secure_flow(secure_kafka, tmp_path)
     assert set(config.kafka_properties()) == {
         "security.protocol", "sasl.mechanisms", "sasl.username", "sasl.password",
         "ssl.ca.location",
     }  # fmt: skip
-
-    run_main(build_flow(config, encoder=HashEncoder(), sentiment=WordListSentiment()))
 
     # Read back as `serve` does: a consumer group given the same file's properties.
     messages = consume(
@@ -168,11 +174,7 @@ def test_serve_reads_a_sasl_ssl_deltas_topic_with_the_same_properties_file(
 ) -> None:
     from tests.test_serve import ServeProcess, caught_up_with, fetch
 
-    properties = write_properties(tmp_path / "kafka.properties", secure_kafka.security_properties())
-    topics = Topics.create(secure_kafka)
-    produce_events(secure_kafka, topics.events_topic)
-    config = flow_config(flow_values(secure_kafka, topics, properties))
-    run_main(build_flow(config, encoder=HashEncoder(), sentiment=WordListSentiment()))
+    _, topics, properties = run_secure_flow(secure_kafka, tmp_path)
     store = f"sqlite:///{tmp_path / 'profiles.db'}"
     serve = ServeProcess(
         store,
