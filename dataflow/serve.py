@@ -85,6 +85,7 @@ from operators.profile_store import (
     ProfileStore,
     Record,
     StoredProfile,
+    decode_profile,
     open_store,
 )
 from operators.recommend import ItemIndex, recommend
@@ -760,7 +761,7 @@ def build_app(
 
     async def user(request: Request) -> Response:
         uid = request.path_params["user_id"]
-        doc = store.get_json(uid, interest=_flag(request.query_params.get("interest")))
+        doc = await store.fetch_json(uid, interest=_flag(request.query_params.get("interest")))
         if doc is None:
             return _problem(404, f"no profile for user {uid!r}")
         return Response(doc, media_type="application/json")
@@ -776,7 +777,8 @@ def build_app(
         served = models.served if models is not None else None
         if served is None:
             return _problem(503, "no item model is loaded (give --item-model-dir)")
-        profile = store.get(uid)
+        doc = await store.fetch_json(uid, interest=True)
+        profile = None if doc is None else decode_profile(doc)
         result = await run_in_threadpool(recommend_for, served, uid, profile, k)
         return _response(result)
 
@@ -814,6 +816,7 @@ def build_app(
             feeder.stop()
         if models is not None:
             models.stop()
+        await store.aclose()
 
     app = Starlette(
         routes=[

@@ -235,6 +235,14 @@ class ProfileStore(Protocol):
         """The profile as the JSON the API serves (``interest`` included when asked)."""
         ...
 
+    async def fetch_json(self, user_id: str, interest: bool = False) -> bytes | None:
+        """:meth:`get_json` for an event loop: other requests go on while it waits."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what :meth:`fetch_json` opened (on the event loop that used it)."""
+        ...
+
     def apply(self, batch: Batch) -> BatchResult:
         """Apply-if-newer every record, and record the offsets, in one transaction."""
         ...
@@ -257,7 +265,7 @@ class ProfileStore(Protocol):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode_profile = msgspec.json.Decoder(StoredProfile).decode
+decode_profile = msgspec.json.Decoder(StoredProfile).decode
 _decode_names = msgspec.json.Decoder(list[str]).decode
 
 
@@ -339,7 +347,7 @@ class SqliteStore:
 
     def get(self, user_id: str) -> StoredProfile | None:
         data = self.get_json(user_id, interest=True)
-        return None if data is None else _decode_profile(data)
+        return None if data is None else decode_profile(data)
 
     def get_json(self, user_id: str, interest: bool = False) -> bytes | None:
         if not interest:
@@ -356,6 +364,14 @@ class SqliteStore:
         )
         return None if row is None else _with_interest(bytes(row[0]), row[1])
 
+    async def fetch_json(self, user_id: str, interest: bool = False) -> bytes | None:
+        # A primary-key read of a local file takes tens of microseconds: less than handing
+        # it to a thread would cost, so it runs on the loop.
+        return self.get_json(user_id, interest)
+
+    async def aclose(self) -> None:
+        return None
+
     def _load(self, conn: sqlite3.Connection, users: Iterable[str]) -> dict[str, UserState]:
         loaded: dict[str, UserState] = {}
         for uid in users:
@@ -364,7 +380,7 @@ class SqliteStore:
             ).fetchone()
             gone = conn.execute("SELECT incarnation FROM deleted WHERE user_id=?", (uid,))
             deleted = frozenset(r[0] for r in gone)
-            profile = None if row is None else _decode_profile(_with_interest(row[0], row[1]))
+            profile = None if row is None else decode_profile(_with_interest(row[0], row[1]))
             if profile is not None or deleted:
                 loaded[uid] = UserState(profile, deleted)
         return loaded
@@ -486,6 +502,7 @@ class RedisStore:
         self._clock = clock
         # redis-py's annotations mix its sync and async returns: typed as Any here.
         self._redis: Any = redis.Redis.from_url(url)
+        self._aredis: Any = None  # redis.asyncio, made on the serving event loop
         self._watch_error = redis.WatchError
         self._redis.set(prefix + "id", uuid.uuid4().hex, nx=True)
 
@@ -497,13 +514,35 @@ class RedisStore:
 
     def get(self, user_id: str) -> StoredProfile | None:
         data = self.get_json(user_id, interest=True)
-        return None if data is None else _decode_profile(data)
+        return None if data is None else decode_profile(data)
 
     def get_json(self, user_id: str, interest: bool = False) -> bytes | None:
         if not interest:
             return self._redis.get(self._key("p", user_id))
         doc, vector = self._redis.mget([self._key("p", user_id), self._key("i", user_id)])
         return None if doc is None else _with_interest(doc, vector)
+
+    async def fetch_json(self, user_id: str, interest: bool = False) -> bytes | None:
+        # A round trip to Redis blocks for a few hundred microseconds; on the event loop's
+        # own connection pool, requests wait for Redis side by side instead of in a queue
+        # (p99 at 1,000 requests/s: 16.6 ms with the blocking client; see the README).
+        client = self._async_client()
+        if not interest:
+            return await client.get(self._key("p", user_id))
+        doc, vector = await client.mget([self._key("p", user_id), self._key("i", user_id)])
+        return None if doc is None else _with_interest(doc, vector)
+
+    def _async_client(self) -> Any:
+        if self._aredis is None:
+            import redis.asyncio
+
+            self._aredis = redis.asyncio.Redis.from_url(self.url)
+        return self._aredis
+
+    async def aclose(self) -> None:
+        if self._aredis is not None:
+            await self._aredis.aclose()
+            self._aredis = None
 
     def apply(self, batch: Batch) -> BatchResult:
         users = sorted({r.user_id for r in batch.records if not isinstance(r, SegmentTransition)})
@@ -527,7 +566,7 @@ class RedisStore:
         loaded: dict[str, UserState] = {}
         for n, uid in enumerate(users):
             doc, vector, gone = values[3 * n : 3 * n + 3]
-            profile = None if doc is None else _decode_profile(_with_interest(doc, vector))
+            profile = None if doc is None else decode_profile(_with_interest(doc, vector))
             deleted = frozenset(_decode_names(gone)) if gone is not None else frozenset()
             if profile is not None or deleted:
                 loaded[uid] = UserState(profile, deleted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Iterator
@@ -151,6 +152,21 @@ def test_the_served_json_leaves_the_vector_out_unless_asked(store: ProfileStore)
     assert b"interest" not in (store.get_json("u") or b"")
     assert b'"interest":"' in (store.get_json("u", interest=True) or b"")
     assert store.get_json("nobody") is None and store.get("nobody") is None
+
+
+def test_the_event_loop_read_answers_as_the_blocking_one(store: ProfileStore) -> None:
+    apply(store, full(1), patch(2, 1, vector=0.25))
+
+    async def reads() -> list[bytes | None]:
+        try:  # four reads on one loop: the client and its connection are reused
+            return [await store.fetch_json(u, interest=i) for u in ("u", "nobody")
+                    for i in (False, True)]  # fmt: skip
+        finally:
+            await store.aclose()
+
+    expected = [store.get_json(u, interest=i) for u in ("u", "nobody") for i in (False, True)]
+    assert asyncio.run(reads()) == expected
+    assert expected[0] is not None and expected[1] is not None and expected[2] is None
 
 
 def test_re_applying_a_batch_changes_nothing(store: ProfileStore) -> None:
