@@ -50,7 +50,7 @@ from bytewax.outputs import Sink
 from dataflow import metrics
 from dataflow.config import Config, load_config
 from dataflow.model_watch import ItemModelFeed, ModelWatcher
-from dataflow.sinks import dead_letter_json, dead_letter_message
+from dataflow.sinks import KafkaOutput, dead_letter_json, dead_letter_message
 from dataflow.sources import JsonlSource, RawLine
 from operators.batching import TextBatcher
 from operators.coalesce import (
@@ -778,16 +778,8 @@ def _outputs(
                     ),
                 )
             )
-        # topic=None: each message names its own topic.
-        kop.output(
-            "kafka_out",
-            op.merge("to_kafka", *messages),
-            brokers=config.brokers.split(","),
-            topic=None,  # type: ignore[arg-type]
-            # Idempotent producer: retries can neither duplicate nor reorder a partition, so
-            # consumers see each user's versions in order.
-            add_config={"enable.idempotence": "true", **config.kafka_properties()},
-        )
+        output = KafkaOutput(config.brokers, config.kafka_properties())
+        op.output("kafka_out", op.merge("to_kafka", *messages), output)
         return
     chosen = dict(sinks)
     if not chosen:

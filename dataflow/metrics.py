@@ -175,6 +175,20 @@ DEMAND_LATE_EVENTS = Counter(
     "Events too late for their category's demand bucket (already closed)",
 )
 
+SINK_QUEUE_FULL_SECONDS = Counter(
+    "profilestream_sink_queue_full_seconds",
+    "Seconds the Kafka sink waited because the producer's queue was full (a slow broker)",
+)
+SINK_FLUSH_SECONDS = Histogram(
+    "profilestream_sink_flush_seconds",
+    "Time for the broker to acknowledge one batch of output messages",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SINK_DELIVERY_FAILURES = Counter(
+    "profilestream_sink_delivery_failures",
+    "Output messages Kafka refused for good (the flow then stops and resumes from its snapshot)",
+)
+
 
 def count_transition(segment: str, direction: str) -> None:
     SEGMENT_TRANSITIONS.labels(segment, direction).inc()

@@ -1,4 +1,4 @@
-"""How dead letters look in each sink.
+"""How outputs reach their sinks: dead letters in each format, and the Kafka producer.
 
 On Kafka a dead letter keeps the original message untouched -- same key, same value bytes --
 and carries the reason code, error text and origin in headers (``reason``, ``error``,
@@ -10,11 +10,21 @@ one object per line; the original is ``original`` when it is UTF-8 text, else
 from __future__ import annotations
 
 import base64
+import logging
+import time
 
 import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, Message, Producer
 
+from dataflow import metrics
 from operators.events import DeadLetter
+
+log = logging.getLogger(__name__)
+
+#: What the flow writes to Kafka: each message names its topic.
+OutputMessage = KafkaSinkMessage[bytes | None, bytes | None]
 
 
 def dead_letter_json(dead: DeadLetter) -> str:
@@ -38,3 +48,87 @@ def dead_letter_message(dead: DeadLetter, topic: str) -> KafkaSinkMessage[bytes 
         ("source", dead.source.encode()),
     ]
     return KafkaSinkMessage(dead.key, dead.original, topic=topic, headers=headers)
+
+
+class KafkaDeliveryError(RuntimeError):
+    """Kafka refused an output message for good: stop, so the restart re-sends it."""
+
+
+class KafkaOutput(DynamicSink[OutputMessage]):
+    """Every output topic through one idempotent producer per worker; a slow broker slows
+    the flow down instead of crashing it.
+
+    Bytewax 0.21's ``KafkaSink`` raises ``BufferError`` as soon as the producer's queue is
+    full (``queue.buffering.max.messages``/``kbytes``: a throttled or distant broker, Bytewax
+    issue 522) and ignores delivery reports. Here a full queue means waiting for the broker
+    to take messages, and a message Kafka gave up on (after ``message.timeout.ms``) stops the
+    flow, which then resumes from its last snapshot and sends it again: never a silent loss.
+    Each batch is flushed before ``write_batch`` returns, because Bytewax may snapshot the
+    epoch as soon as it does: what a snapshot covers has reached the broker.
+    """
+
+    def __init__(self, brokers: str, properties: dict[str, str]) -> None:
+        # Idempotent: retries can neither duplicate nor reorder a partition, so consumers
+        # see each user's versions in order.
+        self.config = {"bootstrap.servers": brokers, "enable.idempotence": "true", **properties}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
+        return _ProducerPartition(Producer(self.config))
+
+
+class _ProducerPartition(StatelessSinkPartition[OutputMessage]):
+    #: How long one wait on a full queue serves delivery reports (frees room) before retrying.
+    WAIT_S = 0.05
+    #: How often a flush that is still waiting logs how much is left.
+    REPORT_S = 10.0
+
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+        self._failures: list[str] = []
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            metrics.SINK_DELIVERY_FAILURES.inc()
+            self._failures.append(f"{message.topic()}: {error}")
+
+    def write_batch(self, items: list[OutputMessage]) -> None:
+        for item in items:
+            self._produce(item)
+        self.flush()
+
+    def _produce(self, item: OutputMessage) -> None:
+        if item.topic is None:
+            raise ValueError(f"an output message without a topic: {item!r}")
+        headers: list[tuple[str, str | bytes | None]] = list(item.headers)
+        while True:
+            try:
+                self._producer.produce(
+                    item.topic,
+                    item.value,
+                    item.key,
+                    headers=headers,
+                    on_delivery=self._delivered,
+                )
+                return
+            except BufferError:  # the queue is full: let the broker catch up, then retry
+                started = time.perf_counter()
+                self._producer.poll(self.WAIT_S)
+                metrics.SINK_QUEUE_FULL_SECONDS.inc(time.perf_counter() - started)
+
+    def flush(self) -> None:
+        started = time.perf_counter()
+        while (left := self._producer.flush(self.REPORT_S)) > 0:
+            log.warning(
+                "Kafka output: %d messages still waiting for the broker after %.0f s",
+                left,
+                time.perf_counter() - started,
+            )
+        metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise KafkaDeliveryError(
+                f"Kafka refused {len(failures)} output messages, e.g. {failures[0]}"
+            )
+
+    def close(self) -> None:
+        self.flush()

@@ -159,6 +159,18 @@ class KafkaBroker(ServerProcess):
         )
         futures[name].result(timeout=30)
 
+    def throttle_producer(self, client_id: str, bytes_per_s: int) -> None:
+        """A Kafka client quota: the broker delays this client's produce requests to keep
+        it under ``bytes_per_s`` (Kafka's own ``kafka-configs.sh``, run from the jars)."""
+        command = self._java(
+            ensure_jars(), "kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap,
+            "--alter", "--add-config", f"producer_byte_rate={bytes_per_s}",
+            "--entity-type", "clients", "--entity-name", client_id,
+        )  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"kafka-configs failed: {done.stdout}{done.stderr}")
+
 
 def _cluster_id() -> str:
     """A random Kafka cluster id: 16 bytes in URL-safe base64 without padding, not starting
