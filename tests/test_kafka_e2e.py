@@ -13,21 +13,18 @@ the end of the topic: each is compared with the reference for its end.)
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Message
 
 from dataflow.commands.generator import DEFAULT_END_MS, GeneratedEvent, generate_events
 from dataflow.config import Config
@@ -37,7 +34,6 @@ from operators.deltas import (
     MaterializedProfile,
     ProfileDelta,
     ProfileView,
-    delta_from_json,
     materialize,
 )
 from operators.demand import DemandReport
@@ -45,34 +41,27 @@ from operators.events import Event, RejectReason, parse_event
 from operators.privacy import pii_key, pseudonymise
 from operators.risk import Alert
 from operators.segments import SegmentTransition, memberships_from_transitions
-from operators.sentiment import load_sentiment_model
-from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
-from tests.reference import assert_profiles_match, reference_states, users_with_late_events
+from tests.kafka_broker import KafkaBroker, free_port
+from tests.kafka_flow import (
+    TopicReader,
+    Topics,
+    covered,
+    dead_letters_of,
+    deltas_of,
+    expected_events,
+    newest_ts,
+    produce,
+    reference_at,
+    start_flow,
+    wait_for_exit,
+)
+from tests.reference import assert_profiles_match, users_with_late_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS, N_USERS, SEED, MALFORMED = 10_000, 800, 11, 0.015
 DAY_MS = 86_400_000
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Topics:
-    events: str
-    deltas: str
-    dlq: str
-    segments: str
-    alerts: str
-    demand: str
-
-    @classmethod
-    def create(cls, kafka: KafkaBroker) -> Topics:
-        tag = uuid.uuid4().hex[:8]
-        names = ("events", "deltas", "dlq", "segments", "alerts", "demand")
-        topics = cls(*(f"{name}-{tag}" for name in names))
-        for name in names:
-            kafka.create_topic(getattr(topics, name), partitions=3)
-        return topics
 
 
 #: A card-testing burst after an ordinary history: the alerts topic must carry it.
@@ -107,21 +96,6 @@ def generated() -> list[GeneratedEvent]:
     return events + card_testing_burst(DEFAULT_END_MS)
 
 
-def newest_ts(generated: list[GeneratedEvent]) -> int:
-    return max(e.ts_ms for g in generated if isinstance(e := parse_event(g.line), Event))
-
-
-def reference_at(generated: list[GeneratedEvent], end_ms: int) -> dict:
-    model = shared_embedder(Config())
-    return reference_states(
-        [g.line for g in generated],
-        model,
-        profile_params(Config(), model.name),
-        load_sentiment_model(),  # the flow process runs the shipped default too
-        end_ms=end_ms,
-    )
-
-
 @pytest.fixture(scope="module")
 def reference(generated: list[GeneratedEvent]) -> dict:
     """What a tailing flow settles on: segment timers run up to the watermark, the newest
@@ -139,104 +113,6 @@ def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str,
         return pseudonymise(event, pii_key("")).raw  # the flow runs without a secret
 
     return Counter((g.expected_reason, dead(g)) for g in generated if g.expected_reason)
-
-
-def expected_events(generated: list[GeneratedEvent]) -> int:
-    return sum(g.expected_reason is None for g in generated)
-
-
-def covered(messages: list[Message]) -> int:
-    """Distinct events the deltas read so far cover (a restart re-sends some)."""
-    return len({(d.user_id, e) for d in deltas_of(messages) for e in d.event_ids})
-
-
-def produce(kafka: KafkaBroker, topic: str, generated: list[GeneratedEvent]) -> None:
-    """Keyed by user id, as producers must, so each user's events stay in order."""
-    produce_all(kafka.bootstrap, topic, ((g.user_id.encode(), g.line) for g in generated))
-
-
-def start_flow(
-    kafka: KafkaBroker, topics: Topics, log: Path, metrics_port: int, *extra: str
-) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "dataflow",
-        "run",
-        *kafka_flow_args(
-            kafka.bootstrap, topics.events, topics.deltas, topics.dlq, 2, metrics_port
-        ),
-        *("--segments-topic", topics.segments, "--alerts-topic", topics.alerts),
-        *("--demand-topic", topics.demand),
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-class TopicReader:
-    """Reads a topic from the beginning, accumulating every message seen so far."""
-
-    def __init__(self, kafka: KafkaBroker, topic: str) -> None:
-        self.messages: list[Message] = []
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": kafka.bootstrap,
-                "group.id": f"test-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "log_level": 0,
-            }
-        )
-        self._consumer.subscribe([topic])
-
-    def read_until(
-        self,
-        done: Callable[[list[Message]], bool],
-        timeout_s: float,
-        flow: subprocess.Popen[bytes] | None = None,
-    ) -> list[Message]:
-        """Poll until ``done``, the timeout, or (if given) the flow process exiting."""
-        deadline = time.monotonic() + timeout_s
-        while not done(self.messages) and time.monotonic() < deadline:
-            if flow is not None and flow.poll() is not None:
-                break
-            batch = self._consumer.consume(1000, timeout=0.5)
-            self.messages += [m for m in batch if m.error() is None]
-        return self.messages
-
-    def read_until_quiet(self, quiet_s: float, timeout_s: float) -> list[Message]:
-        """Poll until nothing new has arrived for ``quiet_s`` (or the timeout)."""
-        deadline = time.monotonic() + timeout_s
-        last = time.monotonic()
-        while time.monotonic() - last < quiet_s and time.monotonic() < deadline:
-            batch = [m for m in self._consumer.consume(1000, timeout=0.5) if m.error() is None]
-            if batch:
-                self.messages += batch
-                last = time.monotonic()
-        return self.messages
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-def deltas_of(messages: list[Message]) -> list[ProfileDelta]:
-    """The deltas; Kafka tombstones (no value, after each JSON tombstone) are skipped."""
-    return [delta_from_json(m.value()) for m in messages if m.value() is not None]
-
-
-def dead_letters_of(messages: list[Message]) -> Counter[tuple[str, bytes]]:
-    return Counter((dict(m.headers() or [])["reason"].decode(), m.value()) for m in messages)
-
-
-def wait_for_exit(process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"flow did not finish in {timeout_s}s:\n{log.read_text()[-3000:]}")
-    assert process.returncode == 0, log.read_text()[-3000:]
 
 
 @dataclass
