@@ -94,7 +94,8 @@ class KafkaBroker(ServerProcess):
             *args,
         ]
 
-    def start(self, timeout_s: float = 90.0) -> None:
+    def start(self, timeout_s: float = 90.0, *, fresh: bool = True) -> None:
+        """Start the broker; ``fresh=False`` restarts a stopped one on its existing data."""
         libs = ensure_jars()
         data = self.workdir / "data"
         config = self.workdir / "server.properties"
@@ -122,12 +123,13 @@ class KafkaBroker(ServerProcess):
             )
             + "\n"
         )
-        subprocess.run(
-            self._java(libs, STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(config)),
-            check=True,
-            capture_output=True,
-        )
-        with self.log_path.open("wb") as log:
+        if fresh:
+            subprocess.run(
+                self._java(libs, STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(config)),
+                check=True,
+                capture_output=True,
+            )
+        with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._java(libs, MAIN_CLASS, str(config)), stdout=log, stderr=subprocess.STDOUT
             )

@@ -21,6 +21,7 @@ from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
 from operators.deltas import ProfileDelta, delta_from_json
 from operators.events import Event, parse_event
+from operators.privacy import pii_key, pseudonymise
 from operators.sentiment import load_sentiment_model
 from tests.kafka_broker import KafkaBroker, kafka_flow_args, produce_all
 from tests.reference import reference_states
@@ -158,3 +159,15 @@ def wait_for_exit(process: subprocess.Popen[bytes], log: Path, timeout_s: float)
 
 def expected_events(generated: list[GeneratedEvent]) -> int:
     return sum(g.expected_reason is None for g in generated)
+
+
+def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str, bytes]]:
+    """Rejected lines verbatim; a duplicate (a valid event) with its IP and device hidden."""
+
+    def dead(g: GeneratedEvent) -> bytes:
+        event = parse_event(g.line)
+        if g.expected_reason != "duplicate_event" or not isinstance(event, Event):
+            return g.line
+        return pseudonymise(event, pii_key("")).raw  # the flow runs without a secret
+
+    return Counter((g.expected_reason, dead(g)) for g in generated if g.expected_reason)

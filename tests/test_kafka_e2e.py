@@ -1,13 +1,11 @@
 """End to end on real Kafka: the flow as a separate process with 2 workers and the real model.
 
-Both runs coalesce deltas at the default emit interval. One uninterrupted run checks profiles
-against the pure-function reference, every event against exactly one delta, the dead letters
-against what the generator made malformed, and the Prometheus counters against what was
-sent; the segments, alerts and demand topics are checked against the profiles and the
-events. A second run is SIGKILLed mid-stream and restarted on its recovery directory; its
-materialised profiles must equal the reference, though the restart re-sends deltas with
-other boundaries. (The tailing run's segment timers stop at the watermark, the restart's at
-the end of the topic: each is compared with the reference for its end.)
+The run coalesces deltas at the default emit interval. It checks profiles against the
+pure-function reference, every event against exactly one delta, the dead letters against
+what the generator made malformed, and the Prometheus counters against what was sent; the
+segments, alerts and demand topics are checked against the profiles and the events. Kills
+and restarts are tests/test_faults.py's (random SIGKILLs and a broker outage under a live
+producer) and tests/test_cluster.py's (a cluster that loses a process).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -30,15 +27,12 @@ from dataflow.commands.generator import DEFAULT_END_MS, GeneratedEvent, generate
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
 from operators.deltas import (
-    Applied,
     MaterializedProfile,
     ProfileDelta,
-    ProfileView,
     materialize,
 )
 from operators.demand import DemandReport
 from operators.events import Event, RejectReason, parse_event
-from operators.privacy import pii_key, pseudonymise
 from operators.risk import Alert
 from operators.segments import SegmentTransition, memberships_from_transitions
 from tests.kafka_broker import KafkaBroker, free_port
@@ -48,12 +42,12 @@ from tests.kafka_flow import (
     covered,
     dead_letters_of,
     deltas_of,
+    expected_dead_letters,
     expected_events,
     newest_ts,
     produce,
     reference_at,
     start_flow,
-    wait_for_exit,
 )
 from tests.reference import assert_profiles_match, users_with_late_events
 
@@ -101,18 +95,6 @@ def reference(generated: list[GeneratedEvent]) -> dict:
     """What a tailing flow settles on: segment timers run up to the watermark, the newest
     event time less the allowed lateness."""
     return reference_at(generated, newest_ts(generated) - Config().allowed_lateness_ms)
-
-
-def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str, bytes]]:
-    """Rejected lines verbatim; a duplicate (a valid event) with its IP and device hidden."""
-
-    def dead(g: GeneratedEvent) -> bytes:
-        event = parse_event(g.line)
-        if g.expected_reason != "duplicate_event" or not isinstance(event, Event):
-            return g.line
-        return pseudonymise(event, pii_key("")).raw  # the flow runs without a secret
-
-    return Counter((g.expected_reason, dead(g)) for g in generated if g.expected_reason)
 
 
 @dataclass
@@ -278,59 +260,3 @@ def test_segments_alerts_and_demand_reach_their_topics(
         <= by_category[c][-1].bucket_start_ms // 3_600_000
     )  # fmt: skip
     assert reported >= 0.95 * closed  # late events aside, every unit is in its hour
-
-
-def test_sigkill_and_restart_gives_the_uninterrupted_profiles(
-    kafka: KafkaBroker,
-    generated: list[GeneratedEvent],
-    tmp_path: Path,
-) -> None:
-    """Kill -9 while a burst is being processed; the restart resumes from the last snapshot.
-
-    Bytewax snapshots an epoch once everything read in it is processed, so the flow first
-    catches up with part of the stream (its state is then snapshotted every 0.5 s), then a
-    burst arrives and the kill lands in the middle of it.
-    """
-    topics = Topics.create(kafka)
-    recovery = ("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval-s", "0.5")
-    head, burst = generated[:4000], generated[4000:]
-    want_head, want = expected_events(head), expected_events(generated)
-    produce(kafka, topics.events, head)
-    deltas = TopicReader(kafka, topics.deltas)
-    process = start_flow(kafka, topics, tmp_path / "first.log", free_port(), *recovery)
-    deltas.read_until(lambda ms: covered(ms) >= want_head, 300, process)
-    time.sleep(2)  # a few idle epochs: the caught-up state is snapshotted
-    produce(kafka, topics.events, burst)
-    deltas.read_until(lambda ms: covered(ms) >= want_head + (want - want_head) // 4, 300, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    covered_at_kill = covered(deltas.messages)
-    assert want_head < covered_at_kill < want, "the kill must land mid-stream"
-
-    written_before_restart = len(deltas.read_until(lambda ms: False, timeout_s=3))
-
-    args = (*recovery, "--no-kafka-tail")
-    restarted = start_flow(kafka, topics, tmp_path / "second.log", free_port(), *args)
-    wait_for_exit(restarted, tmp_path / "second.log", timeout_s=480)
-    all_deltas = deltas_of(deltas.read_until(lambda ms: False, timeout_s=5))
-    deltas.close()
-    # Starting over would redo every event; resuming after the snapshotted head redoes less.
-    redone = sum(len(d.event_ids) for d in all_deltas[written_before_restart:])
-    assert redone <= want - want_head, (redone, written_before_restart, want_head, want)
-    # The restart coalesced the re-sent events differently: a consumer that saw the first
-    # run's deltas never meets a gap and ends on the uninterrupted profiles.
-    view = ProfileView()
-    assert Applied.GAP not in {view.apply(d) for d in all_deltas}
-    # The restart ran to the end of the topic, so its segment timers caught up with the newest
-    # event time (the tailing run's stop at the watermark).
-    params = profile_params(Config(), shared_embedder(Config()).name)
-    ended = reference_at(generated, newest_ts(generated))
-    # The event clock is not in Bytewax's per-key snapshots: the restarted process rebuilds
-    # it from what it reads after the snapshot, so what the clock alone changes (segments,
-    # RFM, the versions they make) may differ; every other field must be exactly equal.
-    assert_profiles_match(view.profiles, ended, params, atol=1e-4, late_users=set(ended))
-    assert covered(deltas.messages) == want  # every event, none lost
-    dlq = TopicReader(kafka, topics.dlq)
-    dead = dead_letters_of(dlq.read_until(lambda ms: False, timeout_s=5))
-    dlq.close()
-    assert set(dead) == set(expected_dead_letters(generated))  # at least once each
