@@ -86,6 +86,7 @@ def test_the_kubernetes_configmap_sets_only_real_settings_with_valid_values() ->
     assert set(env) <= names, set(env) - names
     assert {"PROFILESTREAM_SEGMENTS_TOPIC", "PROFILESTREAM_ALERTS_TOPIC"} <= set(env)
     load_config(env=env)  # every value parses and is in range
-    serve = (configmap.parent / "serve.yaml").read_text()
-    serve_env = set(re.findall(r"name: (PROFILESTREAM_\w+)", serve))
-    assert serve_env and serve_env <= names, serve_env - names
+    for manifest in ("serve.yaml", "statefulset.yaml"):
+        text = (configmap.parent / manifest).read_text()
+        env_names = set(re.findall(r"name: (PROFILESTREAM_\w+)", text))
+        assert env_names and env_names <= names, (manifest, env_names - names)
