@@ -124,6 +124,15 @@ class Config:
         ),
     )
     full_every: int = field(default=100, metadata=_opt("every N-th delta of a user is full"))
+    settle_full_after_s: float = field(
+        default=0.0,
+        metadata=_opt(
+            "a user whose newest delta is a patch gets a full delta of the same version after "
+            "this many seconds without another (0: never), so a consumer starting from a "
+            "compacted deltas topic finds quiet users complete; keep it below the topic's "
+            "min.compaction.lag.ms"
+        ),
+    )
     windows: str = field(
         default=DEFAULT_WINDOWS,
         metadata=_opt("per-user window spans and their steps, e.g. 1h:5m,24h:1h (empty: none)"),
@@ -238,6 +247,7 @@ class Config:
             "metrics_port": 0,
             "demand_bucket_ms": 60_000,
             "expire_after_days": 0.0,
+            "settle_full_after_s": 0.0,
             "serve_batch_size": 1,
             "serve_batch_wait_ms": 0,
             "serve_http_port": 0,

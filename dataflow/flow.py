@@ -64,6 +64,7 @@ from operators.coalesce import (
     note,
     note_clock,
     published,
+    settled,
 )
 from operators.deltas import ProfileDelta, delta_to_json
 from operators.demand import (
@@ -178,6 +179,7 @@ class _Context:
     dim: int
     expire_after_ms: int
     erased_memory_ms: int
+    settle_full_ms: int
     applications: Callable[[], Applications]
     event_clock: EventClock
 
@@ -199,10 +201,10 @@ Output = ProfileDelta | DeadLetter | SegmentTransition | Alert
 #: state now and the pending changes (when changes are pending, all MessagePack bytes), the
 #: events waiting for a text vector, the event time the segments must be checked again at
 #: (0: never), the user's segments (so the segment-size gauges resume too), the event time
-#: the user expires at (0: never) and, once erased, the newest event time of theirs that
-#: re-sends must not pass (0: none).
+#: the user expires at (0: never), once erased, the newest event time of theirs that
+#: re-sends must not pass (0: none), and the wall time a settling full delta is due (0: none).
 UserSnapshot = tuple[
-    bytes | None, bytes | None, bytes | None, list[Event], int, tuple[str, ...], int, int
+    bytes | None, bytes | None, bytes | None, list[Event], int, tuple[str, ...], int, int, int
 ]
 
 
@@ -219,14 +221,18 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         "members",
         "pending",
         "registered",
+        "settle_at",
         "state",
         "waiting",
     )
 
     def __init__(self, context: _Context, resume: UserSnapshot | None) -> None:
-        # Snapshots of releases before segments have four parts: resume those too.
-        emitted, current, pending, waiting, due, members, expires, erased = _resume_parts(resume)
+        # Snapshots of older releases have fewer parts: resume those too.
+        (emitted, current, pending, waiting, due, members, expires, erased, settle_at) = (
+            _resume_parts(resume)
+        )
         self.context = context
+        self.settle_at = settle_at  # wall time a settling full delta is due (0: none)
         self.due = due  # event time of the next segment check (0: none)
         self.members = members
         self.expires = expires  # event time the user expires at (0: never)
@@ -264,6 +270,8 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             self.erased = 0  # re-sends this old are past the input's retention
         if self.pending is not None and now >= self.pending.due_ms:
             out.append(self._emit(now))
+        elif self.settle_at and self.pending is None and now >= self.settle_at:
+            out.append(self._settle(now))
         return out, self._finished()
 
     def on_eof(self) -> tuple[list[Output], bool]:
@@ -286,6 +294,8 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             due = self.context.batcher.due_ms() or self.context.clock()
         if self.pending is not None:
             due = self.pending.due_ms if due is None else min(due, self.pending.due_ms)
+        elif self.settle_at:
+            due = self.settle_at if due is None else min(due, self.settle_at)
         clock_due = min(
             (
                 t
@@ -307,7 +317,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
 
     def snapshot(self) -> UserSnapshot:
         waiting = list(self.waiting or ())
-        clock = (self.due, self.members, self.expires, self.erased)
+        clock = (self.due, self.members, self.expires, self.erased, self.settle_at)
         if self.pending is None or self.state is None:
             return self.emitted, None, None, waiting, *clock
         current, pending = encode_state(self.state), encode_pending(self.pending)
@@ -476,7 +486,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             metrics.SEGMENT_MEMBERS.labels(segment).dec()
         out.append(tombstone)
         self.emitted = self.state = self.pending = self.before = None
-        self.due, self.members, self.expires = 0, (), 0
+        self.due, self.members, self.expires, self.settle_at = 0, (), 0, 0
         return out
 
     def _count(self, transitions: list[SegmentTransition]) -> None:
@@ -500,7 +510,15 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         delta = emit(self.state, before, self.pending, params, now)
         self.emitted = encode_state(self.state)
         self.state = self.pending = self.before = None
+        settle = delta.kind == "patch" and self.context.settle_full_ms > 0
+        self.settle_at = now + self.context.settle_full_ms if settle else 0
         return delta
+
+    def _settle(self, now: int) -> ProfileDelta:
+        """The quiet user's last published profile as a full delta (see ``settled``)."""
+        assert self.emitted is not None
+        self.settle_at = 0
+        return settled(decode_state(self.emitted), self.context.params, now)
 
 
 class _CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
@@ -581,8 +599,8 @@ def _demand(config: Config, events: Stream[Event], clock: EventClock) -> Stream[
 
 
 def _resume_parts(resume: tuple[Any, ...] | None) -> UserSnapshot:
-    """A user's snapshot, also one of a release before segments (four parts)."""
-    fresh: UserSnapshot = (None, None, None, [], 0, (), 0, 0)
+    """A user's snapshot, also one of an older release (fewer parts: the new ones start empty)."""
+    fresh: UserSnapshot = (None, None, None, [], 0, (), 0, 0, 0)
     if resume is None:
         return fresh
     return cast(UserSnapshot, (*resume, *fresh[len(resume) :]))
@@ -856,6 +874,7 @@ def build_flow(
         dim=model.dim,
         expire_after_ms=round(config.expire_after_days * DAY_MS),
         erased_memory_ms=round(config.erased_memory_days * DAY_MS),
+        settle_full_ms=round(config.settle_full_after_s * 1000),
         applications=applications(config, segment_book(config)),
         event_clock=event_clock or EventClock(),
     )

@@ -148,6 +148,37 @@ def emit(
     )
 
 
+def settled(state: UserState, params: ProfileParams, now_ms: int) -> ProfileDelta:
+    """The full delta of the profile as last published, at the same version.
+
+    A user whose newest delta is a patch gets one once quiet for a while: on a compacted
+    deltas topic, whose newest record per user survives, a consumer starting from the
+    beginning then finds every quiet user complete instead of a patch whose full delta was
+    compacted away. Consumers that saw the patch drop it as ``stale`` (same version).
+
+    >>> from operators.events import Event
+    >>> from operators.profile import ProfileParams, apply_event
+    >>> event = Event("e1", "u1", 1_700_000_000_000, "view", item_id="i1")
+    >>> state, _ = apply_event(None, event, None, ProfileParams(), dim=2)
+    >>> delta = settled(state, ProfileParams(), now_ms=5)
+    >>> delta.kind, delta.version, delta.event_ids, delta.changed["counts"]
+    ('full', 1, [], {'view': 1})
+    """
+    profile = state.profile
+    return ProfileDelta(
+        user_id=profile.user_id,
+        version=profile.version,
+        kind="full",
+        incarnation=profile.incarnation,
+        event_time_ms=profile.last_seen_ms,
+        event_ids=[],
+        model_version=profile.model_version,
+        changed=public_fields(profile, params),
+        interest=encode_vector(profile.interest),
+        processed_ms=now_ms,
+    )
+
+
 def erase(
     state: UserState | None,
     pending: PendingChanges | None,

@@ -191,3 +191,27 @@ def test_an_inactive_user_expires_with_a_tombstone_and_leaves_their_segments() -
     assert "high_value" in left
     profiles = materialize(json.dumps(d).encode() for d in out["deltas"])
     assert "sleepy" not in profiles and "busy" in profiles
+
+
+def test_a_quiet_user_whose_last_delta_was_a_patch_settles_on_a_full_one() -> None:
+    batches = [
+        [(event(0, "u", T0, "view", item_id="i1"), "t:0")],  # a new profile: full delta
+        [(event(1, "u", T0 + 1000, "view", item_id="i2"), "t:1")],  # then a patch
+        [(event(2, "other", T0 + 2000, "login"), "t:2")],  # after the quiet time
+    ]
+    out = run(PacedSource(batches, pause_s=1.0), CONFIG.replace(settle_full_after_s=0.3))
+    deltas = [d for d in out["deltas"] if d["user_id"] == "u"]
+    assert [(d["kind"], d["version"], d["event_ids"]) for d in deltas] == [
+        ("full", 1, ["e0"]),
+        ("patch", 2, ["e1"]),
+        ("full", 2, []),  # the same version, complete: compaction keeps it as the newest
+    ]
+    # A consumer that saw the patch skips it; one that finds only it (a compacted topic)
+    # gets the same profile.
+    everything = materialize(json.dumps(d).encode() for d in deltas)
+    newest_only = materialize([json.dumps(deltas[-1]).encode()])
+    assert newest_only["u"].fields == everything["u"].fields
+    assert newest_only["u"].version == everything["u"].version == 2
+    # Without the setting (the default) nothing more is sent.
+    plain = run(PacedSource(batches, pause_s=1.0), CONFIG)
+    assert [d["kind"] for d in plain["deltas"] if d["user_id"] == "u"] == ["full", "patch"]
