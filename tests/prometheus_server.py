@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from tests.kafka_broker import free_port
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, ensure_debian_package
 
 PACKAGE = "prometheus"
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
@@ -46,31 +46,10 @@ ALERT_FOR = "2s"
 T = TypeVar("T")
 
 
-def _binary(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-
-
 def ensure_prometheus() -> tuple[str, str]:
     """The paths of ``prometheus`` and ``promtool``, installing Debian's package if missing."""
-    found = _binary("prometheus"), _binary("promtool")
-    if found[0] and found[1]:
-        return found[0], found[1]
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise RuntimeError("prometheus is not on PATH and there is no apt-get to install it")
-    if os.geteuid() != 0:
-        raise RuntimeError("prometheus is not on PATH; install it: apt-get install prometheus")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", PACKAGE]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, check=False)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-    found = _binary("prometheus"), _binary("promtool")
-    if not (found[0] and found[1]):
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"apt-get install {PACKAGE} failed (exit {done.returncode}):\n{tail}")
-    return found[0], found[1]
+    prometheus, promtool = ensure_debian_package(PACKAGE, "prometheus", "promtool")
+    return prometheus, promtool
 
 
 def unavailable(reason: str) -> NoReturn:

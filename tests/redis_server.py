@@ -23,34 +23,14 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_broker import free_port
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, ensure_debian_package
 
 PACKAGE = "redis-server"
 
 
 def ensure_redis_server() -> str:
     """The path of ``redis-server``, installing Debian's package first if it is missing."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise RuntimeError("redis-server is not on PATH and there is no apt-get to install it")
-    if os.geteuid() != 0:
-        raise RuntimeError("redis-server is not on PATH; install it: apt-get install redis-server")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", PACKAGE]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, check=False)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-    )
-    if found is None:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise RuntimeError(f"apt-get install {PACKAGE} failed (exit {done.returncode}):\n{tail}")
-    return found
+    return ensure_debian_package(PACKAGE, "redis-server")[0]
 
 
 class RedisServer(ServerProcess):

@@ -1,9 +1,39 @@
-"""What every real server a test starts shares: its log, and a clean stop."""
+"""What every real server a test starts shares: its install, its log, and a clean stop."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
+
+
+def _binary(name: str) -> str | None:
+    return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+
+
+def ensure_debian_package(package: str, *binaries: str) -> list[str]:
+    """The paths of ``binaries``, installing Debian's ``package`` first if one is missing
+    (the test command runs as root on Debian; stale package lists are refreshed once)."""
+    found = [_binary(name) for name in binaries]
+    if all(found):
+        return [path for path in found if path]
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise RuntimeError(f"{binaries[0]} is not on PATH and there is no apt-get to install it")
+    if os.geteuid() != 0:
+        raise RuntimeError(f"{binaries[0]} is not on PATH; install it: apt-get install {package}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", package]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, check=False)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
+    found = [_binary(name) for name in binaries]
+    if not all(found):
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"apt-get install {package} failed (exit {done.returncode}):\n{tail}")
+    return [path for path in found if path]
 
 
 class ServerProcess:
