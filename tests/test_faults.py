@@ -101,16 +101,17 @@ def test_random_kills_and_a_broker_outage_lose_nothing(broker: KafkaBroker, tmp_
     try:
         for kill in range(1, KILLS + 1):
             # A random moment while events flow: after the process has sent its first delta
-            # (its model is loaded), somewhere in reading, embedding, snapshotting or sending.
+            # (its model is loaded; or after 20 s, once the producer is done and nothing
+            # is left to redo), somewhere in reading, embedding, snapshotting or sending.
             sent = len(deltas.messages)
-            deltas.read_until(lambda ms, sent=sent: len(ms) > sent, 60, process)
+            deltas.read_until(lambda ms, sent=sent: len(ms) > sent, 20, process)
             delay = rng.uniform(0.2, 6.0)
             deltas.read_until(lambda ms: False, delay, process)
             log = (tmp_path / f"run-{runs}.log").read_text()
-            assert process.poll() is None and len(deltas.messages) > sent, (seed, log[-3000:])
+            assert process.poll() is None, (seed, log[-3000:])
             process.send_signal(signal.SIGKILL)
             process.wait()
-            faults.append(f"SIGKILL {delay:.1f} s after the first delta")
+            faults.append(f"SIGKILL {delay:.1f} s after the first delta (or 20 s)")
             if kill == outage_after:
                 broker.stop()
                 down = rng.uniform(5.0, 15.0)
