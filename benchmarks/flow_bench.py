@@ -194,7 +194,8 @@ def measure_deltas(result: CaseResult, values: list[bytes], started_ms: int) -> 
     if not deltas:
         return result
     processed = np.array([d.processed_ms for d in deltas], dtype=np.int64)
-    waited = processed - np.array([d.ingest_ms for d in deltas], dtype=np.int64)
+    # Deltas the event clock alone made (a segment lapsing) cover no event: no latency.
+    waited = np.array([d.processed_ms - d.ingest_ms for d in deltas if d.ingest_ms], np.int64)
     result.span_s = float(processed.max() - processed.min()) / 1000
     result.events_per_s = result.events / result.span_s if result.span_s else None
     result.startup_s = (int(processed.min()) - started_ms) / 1000
