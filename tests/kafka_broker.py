@@ -30,6 +30,19 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
+def single_node_settings(data: Path) -> list[str]:
+    """Broker settings every single-node test broker shares, whatever its listeners."""
+    return [
+        f"log.dirs={data}",
+        "num.partitions=3",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+    ]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PROFILESTREAM_CACHE", Path.home() / ".cache" / "profilestream"))
 
@@ -110,13 +123,7 @@ class KafkaBroker(ServerProcess):
                     f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    f"log.dirs={data}",
-                    "num.partitions=3",
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=true",
+                    *single_node_settings(data),
                     # Compact soon after a segment rolls, so erasure tests need not wait 15 s.
                     "log.cleaner.backoff.ms=500",
                 ]

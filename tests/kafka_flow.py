@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,10 @@ class Topics:
         for name in names:
             kafka.create_topic(getattr(topics, name), partitions=3)
         return topics
+
+    def config_values(self) -> dict[str, str]:
+        """The flow's topic settings (``Config.events_topic`` ...) naming these topics."""
+        return {f"{name}_topic": topic for name, topic in asdict(self).items()}
 
 
 def newest_ts(generated: list[GeneratedEvent]) -> int:

@@ -22,7 +22,6 @@ the end; as for the ``kafka`` fixture, a broker that cannot start fails the test
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import socket
@@ -36,7 +35,15 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.kafka_broker import MAIN_CLASS, STORAGE_TOOL, KafkaBroker, _cluster_id, ensure_jars
+from tests.kafka_broker import (
+    MAIN_CLASS,
+    STORAGE_TOOL,
+    KafkaBroker,
+    _cluster_id,
+    ensure_jars,
+    single_node_settings,
+)
+from tests.server_process import unavailable
 
 MECHANISM = "SCRAM-SHA-512"
 CLIENT_USER = "profilestream"
@@ -238,13 +245,7 @@ class SecureKafkaBroker(KafkaBroker):
             f"ssl.truststore.location={certs.truststore}",
             f"ssl.truststore.password={certs.password}",
             "ssl.client.auth=none",
-            f"log.dirs={self.workdir / 'data'}",
-            "num.partitions=3",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
+            *single_node_settings(self.workdir / "data"),
         ]
 
     def start(self, timeout_s: float = 90.0) -> None:
@@ -290,8 +291,6 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKaf
         broker.start()
     except Exception as exc:
         broker.stop()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"SASL_SSL Kafka broker failed to start under CI: {exc}")
-        pytest.skip(f"SASL_SSL Kafka broker unavailable ({exc}); it needs a JDK and Maven")
+        unavailable("SASL_SSL Kafka broker", str(exc), "it needs a JDK and Maven")
     yield broker
     broker.stop()

@@ -15,7 +15,6 @@ elsewhere they are skipped, loudly, as the Kafka and Redis tests are.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ import yaml
 
 from tests.kafka_broker import free_port
 from tests.server_process import ServerProcess, ensure_debian_package
+from tests.server_process import unavailable as server_unavailable
 
 PACKAGE = "prometheus"
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
@@ -54,9 +54,7 @@ def ensure_prometheus() -> tuple[str, str]:
 
 def unavailable(reason: str) -> NoReturn:
     """Fail under CI, skip loudly elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Prometheus is unavailable under CI: {reason}")
-    pytest.skip(f"Prometheus unavailable ({reason}); these tests need Debian's prometheus package")
+    server_unavailable("Prometheus", reason, "these tests need Debian's prometheus package")
 
 
 def promtool() -> str:

@@ -4,8 +4,34 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+
+def unavailable(what: str, reason: str, needs: str) -> NoReturn:
+    """A server the tests need could not start: fail under CI (``CI=true``), where a
+    missing server is the run's fault; elsewhere skip, loudly, naming what it needs."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} failed to start under CI: {reason}")
+    pytest.skip(f"{what} unavailable ({reason}); {needs}")
+
+
+def stop_processes(*processes: subprocess.Popen[bytes]) -> None:
+    """SIGINT every process still running (the flow's clean stop), then wait for each,
+    killing one that takes longer than 30 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _binary(name: str) -> str | None:

@@ -41,6 +41,7 @@ from tests.kafka_flow import (
     reference_at,
 )
 from tests.reference import assert_profiles_match
+from tests.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -101,15 +102,7 @@ class Cluster:
         return all(p.poll() is None for p in self.processes)
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(*self.processes)
 
 
 def test_a_two_process_cluster_survives_losing_a_process(

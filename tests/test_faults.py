@@ -41,6 +41,7 @@ from tests.kafka_flow import (
     start_flow,
 )
 from tests.reference import assert_profiles_match
+from tests.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -126,11 +127,7 @@ def test_random_kills_and_a_broker_outage_lose_nothing(broker: KafkaBroker, tmp_
         messages = deltas.read_until_quiet(quiet_s=6, timeout_s=120)
         assert process.poll() is None, (seed, faults)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_processes(process)
         deltas.close()
     context = f"seed {seed}: {'; '.join(faults)}"
     assert covered(messages) == want, context  # every event is in a delta

@@ -11,8 +11,6 @@ producer) and tests/test_cluster.py's (a cluster that loses a process).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -50,6 +48,7 @@ from tests.kafka_flow import (
     start_flow,
 )
 from tests.reference import assert_profiles_match, users_with_late_events
+from tests.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -139,11 +138,7 @@ def uninterrupted(
             demand,
         )
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_processes(process)
         for reader in (deltas, dlq, *records):
             reader.close()
     yield run

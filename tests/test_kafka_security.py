@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from dataflow.config import Config
 from dataflow.flow import build_flow
 from operators.deltas import delta_from_json, materialize
 from tests.conftest import HashEncoder, WordListSentiment
+from tests.kafka_flow import Topics
 from tests.kafka_secure import SecureKafkaBroker, make_ca, secure_kafka, write_properties
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
@@ -48,32 +49,13 @@ EVENTS_PER_USER = {"alice": 3, "bob": 5, "chen": 4}
 N_EVENTS = sum(EVENTS_PER_USER.values())
 
 
-@dataclass(frozen=True)
-class Topics:
-    events_topic: str
-    deltas_topic: str
-    dlq_topic: str
-    segments_topic: str
-    alerts_topic: str
-    demand_topic: str
-
-    @classmethod
-    def create(cls, broker: SecureKafkaBroker) -> Topics:
-        tag = uuid.uuid4().hex[:8]
-        names = ("events", "deltas", "dlq", "segments", "alerts", "demand")
-        topics = cls(*(f"{name}-{tag}" for name in names))
-        for name in asdict(topics).values():
-            broker.create_topic(name, partitions=3 if name.startswith(("events", "deltas")) else 1)
-        return topics
-
-
 def flow_values(broker: SecureKafkaBroker, topics: Topics, properties: Path) -> dict[str, Any]:
     """The flow's :class:`Config` fields: Kafka in and out, security only from the file."""
     return {
         "source": "kafka",
         "sink": "kafka",
         "brokers": broker.bootstrap,
-        **asdict(topics),
+        **topics.config_values(),
         "kafka_config_file": str(properties),
         "kafka_tail": False,
         "emit_interval_ms": 0,
@@ -137,7 +119,7 @@ def run_secure_flow(broker: SecureKafkaBroker, tmp_path: Path) -> tuple[Config, 
     file for security; returns its config, the topics and the file."""
     properties = write_properties(tmp_path / "kafka.properties", broker.security_properties())
     topics = Topics.create(broker)
-    produce_events(broker, topics.events_topic)
+    produce_events(broker, topics.events)
     config = flow_config(flow_values(broker, topics, properties))
     run_main(build_flow(config, encoder=HashEncoder(), sentiment=WordListSentiment()))
     return config, topics, properties
@@ -153,12 +135,10 @@ def test_the_flow_runs_on_a_sasl_ssl_broker_with_only_a_properties_file(
     }  # fmt: skip
 
     # Read back as `serve` does: a consumer group given the same file's properties.
-    messages = consume(
-        secure_kafka.bootstrap, config.kafka_properties(), topics.deltas_topic, N_EVENTS
-    )
+    messages = consume(secure_kafka.bootstrap, config.kafka_properties(), topics.deltas, N_EVENTS)
     deltas = [delta_from_json(m.value() or b"") for m in messages]
     assert all(m.key() == d.user_id.encode() for m, d in zip(messages, deltas, strict=True))
-    assert len(deltas) == N_EVENTS == stored(secure_kafka, topics.deltas_topic)
+    assert len(deltas) == N_EVENTS == stored(secure_kafka, topics.deltas)
     for user, count in EVENTS_PER_USER.items():
         assert [d.version for d in deltas if d.user_id == user] == list(range(1, count + 1))
     profiles = materialize(deltas)
@@ -166,7 +146,7 @@ def test_the_flow_runs_on_a_sasl_ssl_broker_with_only_a_properties_file(
     assert {user: p.fields["counts"] for user, p in profiles.items()} == {
         user: {"view": count} for user, count in EVENTS_PER_USER.items()
     }
-    assert stored(secure_kafka, topics.dlq_topic) == 0
+    assert stored(secure_kafka, topics.dlq) == 0
 
 
 def test_serve_reads_a_sasl_ssl_deltas_topic_with_the_same_properties_file(
@@ -179,8 +159,8 @@ def test_serve_reads_a_sasl_ssl_deltas_topic_with_the_same_properties_file(
     serve = ServeProcess(
         store,
         secure_kafka,
-        topics.deltas_topic,
-        topics.segments_topic,
+        topics.deltas,
+        topics.segments,
         tmp_path / "serve.log",
         "--kafka-config-file",
         str(properties),
@@ -212,7 +192,7 @@ def test_the_flow_with_a_wrong_password_delivers_nothing(
     wrong = {**secure_kafka.security_properties(), "sasl.password": "not-the-password"}
     properties = write_properties(tmp_path / "kafka.properties", wrong)
     topics = Topics.create(secure_kafka)
-    produce_events(secure_kafka, topics.events_topic)  # there is work, should it get in
+    produce_events(secure_kafka, topics.events)  # there is work, should it get in
     log_path = tmp_path / "flow.log"
     values = json.dumps(flow_values(secure_kafka, topics, properties))
     with log_path.open("wb") as log:
@@ -232,7 +212,7 @@ def test_the_flow_with_a_wrong_password_delivers_nothing(
         flow.wait()
     log_text = log_path.read_text(errors="replace")
     assert needle in log_text, log_text[-3000:]
-    for topic in (topics.deltas_topic, topics.dlq_topic):
+    for topic in (topics.deltas, topics.dlq):
         assert stored(secure_kafka, topic) == 0
 
 

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -53,6 +52,7 @@ from tests.prometheus_server import (
     prometheus_scraping,
     promtool,
 )
+from tests.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -227,12 +227,7 @@ def run(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             after = prom.wait_for(dead_letters_alerted, "dead-letter alert firing", 60)
             end = time.time()
         finally:
-            flow.send_signal(signal.SIGINT)
-            try:
-                flow.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                flow.kill()
-                flow.wait()
+            stop_processes(flow)
         down = prom.wait_for(
             lambda: firing(prom, "ProfilestreamTargetDown"), "target-down alert firing", 30
         )
