@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 # Runnable as `python benchmarks/serve_bench.py`: the project root is not on sys.path then.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -321,11 +322,12 @@ def freshness_case(
 
 def histogram_share(exposition: str, name: str, bound: float) -> float:
     """The share of a Prometheus histogram's observations at or below ``bound`` (a bucket)."""
-    values = {}
-    for line in exposition.splitlines():
-        if line.startswith((f'{name}_bucket{{le="{bound}"}}', f"{name}_count ")):
-            values["le" if "_bucket" in line else "count"] = float(line.rsplit(" ", 1)[1])
-    return values["le"] / values["count"] if values.get("count") else float("nan")
+    for family in text_string_to_metric_families(exposition):
+        if family.name == name:
+            samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+            count = samples.get((f"{name}_count", None), 0.0)
+            return samples[(f"{name}_bucket", str(bound))] / count if count else float("nan")
+    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
