@@ -46,8 +46,9 @@ from tests.server_process import stop_processes
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS, N_USERS, MALFORMED = 5000, 500, 0.01
-PRODUCE_SECONDS = 60.0
+PRODUCE_SECONDS = 80.0  # long enough for five restarts and an outage while it runs
 KILLS = 5
+PROGRESS = 100  # events a restarted process must have covered before it is killed
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +102,20 @@ def test_random_kills_and_a_broker_outage_lose_nothing(broker: KafkaBroker, tmp_
     producer.start()
     try:
         for kill in range(1, KILLS + 1):
-            # A random moment while events flow: after the process has sent its first delta
-            # (its model is loaded; or after 20 s, once the producer is done and nothing
-            # is left to redo), somewhere in reading, embedding, snapshotting or sending.
-            sent = len(deltas.messages)
-            deltas.read_until(lambda ms, sent=sent: len(ms) > sent, 20, process)
-            delay = rng.uniform(0.2, 6.0)
+            # A random moment while events flow: once the process has sent deltas covering
+            # PROGRESS new events (start-up, the model's load included, is over; or after
+            # 30 s, once the producer is done and nothing is left to do), somewhere in
+            # reading, embedding, snapshotting or sending.
+            done = covered(deltas.messages)
+            deltas.read_until(lambda ms, done=done: covered(ms) >= done + PROGRESS, 30, process)
+            delay = rng.uniform(0.2, 4.0)
             deltas.read_until(lambda ms: False, delay, process)
             log = (tmp_path / f"run-{runs}.log").read_text()
             assert process.poll() is None, (seed, log[-3000:])
             process.send_signal(signal.SIGKILL)
             process.wait()
-            faults.append(f"SIGKILL {delay:.1f} s after the first delta (or 20 s)")
+            at = covered(deltas.messages)
+            faults.append(f"SIGKILL {delay:.1f} s after {PROGRESS} more events (at {at} covered)")
             if kill == outage_after:
                 broker.stop()
                 down = rng.uniform(5.0, 15.0)
