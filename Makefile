@@ -13,7 +13,7 @@ export PYTHONUTF8 := 1
 venv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(PROFILESTREAM_VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 
 demo: venv
 	$(BIN)/profilestream demo
