@@ -3,32 +3,43 @@
 Each category's state counts, per bucket of ``bucket_ms`` event time (an hour by default),
 ``views`` (views and clicks), ``carts`` (``add_to_cart``), ``purchases``, ``units`` (purchased
 quantity) and ``revenue`` (price x quantity). The flow keeps one :class:`CategoryDemand` per
-category and calls two pure steps:
+category and calls three pure steps:
 
-* :func:`observe` adds an event to its bucket. Buckets stay open until the stream's event-time
-  clock has passed their end by ``allowed_lateness_ms``; an event whose bucket is already
-  closed is *late*: it is dropped from demand, and ``observe`` says so for the flow to count.
-* :func:`close_until` closes, in order, every bucket that ended at or before
-  ``watermark_ms - allowed_lateness_ms``, quiet ones included (zeros are demand too). Each
-  closed bucket's units are learned by the category's :class:`DemandForecaster`, which then
-  forecasts the next ``horizon`` buckets; a :class:`DemandReport` carries both, with what was
-  predicted for the bucket one step ahead.
+* :func:`observe` adds an event to its bucket. Buckets stay open until the watermark (the
+  event time every input partition has passed, less the allowed lateness) has passed their
+  end. An event is *late* when it is older than its own partition's watermark was when it
+  was read (``Event.watermark_ms``: a fact of the input's order, the same in every run), or
+  when its bucket has closed anyway. A late event never changes a bucket's first record.
+* :func:`close_until` closes, in order, every bucket that ended at or before the watermark,
+  quiet ones included (zeros are demand too). Each closed bucket's units are learned by the
+  category's :class:`DemandForecaster`, which then forecasts the next ``horizon`` buckets; a
+  :class:`DemandReport` carries both, with what was predicted for the bucket one step ahead.
+* :func:`corrections` re-states a closed bucket once per late event that joins it, while it
+  is among the last ``correction_buckets`` (a late event of a bucket still open waits for
+  its close): the same record with the corrected ``actual`` and ``revision`` = how many
+  late events it now includes (its ``forecast`` is empty: the forecaster learned the bucket
+  as it closed). The newest revision of every bucket equals a recount of the events; a late
+  event older than the buckets kept is counted by the flow's
+  ``profilestream_late_demand_events_total`` and in no record. Whether an event is late
+  depends on its own partition's order alone, so the records are the same in every run
+  (when late events of one bucket come from several partitions, the order of its
+  revisions may differ; the newest does not).
 
 The forecaster is River's Holt-Winters (additive, seasonality of a day of buckets) or
 SNARIMAX, chosen by ``DemandParams.model``; ``profilestream eval-demand`` measures both
 against seasonal naive on CDNOW and the synthetic stream, and the defaults follow from it.
 Until it has seen ``warm_up_seasons`` seasons it falls back to seasonal naive (one season
 seen) or the mean (less), and the report's ``model`` says ``warm-up:...``. Forecasts are
-clamped at zero. State is bounded: the open buckets, River's fixed-size components, the last
-season of units (for the seasonal-naive fallback and the naive error) and a few counters; no
-history grows with time. A category quiet for ``max_gap_buckets`` buckets is dormant: its
-timer stops (:func:`next_close_ms` is ``None``) and, when the clock moves on, the empty
-stretch beyond that is skipped in whole seasons, so a clock that jumps a year costs at most
-``max_gap_buckets + season`` closes.
+clamped at zero. State is bounded: the open buckets, the last ``correction_buckets`` closed
+ones, River's fixed-size components, the last season of units (for the seasonal-naive
+fallback and the naive error) and a few counters; no history grows with time. A category
+quiet for ``max_gap_buckets`` buckets is dormant: its timer stops (:func:`next_close_ms` is
+``None``) and, when the clock moves on, the empty stretch beyond that is skipped in whole
+seasons, so a clock that jumps a year costs at most ``max_gap_buckets + season`` closes.
 
 >>> from operators.events import Event
 >>> T0, HOUR = 1_714_564_800_000, 3_600_000
->>> params = DemandParams(horizon=3, season=2, allowed_lateness_ms=0)
+>>> params = DemandParams(horizon=3, season=2)
 >>> view = Event("e1", "u1", T0, "view", item_id="i1", category="shoes")
 >>> state, late = observe(None, view, params)
 >>> buy = Event("e2", "u2", T0 + 60_000, "purchase", item_id="i1", category="shoes", price=9.5,
@@ -39,8 +50,11 @@ stretch beyond that is skipped in whole seasons, so a clock that jumps a year co
 [(1, 2, 19.0), (0, 0, 0.0)]
 >>> reports[1].predicted, reports[1].forecast, reports[1].model
 (2.0, [2.0, 0.0, 2.0], 'warm-up:seasonal-naive')
->>> observe(state, Event("e3", "u3", T0 + HOUR, "view", item_id="i2", category="shoes"), params)[1]
-True
+>>> observe(state, Event("e3", "u3", T0 + 30_000, "view", item_id="i2", category="shoes"),
+...         params)[1]
+'correction'
+>>> [(r.bucket_start_ms - T0, r.actual["views"], r.revision) for r in corrections(state)]
+[(0, 2, 1)]
 """
 
 from __future__ import annotations
@@ -48,7 +62,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Final, Literal
 
 import msgspec
@@ -60,6 +74,8 @@ DAY_MS: Final = 86_400_000
 #: Event types that count toward demand, and the measure each one feeds.
 DEMAND_TYPES: Final = {"view": 0, "click": 0, "add_to_cart": 1, "purchase": 2}
 ModelName = Literal["holt-winters", "snarimax"]
+#: What became of a late event: in its bucket's correction, or in no record.
+Lateness = Literal["correction", "too_old"]
 #: River's seasonal Holt-Winters always carries a trend (its seasonal update reads it), so
 #: ``beta=0`` runs as this negligible smoothing with the trend starting at zero: no trend.
 _NO_TREND_BETA: Final = 1e-12
@@ -68,10 +84,13 @@ _SNAPSHOT_MAGIC: Final = b"psdemand1\n"
 
 @dataclass(frozen=True)
 class DemandParams:
-    """Buckets, forecast and model of category demand; changing any is a new ``model_version``.
+    """Buckets, forecast and model of category demand; changing any of them but
+    ``correction_buckets`` is a new ``model_version``.
 
-    ``season`` is buckets per season; ``None`` picks a day of buckets for buckets shorter than a
-    day (24 for hours), a week of days for daily buckets and no seasonality (1) otherwise.
+    ``correction_buckets`` is how many closed buckets late events may still correct (their
+    counts are kept that long). ``season`` is buckets per season; ``None`` picks a day of
+    buckets for buckets shorter than a day (24 for hours), a week of days for daily buckets
+    and no seasonality (1) otherwise.
     ``alpha``, ``beta`` and ``gamma`` are Holt-Winters' smoothing of level, trend and season
     (``beta=0``: no trend); ``snarimax_p``, ``snarimax_sp`` (regular and seasonal AR lags),
     ``snarimax_sd`` (seasonal differencing) and ``learning_rate`` configure SNARIMAX.
@@ -87,7 +106,7 @@ class DemandParams:
     bucket_ms: int = HOUR_MS
     horizon: int = 24
     season: int | None = None
-    allowed_lateness_ms: int = 600_000
+    correction_buckets: int = 24
     model: ModelName = "holt-winters"
     alpha: float = 0.02
     beta: float = 0.0
@@ -102,8 +121,8 @@ class DemandParams:
     seasonality: int = field(init=False, repr=False)  # ``season`` resolved
 
     def __post_init__(self) -> None:
-        if self.bucket_ms < 1 or self.horizon < 1 or self.allowed_lateness_ms < 0:
-            raise ValueError("demand needs bucket_ms >= 1, horizon >= 1, allowed_lateness_ms >= 0")
+        if self.bucket_ms < 1 or self.horizon < 1 or self.correction_buckets < 0:
+            raise ValueError("demand needs bucket_ms >= 1, horizon >= 1, correction_buckets >= 0")
         if self.model not in ("holt-winters", "snarimax"):
             raise ValueError(f"demand model must be holt-winters or snarimax, not {self.model!r}")
         if not (0 < self.alpha <= 1 and 0 <= self.beta <= 1 and 0 <= self.gamma <= 1):
@@ -252,13 +271,50 @@ def _snarimax(params: DemandParams) -> Any:
 
 
 class Bucket(msgspec.Struct, array_like=True, gc=False):
-    """One open bucket's counts; revenue in millionths, so it adds exactly."""
+    """One bucket's counts; revenue in millionths, so it adds exactly."""
 
     views: int = 0
     carts: int = 0
     purchases: int = 0
     units: int = 0
     revenue: int = 0
+
+    def add(self, event: Event, measure: int) -> None:
+        """Count ``event``, whose type feeds ``measure`` (see :data:`DEMAND_TYPES`)."""
+        if measure == 0:
+            self.views += 1
+        elif measure == 1:
+            self.carts += 1
+        else:
+            self.purchases += 1
+            self.units += event.quantity
+            if event.price is not None:
+                self.revenue += round(event.price * event.quantity * 1_000_000)
+
+    def merge(self, other: Bucket) -> None:
+        self.views += other.views
+        self.carts += other.carts
+        self.purchases += other.purchases
+        self.units += other.units
+        self.revenue += other.revenue
+
+    def actual(self) -> dict[str, float]:
+        """The counts as a report states them."""
+        return {
+            "views": self.views,
+            "carts": self.carts,
+            "purchases": self.purchases,
+            "units": self.units,
+            "revenue": self.revenue / 1_000_000,
+        }
+
+
+class ClosedBucket(msgspec.Struct, array_like=True, gc=False):
+    """A closed bucket kept for corrections: its counts, late events included, and how many
+    late events joined it."""
+
+    counts: Bucket
+    late: int = 0
 
 
 class ForecastError(msgspec.Struct):
@@ -275,8 +331,10 @@ class CategoryDemand:
     """One category's open buckets, forecaster and counters (the flow keys it by category).
 
     Buckets are numbered ``ts_ms // bucket_ms``; every bucket before ``next_index`` is closed,
-    and an event whose bucket ended at or before ``closed_ms`` (the close horizon reached) is
-    late. ``predicted`` is the one-step forecast for bucket ``next_index``.
+    and an event whose bucket ended at or before ``closed_ms`` (the watermark reached) is
+    late. ``predicted`` is the one-step forecast for bucket ``next_index``. ``late_open``
+    holds the late events of buckets still open (each joins its bucket once it has closed),
+    ``recent`` the last closed buckets and ``outbox`` the corrections not yet sent.
     """
 
     category: str
@@ -292,6 +350,21 @@ class CategoryDemand:
     late_events: int = 0
     skipped_buckets: int = 0  # dormant stretches skipped without a report
     error: ForecastError = field(default_factory=ForecastError)
+    late_open: dict[int, list[Bucket]] = field(default_factory=dict)
+    recent: dict[int, ClosedBucket] = field(default_factory=dict)
+    outbox: list[DemandReport] = field(default_factory=list)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restore a pickled state, one of an older release too (new fields start empty)."""
+        values = state[1]
+        for f in fields(self):
+            if f.name in values:
+                value = values[f.name]
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+            else:
+                value = f.default
+            setattr(self, f.name, value)
 
 
 class DemandReport(msgspec.Struct):
@@ -300,6 +373,8 @@ class DemandReport(msgspec.Struct):
     ``actual`` holds ``views``, ``carts``, ``purchases``, ``units`` and ``revenue``;
     ``forecast`` the units of the ``horizon`` buckets from ``forecast_start_ms``;
     ``predicted`` the units forecast for this bucket one step ahead (``None`` for the first).
+    ``revision`` 0 is the bucket as it closed; a correction has the number of late events
+    its ``actual`` now includes, and an empty ``forecast``.
     """
 
     category: str
@@ -311,6 +386,7 @@ class DemandReport(msgspec.Struct):
     predicted: float | None
     model: str
     model_version: str
+    revision: int = 0
 
 
 def new_demand(category: str, index: int, params: DemandParams) -> CategoryDemand:
@@ -327,11 +403,14 @@ def is_late(state: CategoryDemand, ts_ms: int, params: DemandParams) -> bool:
 
 def observe(
     state: CategoryDemand | None, event: Event, params: DemandParams
-) -> tuple[CategoryDemand, bool]:
-    """Count ``event`` into its bucket; ``True`` with the state if it came late (dropped).
+) -> tuple[CategoryDemand, Lateness | None]:
+    """Count ``event`` into its bucket; with the state, ``None`` if it came on time, else
+    what became of it: ``"correction"`` (it joins its bucket's correction, see
+    :func:`corrections`) or ``"too_old"`` (its bucket is older than the last
+    ``correction_buckets``, or was never reported: it is in no record).
 
     Events of other types (searches, logins, ...) leave the counts alone and are never late.
-    ``state`` is updated in place when given.
+    ``state`` is updated in place.
     """
     bucket_ms = params.bucket_ms
     index = event.ts_ms // bucket_ms
@@ -341,47 +420,48 @@ def observe(
         _conform(state, params)
     measure = DEMAND_TYPES.get(event.type)
     if measure is None:
-        return state, False
-    if (index + 1) * bucket_ms <= state.closed_ms:
-        state.late_events += 1
-        return state, True
-    if index < state.next_index:  # earlier than the first bucket, before any has closed
+        return state, None
+    closed = (index + 1) * bucket_ms <= state.closed_ms
+    if index < state.next_index and not closed:  # earlier than the first bucket, none closed
         state.next_index = index
+    if closed or event.ts_ms < event.watermark_ms:
+        state.late_events += 1
+        alone = Bucket()
+        alone.add(event, measure)
+        if not closed and params.correction_buckets:  # it joins its bucket once that closes
+            state.late_open.setdefault(index, []).append(alone)
+        elif (kept := state.recent.get(index)) is not None:
+            _correct(state, index, kept, alone)
+        else:
+            return state, "too_old"
+        return state, "correction"
     bucket = state.open.get(index)
     if bucket is None:
         bucket = state.open[index] = Bucket()
-    if measure == 0:
-        bucket.views += 1
-    elif measure == 1:
-        bucket.carts += 1
-    else:
-        bucket.purchases += 1
-        bucket.units += event.quantity
-        if event.price is not None:
-            bucket.revenue += round(event.price * event.quantity * 1_000_000)
-    return state, False
+    bucket.add(event, measure)
+    return state, None
 
 
 def close_until(
     state: CategoryDemand, watermark_ms: int, params: DemandParams
 ) -> list[DemandReport]:
-    """Close every bucket that ended at or before ``watermark_ms - allowed_lateness_ms``.
+    """Close every bucket that ended at or before ``watermark_ms``, then send its correction.
 
     In order and including empty ones; each is learned, then forecast from. ``state`` is
-    updated in place. ``watermark_ms`` is the stream's event-time clock.
+    updated in place. ``watermark_ms`` is the event time the input has passed, the allowed
+    lateness already taken off.
     """
     if state.model_version != params.model_version:
         _conform(state, params)
-    horizon_ms = watermark_ms - params.allowed_lateness_ms
-    if horizon_ms > state.closed_ms:
-        state.closed_ms = horizon_ms
-    end = horizon_ms // params.bucket_ms  # buckets before this one have ended by the horizon
+    if watermark_ms > state.closed_ms:
+        state.closed_ms = watermark_ms
+    end = watermark_ms // params.bucket_ms  # buckets before this one have ended
     reports: list[DemandReport] = []
     index = state.next_index
     season = params.seasonality
     while index < end:
         bucket = state.open.pop(index, None)
-        if bucket is None and state.quiet >= params.max_gap_buckets:
+        if bucket is None and state.quiet >= params.max_gap_buckets and not state.late_open:
             # Dormant: skip whole seasons (the phase stays right) up to the next data or end.
             target = min(min(state.open, default=end), end)
             skip = (target - index) // season * season
@@ -392,20 +472,51 @@ def close_until(
         reports.append(_close(state, index, bucket, params))
         index += 1
     state.next_index = index
+    for old in [i for i in state.recent if i < index - params.correction_buckets]:
+        del state.recent[old]
+    return reports + corrections(state)
+
+
+def corrections(state: CategoryDemand) -> list[DemandReport]:
+    """The corrected records made since they were last taken (see the module's docstring)."""
+    if not state.outbox:
+        return []
+    reports, state.outbox = state.outbox, []
     return reports
+
+
+def _correct(state: CategoryDemand, index: int, kept: ClosedBucket, late: Bucket) -> None:
+    """Add a late event's counts to closed bucket ``index`` and queue the corrected record."""
+    kept.counts.merge(late)
+    kept.late += 1
+    start_ms = index * state.bucket_ms
+    state.outbox.append(
+        DemandReport(
+            category=state.category,
+            bucket_start_ms=start_ms,
+            bucket_ms=state.bucket_ms,
+            actual=kept.counts.actual(),
+            forecast=[],
+            forecast_start_ms=start_ms + state.bucket_ms,
+            predicted=None,
+            model=state.forecaster.model,
+            model_version=state.model_version,
+            revision=kept.late,
+        )
+    )
 
 
 def next_close_ms(state: CategoryDemand, params: DemandParams) -> int | None:
     """The watermark at which the next bucket closes; ``None`` while the category is dormant."""
-    if state.quiet >= params.max_gap_buckets and not state.open:
+    if state.quiet >= params.max_gap_buckets and not state.open and not state.late_open:
         return None
-    return (state.next_index + 1) * params.bucket_ms + params.allowed_lateness_ms
+    return (state.next_index + 1) * params.bucket_ms
 
 
 def _close(
     state: CategoryDemand, index: int, bucket: Bucket | None, params: DemandParams
 ) -> DemandReport:
-    """Learn bucket ``index`` and forecast from it."""
+    """Learn bucket ``index`` and forecast from it; keep it for corrections."""
     forecaster = state.forecaster
     if bucket is None:
         bucket = Bucket()
@@ -425,23 +536,23 @@ def _close(
     state.predicted = forecast[0]
     state.version += 1
     start_ms = index * params.bucket_ms
-    return DemandReport(
+    report = DemandReport(
         category=state.category,
         bucket_start_ms=start_ms,
         bucket_ms=params.bucket_ms,
-        actual={
-            "views": bucket.views,
-            "carts": bucket.carts,
-            "purchases": bucket.purchases,
-            "units": units,
-            "revenue": bucket.revenue / 1_000_000,
-        },
+        actual=bucket.actual(),
         forecast=[round(y, 4) for y in forecast],
         forecast_start_ms=start_ms + params.bucket_ms,
         predicted=None if predicted is None else round(predicted, 4),
         model=forecaster.model,
         model_version=params.model_version,
     )
+    late = state.late_open.pop(index, ())
+    if params.correction_buckets:
+        kept = state.recent[index] = ClosedBucket(msgspec.structs.replace(bucket))
+        for alone in late:
+            _correct(state, index, kept, alone)
+    return report
 
 
 def _conform(state: CategoryDemand, params: DemandParams) -> None:
@@ -452,15 +563,11 @@ def _conform(state: CategoryDemand, params: DemandParams) -> None:
         regrouped: dict[int, Bucket] = {}
         for index, bucket in sorted(state.open.items()):
             new = index * old_ms // params.bucket_ms
-            into = regrouped.setdefault(new, Bucket())
-            into.views += bucket.views
-            into.carts += bucket.carts
-            into.purchases += bucket.purchases
-            into.units += bucket.units
-            into.revenue += bucket.revenue
+            regrouped.setdefault(new, Bucket()).merge(bucket)
         state.open = regrouped
         state.next_index = state.next_index * old_ms // params.bucket_ms
         state.bucket_ms = params.bucket_ms
+    state.late_open, state.recent = {}, {}
     state.forecaster = DemandForecaster(params)
     state.predicted = None
     state.quiet = 0

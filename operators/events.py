@@ -62,6 +62,8 @@ REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "delete_user": (),
 }
 
+#: The watermark before anything was read: earlier than any event.
+NO_WATERMARK: Final = -(2**62)
 MAX_MESSAGE_BYTES: Final = 16_384
 MAX_TEXT_CHARS: Final = 2_000
 # Event times outside [2000-01-01, 2100-01-01) are bugs upstream (seconds sent as ms, zeros).
@@ -124,6 +126,10 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     ``raw``, ``key`` and ``source`` keep the original message and where it came from, so a
     later step (de-duplication) can still dead-letter it verbatim; ``ingest_ms`` is the
     wall-clock time it entered the system, used for the event-to-delta latency metric.
+    ``watermark_ms`` is the watermark its input partition had reached when it was read
+    (:class:`operators.event_clock.PartitionClock`): an event older than that is late.
+    ``replayed`` says it was read again after a restart, from the part of the input the run
+    before may have read (and sent deltas of) already.
     """
 
     event_id: str
@@ -145,6 +151,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     raw: bytes = b""
     key: bytes | None = None
     source: str = ""
+    watermark_ms: int = NO_WATERMARK
+    replayed: bool = False
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -207,7 +215,7 @@ def _reason_for(error: msgspec.ValidationError) -> RejectReason:
 
 
 def _validated(
-    wire: _WireEvent, raw: bytes, key: bytes | None, source: str, ingest_ms: int
+    wire: _WireEvent, raw: bytes, key: bytes | None, source: str, ingest_ms: int, watermark_ms: int
 ) -> Event:
     text = wire.text.strip() if wire.text is not None else None
     values = {"item_id": wire.item_id, "price": wire.price, "text": text or None}
@@ -236,6 +244,7 @@ def _validated(
         raw=raw,
         key=key,
         source=source,
+        watermark_ms=watermark_ms,
     )
 
 
@@ -256,12 +265,18 @@ def _check_json(data: bytes) -> None:
 
 
 def parse_event(
-    raw: bytes | str, *, key: bytes | None = None, source: str = "", ingest_ms: int = 0
+    raw: bytes | str,
+    *,
+    key: bytes | None = None,
+    source: str = "",
+    ingest_ms: int = 0,
+    watermark_ms: int = NO_WATERMARK,
 ) -> Event | DeadLetter:
     """Validate one message; return the :class:`Event` or a :class:`DeadLetter` saying why not.
 
     ``key`` and ``source`` (topic/partition/offset or file) travel into the dead letter so an
-    operator can find and replay the message. A ``str`` is taken as its UTF-8 bytes; one with
+    operator can find and replay the message; ``watermark_ms`` is its partition's watermark
+    when it was read (see :class:`Event`). A ``str`` is taken as its UTF-8 bytes; one with
     lone surrogates (not text) is dead-lettered as ``invalid_json`` with them encoded as-is.
     """
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
@@ -281,7 +296,7 @@ def parse_event(
         except (msgspec.DecodeError, RecursionError) as exc:
             # Malformed JSON, or nesting too deep to decode.
             raise _Rejected(RejectReason.INVALID_JSON, f"{type(exc).__name__}: {exc}") from exc
-        return _validated(wire, data, key, source, ingest_ms)
+        return _validated(wire, data, key, source, ingest_ms, watermark_ms)
     except _Rejected as rejected:
         return DeadLetter(rejected.reason.value, str(rejected), data, key, source)
     except Exception as exc:

@@ -23,15 +23,15 @@ from operators.demand import (
     DemandParams,
     DemandReport,
     close_until,
+    corrections,
     decode_demand,
     default_season,
     encode_demand,
-    is_late,
     new_demand,
     next_close_ms,
     observe,
 )
-from operators.events import Event, parse_event
+from operators.events import NO_WATERMARK, Event, parse_event
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z, a whole hour
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -39,10 +39,16 @@ ZERO = {"views": 0, "carts": 0, "purchases": 0, "units": 0, "revenue": 0.0}
 
 
 def ev(
-    ts_ms: int, kind: str = "view", *, price: float | None = None, quantity: int = 1, n: int = 0
+    ts_ms: int,
+    kind: str = "view",
+    *,
+    price: float | None = None,
+    quantity: int = 1,
+    n: int = 0,
+    watermark: int = NO_WATERMARK,
 ) -> Event:
     return Event(f"e{n}", "u", ts_ms, kind, item_id="i", category="shoes", price=price,
-                 quantity=quantity)  # fmt: skip
+                 quantity=quantity, watermark_ms=watermark)  # fmt: skip
 
 
 def seasonal_units(n: int, seed: int = 0, season: int = 24) -> list[float]:
@@ -69,9 +75,9 @@ def seasonal_units(n: int, seed: int = 0, season: int = 24) -> list[float]:
 def test_each_event_type_feeds_its_measure(
     kind: str, price: float | None, quantity: int, expected: dict[str, float]
 ) -> None:
-    params = DemandParams(allowed_lateness_ms=0)
+    params = DemandParams()
     state, late = observe(None, ev(T0 + 5 * MINUTE, kind, price=price, quantity=quantity), params)
-    assert not late
+    assert late is None
     (report,) = close_until(state, T0 + HOUR, params)
     assert report.actual == ZERO | expected
     assert (report.bucket_start_ms, report.bucket_ms, report.forecast_start_ms) == (
@@ -81,105 +87,129 @@ def test_each_event_type_feeds_its_measure(
     )
 
 
-def brute_force(
-    events: list[tuple[Event, int]], params: DemandParams
-) -> tuple[dict[int, dict[str, float]], list[str]]:
-    """Per-bucket demand from the events the documented late policy accepts.
-
-    Each event comes with the watermark the flow had closed to before it arrived: its bucket
-    is closed (the event late) when it ended at or before ``watermark - allowed_lateness``.
-    """
-    buckets: dict[int, dict[str, float]] = defaultdict(lambda: dict(ZERO))
-    late = []
-    for event, watermark in events:
-        if event.type not in ("view", "click", "add_to_cart", "purchase"):
-            continue
-        start = event.ts_ms // params.bucket_ms * params.bucket_ms
-        if start + params.bucket_ms <= watermark - params.allowed_lateness_ms:
-            late.append(event.event_id)
-            continue
-        b = buckets[start]
-        if event.type in ("view", "click"):
-            b["views"] += 1
-        elif event.type == "add_to_cart":
-            b["carts"] += 1
-        else:
-            b["purchases"] += 1
-            b["units"] += event.quantity
-            b["revenue"] += event.price * event.quantity if event.price is not None else 0.0
-    return buckets, late
+def counted(buckets: dict[int, dict[str, float]], event: Event) -> None:
+    """Add ``event`` to ``buckets`` by hand, as the documented measures say."""
+    b = buckets.setdefault(event.ts_ms // HOUR * HOUR, dict(ZERO))
+    if event.type in ("view", "click"):
+        b["views"] += 1
+    elif event.type == "add_to_cart":
+        b["carts"] += 1
+    else:
+        b["purchases"] += 1
+        b["units"] += event.quantity
+        b["revenue"] += event.price * event.quantity if event.price is not None else 0.0
 
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("lateness_ms", [0, 10 * MINUTE, 3 * HOUR])
-def test_buckets_equal_a_brute_force_with_late_events_and_quiet_hours(
+def test_first_records_hold_the_on_time_events_and_the_newest_revisions_all_of_them(
     seed: int, lateness_ms: int
 ) -> None:
+    """Against a brute force of the documented policy: an event older than its partition's
+    watermark, or whose bucket has closed, is late; a late event joins its bucket's
+    correction if the bucket was reported (or is still open), else it is in no record."""
     rng = random.Random(seed)
-    params = DemandParams(allowed_lateness_ms=lateness_ms, horizon=6)
-    clock, state = T0, None
-    seen: list[tuple[Event, int]] = []
+    params = DemandParams(horizon=6, correction_buckets=10_000)
+    newest, state = T0, None
     reports: list[DemandReport] = []
-    late: list[str] = []
-    watermark = 0  # what the state was last closed to
+    closed_to = -(2**62)  # what the state was last closed to
+    on_time: dict[int, dict[str, float]] = {}
+    everything: dict[int, dict[str, float]] = {}
+    fates: list[str | None] = []
     for n in range(600):
+        stamp = newest - lateness_ms  # the partition's watermark before this event
         if rng.random() < 0.2:  # out of order, some beyond the allowed lateness
-            ts = clock - rng.randrange(1, 4 * lateness_ms + 2 * HOUR)
+            ts = newest - rng.randrange(1, 4 * lateness_ms + 2 * HOUR)
         else:
-            clock += rng.choice([rng.randrange(1, 10 * MINUTE), rng.randrange(HOUR, 9 * HOUR)])
-            ts = clock
+            newest += rng.choice([rng.randrange(1, 10 * MINUTE), rng.randrange(HOUR, 9 * HOUR)])
+            ts = newest
         kind = rng.choice(["view", "click", "add_to_cart", "purchase", "search", "login"])
         price = rng.choice([None, round(rng.uniform(1, 99), 2)])
-        event = ev(ts, kind, price=price, quantity=rng.randrange(1, 4), n=n)
+        event = ev(ts, kind, price=price, quantity=rng.randrange(1, 4), n=n, watermark=stamp)
         if state is None and kind in ("search", "login"):
-            continue  # start the category on a demand event, as the brute force does
-        seen.append((event, watermark))
-        state, was_late = observe(state, event, params)
-        assert was_late == (event.type not in ("search", "login") and is_late(state, ts, params))
-        if was_late:
-            late.append(event.event_id)
+            continue  # start the category on a demand event
+        start = ts // HOUR * HOUR
+        reported = {r.bucket_start_ms for r in reports}
+        state, fate = observe(state, event, params)
+        fates.append(fate)
+        if kind in ("search", "login"):
+            assert fate is None
+        elif ts >= stamp and start + HOUR > closed_to:
+            assert fate is None
+            counted(on_time, event)
+            counted(everything, event)
+        else:
+            open_ = start + HOUR > closed_to
+            assert fate == ("correction" if open_ or start in reported else "too_old")
+            if fate == "correction":
+                counted(everything, event)
+        reports += corrections(state)
         if rng.random() < 0.3:
-            watermark = max(watermark, clock)
-            reports += close_until(state, watermark, params)
+            closed_to = max(closed_to, newest - lateness_ms)
+            reports += close_until(state, closed_to, params)
     assert state is not None
-    reports += close_until(state, clock + HOUR + lateness_ms, params)
-    expected, expected_late = brute_force(seen, params)
-    assert late == expected_late and state.late_events == len(late)
-    starts = [r.bucket_start_ms for r in reports]
+    reports += close_until(state, newest + HOUR, params)
+    first = [r for r in reports if r.revision == 0]
+    starts = [r.bucket_start_ms for r in first]
     assert starts == list(range(starts[0], starts[-1] + HOUR, HOUR)), "every hour, in order"
-    assert starts[0] == min(expected)
-    for report in reports:
-        want = expected.get(report.bucket_start_ms, ZERO)
+    for report in first:
+        want = on_time.get(report.bucket_start_ms, ZERO)
         assert report.actual == pytest.approx(want, abs=1e-4), report.bucket_start_ms
-    assert sum(r.actual["units"] for r in reports) == sum(b["units"] for b in expected.values())
-    assert late, "the stream must exercise the late path"
-    assert not state.open
+    newest_revision = {r.bucket_start_ms: r for r in sorted(reports, key=lambda r: r.revision)}
+    for start, report in newest_revision.items():
+        assert report.actual == pytest.approx(everything.get(start, ZERO), abs=1e-4), start
+    assert set(everything) <= set(newest_revision)
+    assert "correction" in fates, "the stream must exercise the late path"
+    assert state.late_events == sum(f is not None for f in fates)
+    assert not state.open and not state.late_open and not state.outbox
 
 
 def test_quiet_hours_close_as_zeros_in_order_and_an_event_in_a_closed_hour_is_late() -> None:
-    params = DemandParams(allowed_lateness_ms=10 * MINUTE, horizon=4)
+    params = DemandParams(horizon=4)
     state, _ = observe(None, ev(T0 + MINUTE, "purchase", price=10.0, quantity=2), params)
-    assert close_until(state, T0 + HOUR + 9 * MINUTE, params) == []  # still within lateness
+    assert close_until(state, T0 + 59 * MINUTE, params) == []  # the hour has not ended
     state, late = observe(state, ev(T0 + 59 * MINUTE, "view"), params)  # so this one counts
-    assert not late
-    reports = close_until(state, T0 + 4 * HOUR + 10 * MINUTE, params)
+    assert late is None
+    reports = close_until(state, T0 + 4 * HOUR, params)
     assert [r.bucket_start_ms - T0 for r in reports] == [0, HOUR, 2 * HOUR, 3 * HOUR]
     assert reports[0].actual == ZERO | {"views": 1, "purchases": 1, "units": 2, "revenue": 20.0}
     assert [r.actual for r in reports[1:]] == [ZERO] * 3
     assert [r.predicted for r in reports] == [None, 2.0, 1.0, pytest.approx(2 / 3, abs=1e-4)]
-    assert observe(state, ev(T0 + 3 * HOUR + 59 * MINUTE), params)[1]
-    assert not observe(state, ev(T0 + 4 * HOUR), params)[1]
+    assert observe(state, ev(T0 + 3 * HOUR + 59 * MINUTE), params)[1] == "correction"
+    assert observe(state, ev(T0 + 4 * HOUR), params)[1] is None
     assert state.late_events == 1
-    assert next_close_ms(state, params) == T0 + 5 * HOUR + 10 * MINUTE
-    assert close_until(state, T0, params) == []  # a clock behind the state closes nothing
-    assert close_until(state, 0, params) == []  # the clock before the first event
+    (correction,) = corrections(state)
+    assert (correction.bucket_start_ms, correction.revision) == (T0 + 3 * HOUR, 1)
+    assert correction.actual == ZERO | {"views": 1} and correction.forecast == []
+    assert corrections(state) == []  # sent once
+    assert next_close_ms(state, params) == T0 + 5 * HOUR
+    assert close_until(state, T0, params) == []  # a watermark behind the state closes nothing
+    assert close_until(state, 0, params) == []  # the watermark before the first event
+
+
+def test_a_late_event_of_an_open_hour_waits_for_its_close_and_old_ones_are_too_old() -> None:
+    params = DemandParams(horizon=2, correction_buckets=2)
+    stamp = T0 + 2 * HOUR  # its partition had got this far: events before are late
+    state, fate = observe(None, ev(T0 + 2 * HOUR, "view", watermark=stamp), params)
+    assert fate is None
+    state, fate = observe(state, ev(T0 + HOUR + 5, "purchase", quantity=3, watermark=stamp), params)
+    assert fate == "correction" and corrections(state) == []  # its hour is still open
+    reports = close_until(state, T0 + 3 * HOUR, params)
+    assert [(r.bucket_start_ms - T0, r.revision, r.actual["units"]) for r in reports] == [
+        (HOUR, 0, 0),  # as it closed: the late purchase is not in it, nor in the forecast
+        (2 * HOUR, 0, 0),
+        (HOUR, 1, 3),  # then corrected
+    ]
+    close_until(state, T0 + 5 * HOUR, params)  # hours 1-2 leave the two kept for corrections
+    assert observe(state, ev(T0 + HOUR + 9, "view", watermark=stamp), params)[1] == "too_old"
+    assert sorted(state.recent) == [(T0 + 3 * HOUR) // HOUR, (T0 + 4 * HOUR) // HOUR]
 
 
 def test_an_earlier_event_before_the_first_close_moves_the_first_bucket_back() -> None:
-    params = DemandParams(allowed_lateness_ms=0)
+    params = DemandParams()
     state, _ = observe(None, ev(T0 + 3 * HOUR), params)
     state, late = observe(state, ev(T0 + 10 * MINUTE, "add_to_cart"), params)
-    assert not late
+    assert late is None
     reports = close_until(state, T0 + 4 * HOUR, params)
     assert [(r.bucket_start_ms - T0, r.actual["carts"], r.actual["views"]) for r in reports] == [
         (0, 1, 0),
@@ -190,7 +220,7 @@ def test_an_earlier_event_before_the_first_close_moves_the_first_bucket_back() -
 
 
 def test_warm_up_falls_back_to_mean_then_seasonal_naive_then_holt_winters() -> None:
-    params = DemandParams(bucket_ms=HOUR, season=24, horizon=24, allowed_lateness_ms=0)
+    params = DemandParams(bucket_ms=HOUR, season=24, horizon=24)
     units = seasonal_units(24 * 3)
     state = new_demand("shoes", T0 // HOUR, params)
     models, reports = [], []
@@ -234,7 +264,7 @@ def test_holt_winters_starts_from_the_warm_up_and_learns_a_level_shift() -> None
 
 @pytest.mark.parametrize("model", ["holt-winters", "snarimax"])
 def test_a_snapshot_round_trip_gives_identical_future_forecasts(model: Any) -> None:
-    params = DemandParams(horizon=24, model=model, allowed_lateness_ms=0)
+    params = DemandParams(horizon=24, model=model)
     units = seasonal_units(24 * 6, seed=3)
     state = new_demand("shoes", T0 // HOUR, params)
 
@@ -265,7 +295,7 @@ def test_a_snapshot_from_elsewhere_is_refused() -> None:
 
 @pytest.mark.parametrize("model", ["holt-winters", "snarimax"])
 def test_state_stays_bounded_after_many_buckets(model: Any) -> None:
-    params = DemandParams(horizon=24, model=model, allowed_lateness_ms=0)
+    params = DemandParams(horizon=24, model=model)
     units = seasonal_units(24 * 200, seed=1)
     state = new_demand("shoes", T0 // HOUR, params)
     sizes = {}
@@ -282,7 +312,7 @@ def test_state_stays_bounded_after_many_buckets(model: Any) -> None:
 
 
 def test_error_counters_add_up_the_reports_one_step_errors() -> None:
-    params = DemandParams(season=24, allowed_lateness_ms=0)
+    params = DemandParams(season=24)
     units = seasonal_units(24 * 5, seed=2)
     state = new_demand("shoes", T0 // HOUR, params)
     reports = []
@@ -302,7 +332,7 @@ def test_error_counters_add_up_the_reports_one_step_errors() -> None:
 
 
 def test_a_dormant_category_stops_its_timer_and_skips_whole_seasons() -> None:
-    params = DemandParams(allowed_lateness_ms=0, max_gap_buckets=48, horizon=3)
+    params = DemandParams(max_gap_buckets=48, horizon=3)
     state, _ = observe(None, ev(T0 + 5 * MINUTE, "purchase"), params)
     assert len(close_until(state, T0 + 47 * HOUR, params)) == 47
     assert next_close_ms(state, params) == T0 + 48 * HOUR
@@ -320,11 +350,11 @@ def test_a_dormant_category_stops_its_timer_and_skips_whole_seasons() -> None:
 
 
 def test_changed_parameters_regroup_open_buckets_and_restart_the_forecaster() -> None:
-    hourly = DemandParams(allowed_lateness_ms=0)
+    hourly = DemandParams()
     state, _ = observe(None, ev(T0 + 10 * MINUTE, "purchase", quantity=2), hourly)
     observe(state, ev(T0 + 25 * HOUR), hourly)
     close_until(state, T0 + HOUR, hourly)
-    daily = DemandParams(bucket_ms=DAY, allowed_lateness_ms=0)
+    daily = DemandParams(bucket_ms=DAY)
     state, _ = observe(state, ev(T0 + 26 * HOUR, "add_to_cart"), daily)
     assert state.model_version == daily.model_version and state.forecaster.season == 7
     reports = close_until(state, (T0 // DAY + 2) * DAY, daily)
@@ -352,7 +382,7 @@ def test_params_are_checked_and_seasons_default_to_the_bucket() -> None:
 
 
 def test_a_report_encodes_as_json() -> None:
-    params = DemandParams(horizon=2, allowed_lateness_ms=0)
+    params = DemandParams(horizon=2)
     state, _ = observe(None, ev(T0, "purchase", price=4.5, quantity=2), params)
     (report,) = close_until(state, T0 + HOUR, params)
     assert json.loads(msgspec.json.encode(report)) == {
@@ -365,6 +395,7 @@ def test_a_report_encodes_as_json() -> None:
         "predicted": None,
         "model": "warm-up:mean",
         "model_version": params.model_version,
+        "revision": 0,
     }
 
 

@@ -1,52 +1,163 @@
-"""The stream's event-time clock: slowest live partition, batches in flight, start-up grace,
-speed, guards."""
+"""Event time from the data: per-partition watermarks, idle partitions, worker tables, speed."""
 
 from __future__ import annotations
 
-from operators.event_clock import EventClock
+import pytest
+
+from operators.event_clock import (
+    NO_WATERMARK,
+    ChannelState,
+    EventTimeSpeed,
+    PartitionClock,
+    Progress,
+    WatermarkTable,
+)
 
 HOUR = 3_600_000
+A, B = "0-events", "1-events"
 
 
-def clock_at(wall: list[int], **settings: int) -> EventClock:
-    return EventClock(wall_clock=lambda: wall[0], **settings)
+def partition(lateness_ms: int = 0, idle_after_ms: int = 1_000) -> PartitionClock:
+    return PartitionClock(A, lateness_ms, idle_after_ms, wall_ms=0)
 
 
-def test_the_clock_waits_for_every_partition_then_follows_the_slowest() -> None:
-    wall = [0]
-    clock = clock_at(wall, idle_ms=1_000, settle_ms=1)
-    clock.observe([(10 * HOUR, 0)], partition="a")
-    clock.observe([(2 * HOUR, 0)], partition="b")
-    assert clock.now_ms() == 0  # partitions are still reporting in
-    wall[0] = 1_000
-    clock.observe([(11 * HOUR, 0)], partition="a")
-    clock.observe([(5 * HOUR, 0)], partition="b")
-    assert clock.now_ms() == 2 * HOUR  # b is behind, and its newest batch is in flight
-    assert clock.newest_ms() == 11 * HOUR
-    wall[0] = 1_001  # settled
-    clock.observe([(6 * HOUR, 0)], partition="b")
-    assert clock.now_ms() == 5 * HOUR
-    wall[0] = 2_500  # nothing for 1.5 s: idle partitions hold nothing back, all they read counts
-    assert clock.now_ms() == 11 * HOUR
-    clock.observe([(7 * HOUR, 0)], partition="b")
-    assert clock.now_ms() == 11 * HOUR  # it never goes back
+def test_every_message_moves_its_partition_and_is_stamped_with_the_watermark_before_it() -> None:
+    part = partition(lateness_ms=10 * 60_000)
+    stamps = []
+    for ts in (5 * HOUR, 7 * HOUR, 6 * HOUR, 7 * HOUR - 60_000):
+        stamps.append(part.watermark_ms)
+        part.stamp(ts)
+    assert stamps[1:] == [5 * HOUR - 600_000, 7 * HOUR - 600_000, 7 * HOUR - 600_000]
+    assert part.newest_ms == 7 * HOUR  # older events never move it back
+    late = [ts < stamp for ts, stamp in zip((6 * HOUR, 7 * HOUR - 60_000), stamps[2:], strict=True)]
+    assert late == [True, False]  # an hour behind is late; a minute is within the lateness
 
 
-def test_a_timestamp_far_ahead_of_its_ingest_time_does_not_move_the_clock() -> None:
-    wall = [0]
-    clock = clock_at(wall, idle_ms=0, settle_ms=0)
-    clock.observe([(HOUR, HOUR), (1_000 * HOUR, HOUR)])
-    assert clock.now_ms() == HOUR
+def test_an_event_from_a_broken_clock_does_not_move_its_partition() -> None:
+    part = partition()
+    part.stamp(10 * HOUR, ingest_ms=10 * HOUR)
+    part.stamp(10 * HOUR + 2 * HOUR, ingest_ms=10 * HOUR)  # two hours ahead of its ingest
+    assert part.newest_ms == 10 * HOUR
+    part.stamp(11 * HOUR)  # no ingest time known: trusted
+    assert part.newest_ms == 11 * HOUR
 
 
-def test_timers_follow_the_measured_speed_and_slow_down_when_events_stop() -> None:
-    wall = [0]
-    clock = clock_at(wall, idle_ms=0, settle_ms=0, min_wait_ms=100, max_wait_ms=60_000)
-    clock.observe([(1, 0)])
-    assert clock.wall_due(10 * HOUR) == 100  # the speed is not known yet: check soon
-    wall[0] = 1_000
-    clock.observe([(HOUR, 0)])  # an hour of event time per wall second
-    assert clock.wall_due(11 * HOUR) == 1_000 + 10_000
-    assert clock.wall_due(HOUR + 1) == 1_000 + 100  # never sooner than min_wait_ms
-    wall[0] = 101_000  # nothing for 100 s: the speed falls towards 1x (capped by max_wait)
-    assert clock.wall_due(11 * HOUR) == 101_000 + 60_000
+def test_markers_say_only_what_changed_and_idleness_needs_the_end_and_the_quiet() -> None:
+    part = partition(lateness_ms=5, idle_after_ms=1_000)
+    assert part.marker(wall_ms=0, caught_up=True) is None  # nothing read: nothing to say
+    part.stamp(100)
+    first = part.marker(wall_ms=10, caught_up=False, read=True)
+    assert first == Progress(A, 95, 100, ChannelState.ACTIVE)
+    assert part.marker(wall_ms=20, caught_up=False) is None
+    assert part.marker(wall_ms=5_000, caught_up=False) is None  # quiet, but not at the end
+    assert part.marker(wall_ms=1_009, caught_up=True) is None  # at the end, not quiet long
+    idle = part.marker(wall_ms=1_010, caught_up=True)
+    assert idle == Progress(A, 95, 100, ChannelState.IDLE)
+    part.stamp(120)  # it speaks again: active
+    assert part.marker(wall_ms=2_000, caught_up=False, read=True) == Progress(A, 115, 120)
+    assert part.finish() == Progress(A, 115, 120, ChannelState.DONE)
+
+
+def test_an_empty_partition_goes_idle_and_then_holds_nothing_back() -> None:
+    part = partition(idle_after_ms=1_000)
+    marker = part.marker(wall_ms=1_000, caught_up=True)
+    assert marker is not None and marker.state is ChannelState.IDLE
+    table = WatermarkTable()
+    table.note(Progress(B, 50, 60), expected=(A, B))
+    assert table.watermark_ms == NO_WATERMARK  # A has not reported
+    assert table.note(marker, expected=(A, B)) and table.watermark_ms == 50
+
+
+def test_the_watermark_is_the_slowest_active_channel_and_never_goes_back() -> None:
+    table = WatermarkTable()
+    channels = (A, B)
+    assert not table.note(Progress(A, 500, 510), channels)  # B is still to report
+    assert table.note(Progress(B, 200, 210), channels) and table.watermark_ms == 200
+    assert table.note(Progress(B, 300, 310), channels) and table.watermark_ms == 300
+    assert not table.note(Progress(A, 900, 910), channels)  # B holds it back
+    assert table.note(Progress(B, 300, 310, ChannelState.IDLE), channels)
+    assert table.watermark_ms == 900  # the idle one no longer holds it back
+    assert not table.note(Progress(B, 250, 260), channels)  # B speaks again, behind: no way back
+    assert table.watermark_ms == 900
+    assert table.end_ms() == 910
+    assert table.idle() == []
+
+
+def test_when_every_channel_is_idle_or_done_the_watermark_moves_to_the_newest() -> None:
+    table = WatermarkTable()
+    table.note(Progress(A, 100, 110, ChannelState.DONE), (A, B))
+    table.note(Progress(B, 40, 50, ChannelState.IDLE), (A, B))
+    assert table.watermark_ms == 100
+    assert table.idle() == [A, B]
+
+
+def test_a_resumed_table_merges_per_channel_the_further_marker() -> None:
+    table = WatermarkTable()
+    table.note(Progress(A, 100, 110), (A, B))
+    resumed = WatermarkTable()
+    resumed.note(Progress(A, 50, 60), (A, B))
+    resumed.note(Progress(B, 70, 80), (A, B))
+    table.merge(resumed)
+    assert table.channels == {A: Progress(A, 100, 110), B: Progress(B, 70, 80)}
+    assert table.recompute((A, B)) and table.watermark_ms == 70
+
+
+@pytest.mark.parametrize(
+    ("rate", "ahead", "waits"),
+    [(60.0, 600_000, 10_000), (1.0, 5 * 60_000, 300_000), (1_000_000.0, HOUR, 1_000)],
+)
+def test_timers_wait_by_the_measured_speed_within_bounds(
+    rate: float, ahead: int, waits: int
+) -> None:
+    speed = EventTimeSpeed(min_wait_ms=1_000, max_wait_ms=300_000)
+    assert speed.wall_due(ahead, 0, 0, wall_ms=0) == 1_000  # speed unknown: soon
+    speed.note(0, wall_ms=0)
+    now = round(rate * 1_000)
+    speed.note(now, wall_ms=1_000)
+    assert speed.wall_due(now + ahead, now, now, wall_ms=1_000) - 1_000 == waits
+
+
+def test_a_due_time_some_input_has_passed_is_looked_at_again_soon() -> None:
+    speed = EventTimeSpeed(held_wait_ms=2_000)
+    speed.note(0, wall_ms=0)
+    speed.note(1_000, wall_ms=1_000)  # real time
+    # One partition is an hour ahead of the slowest: when the slow one goes idle the
+    # watermark jumps, so a check due within that hour does not wait an hour.
+    assert speed.wall_due(30 * 60_000, 1_000, HOUR, wall_ms=5_000) == 7_000
+    assert speed.wall_due(2 * HOUR, 1_000, HOUR, wall_ms=5_000) == 5_000 + 300_000 * 2
+
+
+def test_a_standing_watermark_slows_the_timers_down_to_real_time() -> None:
+    speed = EventTimeSpeed(max_wait_ms=10**9)
+    speed.note(0, wall_ms=0)
+    speed.note(HOUR, wall_ms=1_000)  # a replay: an hour a second
+    # Ten seconds later nothing moved (the replay ended): wait in real time, not replay time.
+    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=11_000) == 11_000 + HOUR
+
+
+def test_an_idle_partition_repeats_its_marker_while_it_stays_idle() -> None:
+    part = partition(idle_after_ms=1_000)
+    part.stamp(100)
+    part.marker(wall_ms=0, caught_up=False, read=True)
+    assert part.marker(wall_ms=1_000, caught_up=True) == Progress(A, 100, 100, ChannelState.IDLE)
+    assert part.marker(wall_ms=1_500, caught_up=True) is None
+    assert part.marker(wall_ms=2_000, caught_up=True) == Progress(A, 100, 100, ChannelState.IDLE)
+
+
+def test_when_a_quiet_channel_speaks_again_the_others_hold_back_until_confirmed_idle() -> None:
+    # Everyone went quiet: the watermark moved to the newest of them.
+    channels = ("a", "b", "c")
+    table = WatermarkTable()
+    for name, newest in zip(channels, (100, 90, 80), strict=True):
+        table.note(Progress(name, newest, newest, ChannelState.IDLE), channels, wall_ms=0)
+    assert table.watermark_ms == 100
+    # Traffic resumes and "a" is read first, a backlog far ahead: "b" and "c" may have
+    # theirs on the way, so they hold the watermark back again.
+    assert not table.note(Progress("a", 5_000, 5_000), channels, wall_ms=10_000, confirm_ms=500)
+    assert table.watermark_ms == 100 and table.idle() == []
+    assert not table.note(Progress("b", 4_000, 4_000), channels, wall_ms=10_050, confirm_ms=500)
+    # "c" repeats that it is idle too soon to say it saw the resumed traffic, then later.
+    idle_c = Progress("c", 80, 80, ChannelState.IDLE)
+    assert not table.note(idle_c, channels, wall_ms=10_100, confirm_ms=500)
+    assert table.note(idle_c, channels, wall_ms=10_600, confirm_ms=500)
+    assert table.watermark_ms == 4_000 and table.idle() == ["c"]

@@ -223,7 +223,6 @@ def _params(series: Series, model: str, knobs: dict[str, Any]) -> DemandParams:
         bucket_ms=series.bucket_ms,
         horizon=series.horizon,
         season=series.season,
-        allowed_lateness_ms=0,
         model=cast(ModelName, model),
         **knobs,
     )
@@ -336,11 +335,13 @@ def generated_series(
 ) -> list[Series]:
     """Hourly units of the biggest categories of a generated stream, bucketed as the flow does.
 
-    Every category's state starts at the stream's first hour; the clock is the newest event
-    time, as :class:`~operators.event_clock.EventClock` keeps it, and the end closes all.
+    Every category's state starts at the stream's first hour; the watermark trails the newest
+    event time by the flow's default allowed lateness, as a one-partition flow's does, and
+    the end closes all.
     """
     start_ms = DEFAULT_END_MS - days * DAY_MS
-    params = DemandParams(allowed_lateness_ms=600_000)
+    params = DemandParams()
+    lateness_ms = 600_000
     states: dict[str, CategoryDemand] = {}
     units: dict[str, list[float]] = {}
     clock = closed = 0
@@ -359,12 +360,13 @@ def generated_series(
             units[event.category] = []
         observe(state, event, params)
         clock = max(clock, event.ts_ms)
-        if (clock - params.allowed_lateness_ms) // params.bucket_ms > closed:  # an hour is due
-            closed = (clock - params.allowed_lateness_ms) // params.bucket_ms
+        watermark = clock - lateness_ms
+        if watermark // params.bucket_ms > closed:  # an hour is due
+            closed = watermark // params.bucket_ms
             for category, each in states.items():
-                _collect(units[category], close_until(each, clock, params))
+                _collect(units[category], close_until(each, watermark, params))
     for category, each in states.items():
-        _collect(units[category], close_until(each, DEFAULT_END_MS + 600_000, params))
+        _collect(units[category], close_until(each, DEFAULT_END_MS, params))
     biggest = sorted(units, key=lambda c: (-sum(units[c]), c))[:n_categories]
     return [
         Series(f"generated {c} hourly", units[c], 24, 24, 24, HOUR_MS, "generated-hourly")
