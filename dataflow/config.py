@@ -139,7 +139,18 @@ class Config:
     )
     allowed_lateness_ms: int = field(
         default=600_000,
-        metadata=_opt("events older than a user's newest by more than this skip the windows"),
+        metadata=_opt(
+            "how far behind its partition's newest event an event may be and still be on time: "
+            "the watermark trails the slowest partition by this much; later events are late "
+            "(they skip the windows, and category demand sends them as corrections)"
+        ),
+    )
+    idle_partition_ms: int = field(
+        default=10_000,
+        metadata=_opt(
+            "an input partition read to its end and quiet for this long (wall clock) stops "
+            "holding the watermark back, until its next message"
+        ),
     )
     pii_secret: str = field(
         default="",
@@ -236,6 +247,7 @@ class Config:
             "full_every": 1,
             "emit_interval_ms": 0,
             "allowed_lateness_ms": 0,
+            "idle_partition_ms": 0,
             "keywords_per_text": 1,
             "max_keywords": 1,
             "max_seen_event_ids": 1,

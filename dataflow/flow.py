@@ -1,10 +1,13 @@
 """Wire the operators into the profilestream Bytewax dataflow.
 
-    input (Kafka | JSONL) -> parse (a batch at a time) -> key by user
+    input (Kafka | JSONL): parse, stamp each event with its partition's watermark,
+        and send a marker of the partition's event time behind every batch
+        -> key by user (markers: one copy to every worker)
         -> profile (stateful, per user: wait for text vectors, apply, coalesce) -> deltas sink
                                          segment entries and exits   -> segments sink
                                          risk alerts                 -> alerts sink
-    valid events with a category -> key by category
+           accepted events with a category, and each worker's watermark
+        -> key by category (watermarks: to every worker)
         -> demand (stateful, per category: hourly buckets, online forecast) -> demand sink
     parse rejects, duplicates and source errors -> dead-letter sink
 
@@ -14,10 +17,11 @@ its timers, end of input and snapshots. ``build_flow`` takes optional source, si
 and clock so tests run the real flow with ``bytewax.testing``. ``flow_from_env`` is the entry
 point for ``python -m bytewax.run dataflow.flow:flow_from_env`` on a cluster.
 
-Time passing matters to segments (a user lapses 30 days after their last purchase) and to
-demand (an hour closes): both read the process's :class:`~operators.event_clock.EventClock`,
-which every parsed event moves, and set Bytewax timers from it, so quiet users and
-categories change too.
+Time passing matters to segments (a user lapses 30 days after their last purchase), to
+expiry and to demand (an hour closes). Both keyed steps act on watermarks that travel in
+the stream with the events, are kept in Bytewax's snapshots and never follow the wall
+clock (:mod:`dataflow.clock`), so the same input gives the same records in every run,
+after any failure.
 
 Each user's state rests as MessagePack bytes between deltas (a few KB); it is decoded when
 the user's first event of an emit interval arrives and encoded again when the delta goes
@@ -28,30 +32,45 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final, TypeGuard, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import bytewax.operators as op
 import msgspec
 import numpy as np
 from bytewax.connectors.files import FileSink
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
-from bytewax.dataflow import Dataflow, Stream
-from bytewax.inputs import Source
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.inputs import DynamicSource, FixedPartitionedSource, Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from dataflow import metrics
+from dataflow.clock import (
+    ClockLogic,
+    Cluster,
+    ClusterSource,
+    StepTime,
+    WorkerTime,
+    as_datetime,
+    broadcast,
+)
 from dataflow.config import Config, load_config
 from dataflow.model_watch import ItemModelFeed, ModelWatcher
 from dataflow.sinks import KafkaOutput, dead_letter_json, dead_letter_message
-from dataflow.sources import JsonlSource, RawLine
+from dataflow.sources import (
+    DynamicEventSource,
+    EventSource,
+    JsonlSource,
+    KafkaSource,
+    Parse,
+    PartitionTime,
+    SourceItem,
+)
 from operators.batching import TextBatcher
 from operators.coalesce import (
     PendingChanges,
@@ -68,21 +87,22 @@ from operators.coalesce import (
 )
 from operators.deltas import ProfileDelta, delta_to_json
 from operators.demand import (
+    DEMAND_TYPES,
     CategoryDemand,
     DemandParams,
     DemandReport,
     close_until,
+    corrections,
     decode_demand,
     encode_demand,
     next_close_ms,
     observe,
 )
 from operators.embedding import Embedder, TextEncoder, embedding_text, typed_text
-from operators.event_clock import EventClock
+from operators.event_clock import EventTimeSpeed, Progress, WatermarkTable
 from operators.events import (
     DeadLetter,
     Event,
-    RejectReason,
     beyond_dedupe_memory,
     duplicate_of,
     erased_user,
@@ -181,7 +201,7 @@ class _Context:
     erased_memory_ms: int
     settle_full_ms: int
     applications: Callable[[], Applications]
-    event_clock: EventClock
+    time: StepTime  # the profile step's event time on each worker
 
     def vector_of(self, event: Event) -> tuple[np.ndarray | None, str | None]:
         """The event's vector if the catalog has it, else the text whose vector it needs;
@@ -196,7 +216,9 @@ class _Context:
         return None, embedding_text(event, self.prompts)
 
 
-Output = ProfileDelta | DeadLetter | SegmentTransition | Alert
+#: What the profile step emits: its outputs, the accepted events category demand counts,
+#: and the watermark each worker forwards to the demand step.
+Output = ProfileDelta | DeadLetter | SegmentTransition | Alert | Event | Progress
 #: A user's snapshot, immutable as Bytewax requires: the state as of the last delta, the
 #: state now and the pending changes (when changes are pending, all MessagePack bytes), the
 #: events waiting for a text vector, the event time the segments must be checked again at
@@ -223,6 +245,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         "registered",
         "settle_at",
         "state",
+        "time",
         "waiting",
     )
 
@@ -232,6 +255,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             _resume_parts(resume)
         )
         self.context = context
+        self.time: WorkerTime = context.time.here()
         self.settle_at = settle_at  # wall time a settling full delta is due (0: none)
         self.due = due  # event time of the next segment check (0: none)
         self.members = members
@@ -242,9 +266,14 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self.emitted = emitted  # the state as of the last delta, as bytes
         self.state: UserState | None = None if current is None else decode_state(current)
         self.pending = None if pending is None else decode_pending(pending)
-        self.waiting: list[Event] | None = list(waiting) or None  # None saves a list a user
+        # Events that waited for a vector at the snapshot may have gone out in a delta
+        # after it, before a crash: they are read again, as far as deltas are concerned.
+        self.waiting: list[Event] | None = [
+            msgspec.structs.replace(e, replayed=True) for e in waiting
+        ] or None  # None saves a list a user
         self.before: Published | None = None  # what the last delta published, while pending
         self.registered = 0  # waiting events, from the first, whose texts joined a batch
+        self._note_waiting()
 
     def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
         if self.waiting is None:
@@ -258,10 +287,10 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         if self.waiting:
             self.context.batcher.flush_due(now)
         out = self._advance()
-        # Timers go by the watermark (the clock less the allowed lateness): an event within
-        # the lateness that arrives after the check is then still applied before it, as in
-        # a replay, so memberships and versions do not depend on when timers fired.
-        watermark = self.context.event_clock.now_ms() - self.context.params.allowed_lateness_ms
+        # Timers go by the worker's watermark: every event older than it has been applied
+        # (an event older still is late, and stamped so: see _apply), so what a check sees
+        # does not depend on when the timer fired.
+        watermark = self.time.table.watermark_ms
         if self.due and not self.waiting and self.due <= watermark:
             out += self._check_segments(watermark, now)
         if self.expires and not self.waiting and self.expires <= watermark:
@@ -279,7 +308,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         while self.waiting:  # the input is over: embed what waits now
             self.context.batcher.flush(self.context.clock())
             out += self._advance()
-        end = self.context.event_clock.newest_ms()  # the input is over: all of it counts
+        end = self.time.table.end_ms()  # the input is over: all of it counts
         if self.due and self.due <= end:
             out += self._check_segments(end, self.context.clock())
         if self.expires and self.expires <= end:
@@ -309,11 +338,9 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             default=0,
         )
         if clock_due:
-            check = self.context.event_clock.wall_due(
-                clock_due + self.context.params.allowed_lateness_ms
-            )
-            due = check if due is None else min(due, check)
-        return None if due is None else _as_datetime(due)
+            check = self.context.time.wall_due(self.time, clock_due)
+            return check if due is None else min(as_datetime(due), check)
+        return None if due is None else as_datetime(due)
 
     def snapshot(self) -> UserSnapshot:
         waiting = list(self.waiting or ())
@@ -329,6 +356,14 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         done = self.emitted is None and self.state is None and not self.waiting
         done = done and not self.erased
         return StatefulBatchLogic.DISCARD if done else StatefulBatchLogic.RETAIN
+
+    def _note_waiting(self) -> None:
+        """Tell the worker the oldest event this user still has waiting for a vector: the
+        watermark forwarded to category demand must not pass it."""
+        if self.waiting:
+            self.time.waiting[self] = min(e.ts_ms for e in self.waiting)
+        else:
+            self.time.waiting.pop(self, None)
 
     def _advance(self) -> list[Output]:
         """Apply waiting events in order until one needs a vector that is not ready yet.
@@ -365,6 +400,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             self.waiting = None
         if self.pending is None:
             self.state = None  # nothing unsent: the state rests as bytes
+        self._note_waiting()
         return out
 
     def _live(self) -> UserState | None:
@@ -379,18 +415,22 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
     def _apply(self, event: Event, vector: Any, now: int) -> list[Output]:
         context = self.context
         out: list[Output] = []
+        # What the clock did before this event: by its time, or, for a late event, by the
+        # watermark its partition had when it was read, which no timer can have passed
+        # before the event arrived. Either way the same in every run.
+        horizon = max(event.ts_ms, event.watermark_ms)
+        if self.erased and self.erased + context.erased_memory_ms <= event.watermark_ms:
+            self.erased = 0  # re-sends this old are past the input's retention
         if self.erased and event.ts_ms <= self.erased:
             out.append(erased_user(event))
             return out
-        if self.expires:  # gone before this event came, by its time or the stream's
-            watermark = context.event_clock.now_ms() - context.params.allowed_lateness_ms
-            if self.expires <= max(event.ts_ms, watermark):
-                out += self._expire(now)
-                if event.ts_ms <= self.erased:
-                    out.append(erased_user(event))
-                    return out
-        if self.due and self.due <= event.ts_ms:  # what the clock changed before this event
-            out += self._check_segments(event.ts_ms, now, emit=False)
+        if self.expires and self.expires <= horizon:  # gone before this event came
+            out += self._expire(now)
+            if event.ts_ms <= self.erased:
+                out.append(erased_user(event))
+                return out
+        if self.due and self.due <= horizon:
+            out += self._check_segments(horizon, now, emit=False)
         state = self._live()
         feed = context.feed
         items = feed.model() if feed is not None else None
@@ -422,6 +462,12 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         if outcome is Outcome.LATE:
             metrics.LATE_EVENTS.inc()
         self.state = new
+        if event.replayed:
+            # The run before a restart may have sent deltas of this event already, so a
+            # consumer may be ahead of what this run has sent: only a full delta is sure
+            # to bring it to this version (a patch lists what changed since its base, and a
+            # field that changed and changed back would stay as that consumer had it).
+            new.needs_full = True
         if context.expire_after_ms:
             self.expires = new.profile.last_seen_ms + context.expire_after_ms
         alerts, transitions, self.due = after_event(new, event, context.applications())
@@ -430,6 +476,8 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         self._count(transitions)
         out += alerts
         out += transitions
+        if event.category is not None and event.type in DEMAND_TYPES:
+            out.append(event)  # category demand counts what the profile accepted
         if self.pending is None:
             self.pending = PendingChanges(due_ms=now + context.emit_interval_ms)
         note(self.pending, event, in_windows=outcome is Outcome.APPLIED)
@@ -522,80 +570,146 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
 
 
 class _CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
-    """One category's demand: count events into buckets, close them as event time passes."""
+    """One category's demand: count events into buckets, close them as the watermark passes.
 
-    __slots__ = ("clock", "params", "state")
+    ``on_batch`` only counts (and re-states a closed bucket a late event joined); buckets
+    close in timers and at the end of the input, when every event older than the
+    watermark has been counted (see :mod:`dataflow.clock`).
+    """
 
-    def __init__(self, params: DemandParams, clock: EventClock, resume: bytes | None) -> None:
+    __slots__ = ("params", "state", "step", "time")
+
+    def __init__(self, params: DemandParams, step: StepTime, resume: bytes | None) -> None:
         self.params = params
-        self.clock = clock
+        self.step = step
+        self.time = step.here()
         self.state: CategoryDemand | None = None if resume is None else decode_demand(resume)
 
     def on_batch(self, values: list[Event]) -> tuple[list[DemandReport], bool]:
         state = self.state
         for event in values:
             state, late = observe(state, event, self.params)
-            if late:
-                metrics.DEMAND_LATE_EVENTS.inc()
+            if late is not None:
+                metrics.DEMAND_LATE_EVENTS.labels(late).inc()
         self.state = state
-        return self._close(), StatefulBatchLogic.RETAIN
+        assert state is not None
+        return _exported(corrections(state)), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[DemandReport], bool]:
-        return self._close(), StatefulBatchLogic.RETAIN
+        return self._close(self.time.table.watermark_ms), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[DemandReport], bool]:
-        return self._close(self.clock.newest_ms()), StatefulBatchLogic.RETAIN
+        return self._close(self.time.table.end_ms()), StatefulBatchLogic.RETAIN  # all is in
 
     def notify_at(self) -> datetime | None:
         due = next_close_ms(self.state, self.params) if self.state is not None else None
-        return None if due is None else _as_datetime(self.clock.wall_due(due))
+        return None if due is None else self.step.wall_due(self.time, due)
 
     def snapshot(self) -> bytes:
         assert self.state is not None
         return encode_demand(self.state)
 
-    def _close(self, watermark: int | None = None) -> list[DemandReport]:
+    def _close(self, watermark: int) -> list[DemandReport]:
         if self.state is None:
             return []
-        now = self.clock.now_ms() if watermark is None else watermark
-        reports = close_until(self.state, now, self.params)
-        for report in reports:
-            _export_demand(report)
-        return reports
+        return _exported(close_until(self.state, watermark, self.params))
 
 
-def _export_demand(report: DemandReport) -> None:
-    """Show a closed bucket and the new forecast on the Grafana panel."""
-    category = report.category
-    for measure, value in report.actual.items():
-        metrics.DEMAND_ACTUAL.labels(category, measure).set(value)
-    if report.forecast:
-        metrics.DEMAND_FORECAST.labels(category, "next").set(report.forecast[0])
-        metrics.DEMAND_FORECAST.labels(category, "horizon").set(sum(report.forecast))
-    if report.predicted is not None:
-        metrics.DEMAND_ABS_ERROR.labels(category).inc(
-            abs(report.predicted - report.actual["units"])
-        )
-        metrics.DEMAND_FORECASTS_SCORED.labels(category).inc()
+def _exported(reports: list[DemandReport]) -> list[DemandReport]:
+    """Show closed buckets and the new forecast on the Grafana panel; count corrections."""
+    for report in reports:
+        if report.revision:
+            metrics.DEMAND_CORRECTIONS.inc()
+            continue
+        category = report.category
+        for measure, value in report.actual.items():
+            metrics.DEMAND_ACTUAL.labels(category, measure).set(value)
+        if report.forecast:
+            metrics.DEMAND_FORECAST.labels(category, "next").set(report.forecast[0])
+            metrics.DEMAND_FORECAST.labels(category, "horizon").set(sum(report.forecast))
+        if report.predicted is not None:
+            metrics.DEMAND_ABS_ERROR.labels(category).inc(
+                abs(report.predicted - report.actual["units"])
+            )
+            metrics.DEMAND_FORECASTS_SCORED.labels(category).inc()
+    return reports
 
 
 def demand_params(config: Config) -> DemandParams:
-    return DemandParams(
-        bucket_ms=config.demand_bucket_ms,
-        horizon=config.demand_horizon,
-        allowed_lateness_ms=config.allowed_lateness_ms,
+    return DemandParams(bucket_ms=config.demand_bucket_ms, horizon=config.demand_horizon)
+
+
+class _Unborn(StatefulBatchLogic[Any, Any, Any]):
+    """A new key's logic, decided by its first item: a clock key (markers) gets the worker's
+    clock, any other key the step's own logic, to which every call then goes."""
+
+    __slots__ = ("inner", "make")
+
+    def __init__(self, make: Callable[[Any], StatefulBatchLogic[Any, Any, Any]]) -> None:
+        self.make = make
+        self.inner: StatefulBatchLogic[Any, Any, Any] | None = None
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self.inner is None:
+            self.inner = self.make(values[0])
+        return self.inner.on_batch(values)
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        assert self.inner is not None
+        return self.inner.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        assert self.inner is not None
+        return self.inner.on_eof()
+
+    def notify_at(self) -> datetime | None:
+        return None if self.inner is None else self.inner.notify_at()
+
+    def snapshot(self) -> Any:
+        assert self.inner is not None
+        return self.inner.snapshot()
+
+
+def _keyed_logic(
+    step: StepTime,
+    resume: Any,
+    own: Callable[[Any], StatefulBatchLogic[Any, Any, Any]],
+    forward: bool,
+) -> StatefulBatchLogic[Any, Any, Any]:
+    """The logic of a key of a keyed step: the worker's clock or the step's own (``own``)."""
+    if isinstance(resume, WatermarkTable):
+        return ClockLogic(step, resume, forward)
+    if resume is not None:
+        return own(resume)
+    return _Unborn(
+        lambda first: ClockLogic(step, None, forward) if isinstance(first, Progress) else own(None)
     )
 
 
-def _demand(config: Config, events: Stream[Event], clock: EventClock) -> Stream[DemandReport]:
+def _demand(
+    config: Config, accepted: Stream[Output], cluster: Cluster, step: StepTime
+) -> Stream[DemandReport]:
     """The second keyed stream: demand per category, with its forecast."""
     params = demand_params(config)
-    with_category = op.filter("has_category", events, lambda e: e.category is not None)
-    by_category = op.key_on("by_category", with_category, lambda e: cast(str, e.category))
+
+    def by_category(items: list[Output]) -> list[tuple[str, Event | Progress]]:
+        routed: list[tuple[str, Event | Progress]] = []
+        for item in items:
+            if type(item) is Event:
+                routed.append((cast(str, item.category), item))
+            elif type(item) is Progress:
+                routed += broadcast(item, cluster)
+        return routed
+
+    keyed = op.flat_map_batch("by_category", accepted, by_category)
     reports = op.stateful_batch(
-        "demand", by_category, lambda resume: _CategoryLogic(params, clock, resume)
+        "demand",
+        keyed,
+        lambda resume: _keyed_logic(
+            step, resume, lambda r: _CategoryLogic(params, step, r), forward=False
+        ),
     )
-    return op.key_rm("demand_reports", reports)
+    return cast(Stream[DemandReport], op.key_rm("demand_reports", reports))  # clocks send none
 
 
 def _resume_parts(resume: tuple[Any, ...] | None) -> UserSnapshot:
@@ -606,77 +720,18 @@ def _resume_parts(resume: tuple[Any, ...] | None) -> UserSnapshot:
     return cast(UserSnapshot, (*resume, *fresh[len(resume) :]))
 
 
-@lru_cache(maxsize=4096)
-def _as_datetime(ms: int) -> datetime:
-    """Due times repeat for every user of an input batch: build each datetime once."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+def _parser(key: bytes) -> Parse:
+    """Parse a raw message and hide its IP and device id before anything keeps them."""
 
-
-def _origin(message: KafkaSourceMessage) -> str:
-    return f"{message.topic}/{message.partition}/{message.offset}"
-
-
-def _parse_kafka(
-    messages: list[KafkaSourceMessage], clock: Clock, key: bytes, events: EventClock
-) -> list[Event | DeadLetter]:
-    now = clock()
-    parsed = []
-    for message in messages:
-        kind, stamp = message.timestamp or (0, 0)
-        parsed.append(
-            parse_event(
-                message.value or b"",
-                key=message.key,
-                source=_origin(message),
-                ingest_ms=stamp if kind and stamp > 0 else now,
-            )
+    def parse(
+        raw: bytes | str, message_key: bytes | None, origin: str, ingest_ms: int, watermark_ms: int
+    ) -> Event | DeadLetter:
+        item = parse_event(
+            raw, key=message_key, source=origin, ingest_ms=ingest_ms, watermark_ms=watermark_ms
         )
-    partition = f"{messages[0].topic}/{messages[0].partition}" if messages else ""
-    return _prepared(parsed, key, events, partition)
+        return pseudonymise(item, key) if type(item) is Event else item
 
-
-def _parse_lines(
-    lines: list[RawLine], clock: Clock, key: bytes, events: EventClock
-) -> list[Event | DeadLetter]:
-    now = clock()
-    parsed = [parse_event(line, source=origin, ingest_ms=now) for line, origin in lines]
-    return _prepared(parsed, key, events, "")
-
-
-def _prepared(
-    parsed: list[Event | DeadLetter], key: bytes, events: EventClock, partition: str
-) -> list[Event | DeadLetter]:
-    """Hide IPs and device ids before anything keeps them, move the event clock, and count
-    valid events by type once per batch (a labelled counter per event is costly). A batch
-    comes from one input partition."""
-    out: list[Event | DeadLetter] = []
-    types: Counter[str] = Counter()
-    times = []
-    for item in parsed:
-        if isinstance(item, Event):
-            types[item.type] += 1
-            times.append((item.ts_ms, item.ingest_ms))
-            item = pseudonymise(item, key)
-        out.append(item)
-    events.observe(times, partition)
-    for event_type, n in types.items():
-        metrics.EVENTS_IN.labels(event_type).inc(n)
-    return out
-
-
-def _source_error(error: Any) -> DeadLetter:
-    message = error.msg
-    return DeadLetter(
-        RejectReason.SOURCE_ERROR.value,
-        str(error.err),
-        message.value or b"",
-        message.key,
-        _origin(message),
-    )
-
-
-def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
-    return isinstance(item, Event)
+    return parse
 
 
 def _delta_json(delta: ProfileDelta, clock: Clock) -> bytes:
@@ -691,35 +746,55 @@ def _delta_json(delta: ProfileDelta, clock: Clock) -> bytes:
 
 
 def _inputs(
-    flow: Dataflow, config: Config, source: Source | None, clock: Clock, events: EventClock
-) -> tuple[Stream[Event | DeadLetter], list[Stream[DeadLetter]]]:
+    flow: Dataflow,
+    config: Config,
+    source: Source | None,
+    clock: Clock,
+    on_partitions: Callable[[list[str]], None],
+) -> Stream[SourceItem]:
+    """Parsed events, dead letters and event-time markers, in order per input partition."""
     if not config.pii_secret and config.sink == "kafka":
         log.warning(
             "PROFILESTREAM_PII_SECRET is not set: IPs and device ids are hashed with the public "
             "development secret, which does not protect them"
         )
-    key = pii_key(config.pii_secret)
+    parse = _parser(pii_key(config.pii_secret))
+    timing = PartitionTime(config.allowed_lateness_ms, config.idle_partition_ms)
     if source is None and config.source == "kafka":
-        kafka = kop.input(
-            "kafka_in",
-            flow,
-            brokers=config.brokers.split(","),
-            topics=[config.events_topic],
-            tail=config.kafka_tail,
-            add_config=config.kafka_properties(),
+        source = KafkaSource(
+            config.brokers, config.events_topic, config.kafka_properties(), config.kafka_tail
         )
-        parsed = op.flat_map_batch(
-            "parse", kafka.oks, lambda ms: _parse_kafka(ms, clock, key, events)
-        )
-        return parsed, [op.map("source_errors", kafka.errs, _source_error)]
-    if source is None:
+    elif source is None:
         if config.input_path is None:
             raise ValueError("source=file needs input_path")
         source = JsonlSource(config.input_path)
-    lines = op.input("file_in", flow, source)
-    return op.flat_map_batch(
-        "parse", lines, lambda batch: _parse_lines(batch, clock, key, events)
-    ), []
+    if isinstance(source, DynamicSource):
+        events: Source = DynamicEventSource(source, parse, timing, clock, on_partitions)
+    elif isinstance(source, FixedPartitionedSource):
+        events = EventSource(source, parse, timing, clock, on_partitions)
+    else:
+        raise TypeError(f"cannot read events from a {type(source).__name__}")
+    if config.source == "kafka":
+        return _kafka_in("kafka_in", flow, events)
+    return op.input("file_in", flow, events)
+
+
+@operator
+def _kafka_in(step_id: str, flow: Dataflow, source: Source) -> Stream[SourceItem]:
+    """The Kafka input, under the step id Bytewax's Kafka operator gave it (so a recovery
+    store written before the flow kept event time resumes from its offsets)."""
+    return op.input("kafka_input", flow, source)
+
+
+def _route_users(items: list[SourceItem], cluster: Cluster) -> list[tuple[str, Any]]:
+    """Key events by user; send each marker to every worker, under its clock key."""
+    routed: list[tuple[str, Any]] = []
+    for item in items:
+        if type(item) is Event:
+            routed.append((item.user_id, item))
+        else:
+            routed += broadcast(cast(Progress, item), cluster)
+    return routed
 
 
 @dataclass(frozen=True)
@@ -837,16 +912,18 @@ def build_flow(
     source: Source | None = None,
     sinks: Mapping[str, Sink[Any]] | None = None,
     clock: Clock = wall_clock_ms,
-    event_clock: EventClock | None = None,
+    timers: Callable[[], EventTimeSpeed] = EventTimeSpeed,
 ) -> Dataflow:
     """Build the dataflow for ``config``; the keyword arguments replace its parts in tests.
 
-    With ``source``, items are ``(raw JSON line, origin)`` pairs, as :class:`JsonlSource`
-    gives them; the origin is what makes a profile's incarnation unique. ``sinks`` maps
-    output names (the keys of :data:`OUTPUT_FILES`) to sinks, which receive ``(key, JSON)``
-    pairs: user id and delta, ``"dlq"`` and dead letter, user id and segment transition or
-    alert, category and demand report; outputs left out of ``sinks`` are not written.
-    ``clock`` is the wall clock, ``event_clock`` the stream's event-time clock.
+    ``source`` is any Bytewax source of ``(raw JSON line, origin)`` pairs, as
+    :class:`JsonlSource` gives them, one input partition per source partition; the origin
+    is what makes a profile's incarnation unique. ``sinks`` maps output names (the keys of
+    :data:`OUTPUT_FILES`) to sinks, which receive ``(key, JSON)`` pairs: user id and delta,
+    ``"dlq"`` and dead letter, user id and segment transition or alert, category and demand
+    report; outputs left out of ``sinks`` are not written. ``clock`` is the wall clock;
+    ``timers`` makes each worker's estimate of how fast event time runs, which sets how
+    soon timers look again (never what they see).
     """
     model = encoder or shared_embedder(config)
     if sentiment is None:
@@ -859,6 +936,12 @@ def build_flow(
             f"the sentiment model's embedding head reads {head.model} vectors, but the flow "
             f"embeds with {model.name}: train it again with the flow's model"
         )
+    cluster = Cluster()
+    partitions: list[str] = []  # the input partitions, as the source lists them
+
+    def on_partitions(names: list[str]) -> None:
+        partitions[:] = names
+
     context = _Context(
         params=profile_params(config, model.name),
         batcher=TextBatcher(
@@ -876,28 +959,44 @@ def build_flow(
         erased_memory_ms=round(config.erased_memory_days * DAY_MS),
         settle_full_ms=round(config.settle_full_after_s * 1000),
         applications=applications(config, segment_book(config)),
-        event_clock=event_clock or EventClock(),
+        time=cluster.step(
+            "profile",
+            lambda: partitions,
+            clock,
+            timers,
+            config.allowed_lateness_ms,
+            confirm_idle_ms=config.idle_partition_ms // 2,
+        ),
     )
     flow = Dataflow("profilestream")
-    parsed, source_errors = _inputs(flow, config, source, clock, context.event_clock)
-    valid = op.branch("valid", parsed, _is_event)
+    op.input("cluster", flow, ClusterSource(cluster))  # first: each worker learns its place
+    items = _inputs(flow, config, source, clock, on_partitions)
+    valid = op.branch("valid", items, lambda item: type(item) is not DeadLetter)
     rejected = cast(Stream[DeadLetter], valid.falses)
-    events = valid.trues
-    by_user = op.key_on("by_user", events, lambda e: e.user_id)
-    results = op.key_rm(
+    by_user = op.flat_map_batch("by_user", valid.trues, lambda b: _route_users(b, cluster))
+    results: Stream[Output] = op.key_rm(
         "drop_key",
-        op.stateful_batch("profile", by_user, lambda resume: _UserLogic(context, resume)),
+        op.stateful_batch(
+            "profile",
+            by_user,
+            lambda resume: _keyed_logic(
+                context.time, resume, lambda r: _UserLogic(context, r), forward=True
+            ),
+        ),
     )
     deltas = op.filter_map("deltas", results, _only(ProfileDelta))
     duplicates = op.filter_map("duplicates", results, _only(DeadLetter))
-    dead = op.merge("dead_letters", rejected, duplicates, *source_errors)
+    dead = op.merge("dead_letters", rejected, duplicates)
     dead = op.inspect("count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc())
+    demand_time = cluster.step(
+        "demand", cluster.worker_channels, clock, timers, config.allowed_lateness_ms
+    )
     outputs = _Outputs(
         deltas=deltas,
         dead=dead,
         segments=op.filter_map("transitions", results, _only(SegmentTransition)),
         alerts=op.filter_map("alerts", results, _only(Alert)),
-        demand=_demand(config, events, context.event_clock),
+        demand=_demand(config, results, cluster, demand_time),
     )
     _outputs(config, outputs, clock, sinks or {})
     return flow

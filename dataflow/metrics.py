@@ -171,8 +171,33 @@ DEMAND_FORECASTS_SCORED = Counter(
     ["category"],
 )
 DEMAND_LATE_EVENTS = Counter(
-    "profilestream_demand_late_events",
-    "Events too late for their category's demand bucket (already closed)",
+    "profilestream_late_demand_events",
+    "Events behind the watermark for category demand, by fate: in a corrected record of "
+    "their bucket (correction) or older than the buckets kept for corrections (too_old)",
+    ["fate"],
+)
+for _fate in ("correction", "too_old"):  # both series exist from the start, at zero
+    DEMAND_LATE_EVENTS.labels(_fate)
+DEMAND_CORRECTIONS = Counter(
+    "profilestream_demand_corrections",
+    "Demand records sent again with late events added (revision >= 1)",
+)
+WATERMARK = Gauge(
+    "profilestream_watermark_seconds",
+    "Event time a worker of a keyed step acts on (the slowest input channel's newest event "
+    "time less the allowed lateness), seconds since the epoch",
+    ["step", "worker"],
+)
+PARTITION_EVENT_TIME = Gauge(
+    "profilestream_input_event_time_seconds",
+    "Newest event time read from each input partition, seconds since the epoch",
+    ["partition"],
+)
+PARTITION_IDLE = Gauge(
+    "profilestream_input_partition_idle",
+    "1 while an input partition is idle (read to its end and quiet for --idle-partition-ms: it "
+    "holds no watermark back), 2 once its input has ended, 0 while it is active",
+    ["partition"],
 )
 
 SINK_QUEUE_FULL_SECONDS = Counter(

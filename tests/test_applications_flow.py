@@ -12,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from dataflow.config import Config
 from dataflow.flow import build_flow
 from operators.deltas import delta_from_json, materialize
-from operators.event_clock import EventClock
+from operators.event_clock import EventTimeSpeed
 from operators.segments import SegmentTransition, memberships_from_transitions
 from tests.conftest import HashEncoder, WordListSentiment
 
@@ -36,9 +36,8 @@ def run(source: Any, config: Config = CONFIG) -> dict[str, list[Any]]:
         sentiment=WordListSentiment(),
         source=source,
         sinks={name: TestingSink(items) for name, items in outputs.items()},
-        # Timers wait 50-500 ms of wall time, and the clock starts at once (one input
-        # partition: no other to wait for), so a test sees them fire.
-        event_clock=EventClock(min_wait_ms=50, max_wait_ms=500, idle_ms=0, settle_ms=0),
+        # Timers look again after 50-500 ms of wall time, so a test sees them fire.
+        timers=lambda: EventTimeSpeed(min_wait_ms=50, max_wait_ms=500),
     )
     run_main(flow)
     return {name: [json.loads(v) for _, v in items] for name, items in outputs.items()}
@@ -121,9 +120,8 @@ def test_category_demand_reports_every_hour_with_its_forecast() -> None:
         n += 1
     out = run(TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]))
     tea = [r for r in out["demand"] if r["category"] == "tea"]
-    # Every hour that ended at least 10 minutes (the allowed lateness) before the newest
-    # event (hour 59, 5 s in) closed: hours 0-57.
-    assert [r["bucket_start_ms"] for r in tea] == [T0 + h * HOUR_MS for h in range(58)]
+    # The input ended: every hour that ended by the newest event (hour 59, 5 s in) closed.
+    assert [r["bucket_start_ms"] for r in tea] == [T0 + h * HOUR_MS for h in range(59)]
     for hour, report in enumerate(tea):
         purchases = hour % 5 + 1
         assert report["actual"] == {
@@ -215,3 +213,21 @@ def test_a_quiet_user_whose_last_delta_was_a_patch_settles_on_a_full_one() -> No
     # Without the setting (the default) nothing more is sent.
     plain = run(PacedSource(batches, pause_s=1.0), CONFIG)
     assert [d["kind"] for d in plain["deltas"] if d["user_id"] == "u"] == ["full", "patch"]
+
+
+def test_an_event_older_than_the_dedupe_memory_is_dead_lettered_not_counted() -> None:
+    # max_seen_event_ids=64: after 200 events the first blocks of ids are forgotten, and the
+    # horizon is the newest time of the forgotten ones; a new id at or before it may be a
+    # forgotten duplicate, so it is refused with its reason instead of counted twice.
+    lines = [event(i, "u", T0 + i * 60_000, "view", item_id=f"i{i}") for i in range(200)]
+    lines.append(event(999, "u", T0 + 5 * 60_000, "view", item_id="old"))  # an old new id
+    lines.append(event(1000, "u", T0 + 201 * 60_000, "view", item_id="new"))  # on time
+    out = run(
+        TestingSource([(line, f"t:{i}") for i, line in enumerate(lines)]),
+        CONFIG.replace(max_seen_event_ids=64),
+    )
+    dead = [(d["reason"], json.loads(d["original"])["event_id"]) for d in out["dead_letters"]]
+    assert dead == [("beyond_dedupe_memory", "e999")]
+    assert out["dead_letters"][0]["source"] == "t:200"  # where to find it
+    covered = {e for d in out["deltas"] for e in d["event_ids"]}
+    assert "e999" not in covered and {"e0", "e199", "e1000"} <= covered
