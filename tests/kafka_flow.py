@@ -13,18 +13,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import msgspec
+import numpy as np
 import pytest
+from bytewax.recovery import init_db_dir
 from confluent_kafka import Consumer, Message
 
 from dataflow.commands.generator import GeneratedEvent
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
-from operators.deltas import ProfileDelta, delta_from_json
+from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
+from operators.demand import DEMAND_TYPES, DemandReport
 from operators.events import Event, parse_event
 from operators.privacy import pii_key, pseudonymise
+from operators.segments import SegmentTransition, memberships_from_transitions
 from operators.sentiment import load_sentiment_model
-from tests.kafka_broker import KafkaBroker, kafka_flow_args, produce_all
+from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 from tests.reference import reference_states
+from tests.server_process import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,13 +45,23 @@ class Topics:
     demand: str
 
     @classmethod
-    def create(cls, kafka: KafkaBroker) -> Topics:
+    def create(cls, kafka: KafkaBroker, events: str | None = None) -> Topics:
+        """Fresh topics of 3 partitions; ``events`` reads an existing events topic instead."""
         tag = uuid.uuid4().hex[:8]
         names = ("events", "deltas", "dlq", "segments", "alerts", "demand")
         topics = cls(*(f"{name}-{tag}" for name in names))
+        if events is not None:
+            topics.events = events
         for name in names:
-            kafka.create_topic(getattr(topics, name), partitions=3)
+            if events is None or name != "events":
+                kafka.create_topic(getattr(topics, name), partitions=3)
         return topics
+
+    def flow_settings(self, kafka: KafkaBroker) -> dict[str, str]:
+        """The flow's ``PROFILESTREAM_*`` variables for these topics on ``kafka``."""
+        settings = {"SOURCE": "kafka", "SINK": "kafka", "BROKERS": kafka.bootstrap}
+        settings |= {f"{name}_TOPIC".upper(): topic for name, topic in asdict(self).items()}
+        return {f"PROFILESTREAM_{k}": v for k, v in settings.items()}
 
     def config_values(self) -> dict[str, str]:
         """The flow's topic settings (``Config.events_topic`` ...) naming these topics."""
@@ -175,3 +191,221 @@ def expected_dead_letters(generated: list[GeneratedEvent]) -> Counter[tuple[str,
         return pseudonymise(event, pii_key("")).raw  # the flow runs without a secret
 
     return Counter((g.expected_reason, dead(g)) for g in generated if g.expected_reason)
+
+
+@dataclass
+class FlowOutputs:
+    """Everything a run sent to its output topics (raw values: replays included)."""
+
+    deltas: list[ProfileDelta]
+    segments: list[bytes]
+    alerts: list[bytes]
+    demand: list[bytes]
+    dead_letters: Counter[tuple[str, bytes]]
+
+    @property
+    def profiles(self) -> dict[str, MaterializedProfile]:
+        return materialize(self.deltas)
+
+    def transitions(self) -> list[SegmentTransition]:
+        return [msgspec.json.decode(v, type=SegmentTransition) for v in self.segments]
+
+    def reports(self) -> list[DemandReport]:
+        return [msgspec.json.decode(v, type=DemandReport) for v in self.demand]
+
+
+def read_outputs(
+    kafka: KafkaBroker,
+    topics: Topics,
+    want_events: int,
+    alive: Callable[[], bool],
+    idle_partition_ms: int,
+    timeout_s: float = 300,
+) -> FlowOutputs:
+    """Read every output topic until the deltas cover ``want_events`` events and nothing
+    has come for a while: once the partitions have been quiet for ``idle_partition_ms``
+    they hold the watermark back no more, and the last segment checks and demand buckets
+    follow. Stops early if the flow does."""
+    readers = {
+        name: TopicReader(kafka, getattr(topics, name))
+        for name in ("deltas", "segments", "alerts", "demand", "dlq")
+    }
+    try:
+        deltas = readers["deltas"]
+        deadline = time.monotonic() + timeout_s
+        while covered(deltas.messages) < want_events and alive():
+            if time.monotonic() > deadline:
+                break
+            deltas.read_until(lambda ms: False, 1.0)
+        quiet_s = idle_partition_ms / 1000 + 6
+        for reader in readers.values():
+            reader.read_until_quiet(quiet_s=quiet_s if reader is deltas else 2, timeout_s=180)
+        return FlowOutputs(
+            deltas_of(deltas.messages),
+            *(
+                [m.value() for m in readers[name].messages if m.value() is not None]
+                for name in ("segments", "alerts", "demand")
+            ),
+            dead_letters_of(readers["dlq"].messages),
+        )
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
+def assert_same_outputs(got: FlowOutputs, want: FlowOutputs, atol: float = 1e-4) -> None:
+    """The same records on every output topic, replays aside, and the same profiles.
+
+    Segment transitions, alerts and demand records compare as sets of their exact JSON;
+    profiles field by field, with their version, segments and RFM group; interest vectors
+    within ``atol`` (embedding batches of other sizes round differently).
+    """
+    for name in ("segments", "alerts", "demand"):
+        mine, theirs = set(getattr(got, name)), set(getattr(want, name))
+        assert mine == theirs, (
+            f"{name}: {len(mine - theirs)} records only in this run, e.g. "
+            f"{sorted(mine - theirs)[:2]}; {len(theirs - mine)} only in the other, e.g. "
+            f"{sorted(theirs - mine)[:2]}"
+        )
+    assert memberships_from_transitions(got.transitions()) == memberships_from_transitions(
+        want.transitions()
+    )
+    mine, theirs = got.profiles, want.profiles
+    assert sorted(mine) == sorted(theirs)
+    differ = []
+    for user, profile in theirs.items():
+        other = mine[user]
+        same = (
+            other.version == profile.version
+            and other.incarnation.split("@")[0] == profile.incarnation.split("@")[0]
+            and other.fields == profile.fields
+            and np.allclose(other.interest, profile.interest, atol=atol, rtol=0)
+        )
+        if not same:
+            fields = {
+                k: (other.fields.get(k), profile.fields.get(k))
+                for k in other.fields.keys() | profile.fields.keys()
+                if other.fields.get(k) != profile.fields.get(k)
+            }
+            differ.append((user, other.version, profile.version, fields))
+    assert not differ, f"{len(differ)} profiles differ, e.g. {differ[:2]}"
+    assert set(got.dead_letters) == set(want.dead_letters)
+
+
+def demand_recount(
+    generated: list[GeneratedEvent], deltas: list[ProfileDelta], bucket_ms: int = 3_600_000
+) -> dict[tuple[str, int], dict[str, float]]:
+    """Demand per (category, bucket start) counted from the raw events, once each: those
+    the profiles accepted (every event a delta covers), whatever their order or lateness."""
+    accepted = {(d.user_id, e) for d in deltas for e in d.event_ids}
+    counts: dict[tuple[str, int], dict[str, float]] = {}
+    for g in generated:
+        event = parse_event(g.line)
+        if not isinstance(event, Event) or (event.user_id, event.event_id) not in accepted:
+            continue
+        accepted.discard((event.user_id, event.event_id))  # a re-send counts once
+        if event.category is None or event.type not in DEMAND_TYPES:
+            continue
+        key = (event.category, event.ts_ms // bucket_ms * bucket_ms)
+        bucket = counts.setdefault(key, dict.fromkeys(DEMAND_MEASURES, 0.0))
+        if event.type in ("view", "click"):
+            bucket["views"] += 1
+        elif event.type == "add_to_cart":
+            bucket["carts"] += 1
+        else:
+            bucket["purchases"] += 1
+            bucket["units"] += event.quantity
+            bucket["revenue"] += (event.price or 0.0) * event.quantity
+    return counts
+
+
+DEMAND_MEASURES = ("views", "carts", "purchases", "units", "revenue")
+
+
+def assert_demand_equals_recount(
+    outputs: FlowOutputs, generated: list[GeneratedEvent]
+) -> dict[tuple[str, int], DemandReport]:
+    """The newest revision of every bucket a category reported equals the recount, and each
+    category's reports hold every counted event up to its last bucket; returns the newest
+    revision of each (category, bucket start)."""
+    newest: dict[tuple[str, int], DemandReport] = {}
+    for report in sorted(outputs.reports(), key=lambda r: r.revision):
+        newest[report.category, report.bucket_start_ms] = report
+    recount = demand_recount(generated, outputs.deltas)
+    zero = dict.fromkeys(DEMAND_MEASURES, 0.0)
+    differ = [
+        (key, report.actual, recount.get(key, zero))
+        for key, report in newest.items()
+        if report.actual != pytest.approx(recount.get(key, zero), abs=1e-6)
+    ]
+    assert not differ, f"{len(differ)} of {len(newest)} buckets differ, e.g. {differ[:3]}"
+    last: dict[str, int] = {}
+    for category, start in newest:
+        last[category] = max(start, last.get(category, start))
+    missing = [k for k in recount if k[0] in last and k[1] <= last[k[0]] and k not in newest]
+    assert not missing, f"buckets with events but no record: {missing[:5]}"
+    assert set(last) == {category for category, _ in recount}
+    return newest
+
+
+class BytewaxCluster:
+    """Bytewax processes of one worker each on loopback, as the StatefulSet runs them:
+    ``python -m bytewax.run dataflow.flow:flow_from_env -w 1 -i N -a "a;b"``, with all
+    recovery partitions on process 0's directory (deploy/README.md, "Scaling out and
+    recovery")."""
+
+    def __init__(
+        self,
+        kafka: KafkaBroker,
+        topics: Topics,
+        workdir: Path,
+        processes: int = 2,
+        recovery_partitions: int = 4,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.kafka, self.topics, self.workdir = kafka, topics, workdir
+        self.settings = {f"PROFILESTREAM_{k}": v for k, v in (env or {}).items()}
+        self.recovery = [workdir / f"recovery-{i}" for i in range(processes)]
+        for folder in self.recovery:
+            folder.mkdir()
+        init_db_dir(self.recovery[0], recovery_partitions)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.runs = 0
+
+    def start(self) -> None:
+        self.runs += 1
+        count = len(self.recovery)
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(count))
+        self.processes = []
+        for index in range(count):
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                **self.topics.flow_settings(self.kafka),
+                **self.settings,
+                "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+                "BYTEWAX_DATAFLOW_API_PORT": str(free_port()),
+                "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(self.workdir),
+            }
+            command = [
+                sys.executable, "-m", "bytewax.run", "dataflow.flow:flow_from_env",
+                "-w", "1", "-i", str(index), "-a", addresses,
+                "-r", str(self.recovery[index]), "-s", "1", "-b", "0",
+            ]  # fmt: skip
+            log = self.workdir / f"process-{index}-run-{self.runs}.log"
+            with log.open("wb") as out:
+                self.processes.append(
+                    subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+                )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+            for log in sorted(self.workdir.glob("process-*.log"))
+        )
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.processes)
+
+    def stop(self) -> None:
+        stop_processes(*self.processes)
