@@ -278,8 +278,12 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
     def on_batch(self, values: list[Event]) -> tuple[list[Output], bool]:
         if self.waiting is None:
             self.waiting = values  # a fresh list of Bytewax's: ours to keep
+            self.time.waiting[self] = min(e.ts_ms for e in values)
         else:
             self.waiting.extend(values)
+            oldest = min(e.ts_ms for e in values)
+            if oldest < self.time.waiting.get(self, oldest + 1):
+                self.time.waiting[self] = oldest
         return self._advance(), self._finished()
 
     def on_notify(self) -> tuple[list[Output], bool]:
@@ -359,7 +363,8 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
 
     def _note_waiting(self) -> None:
         """Tell the worker the oldest event this user still has waiting for a vector: the
-        watermark forwarded to category demand must not pass it."""
+        watermark forwarded to category demand must not pass it. (Arrivals lower it in
+        ``on_batch``; this works it out again when events have left the queue.)"""
         if self.waiting:
             self.time.waiting[self] = min(e.ts_ms for e in self.waiting)
         else:
@@ -398,9 +403,11 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
                 out += self._advance()  # the batch closed while the queue joined it
         if not self.waiting:
             self.waiting = None
+            self.time.waiting.pop(self, None)
+        elif applied:
+            self._note_waiting()
         if self.pending is None:
             self.state = None  # nothing unsent: the state rests as bytes
-        self._note_waiting()
         return out
 
     def _live(self) -> UserState | None:
