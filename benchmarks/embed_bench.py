@@ -9,7 +9,7 @@ replayed in arrival order as micro-batches of 64 texts through
 * sentence-transformers, the baseline a user would otherwise pick:
   ``SentenceTransformer(model_dir).encode(batch, batch_size=64, normalize_embeddings=True)``
   on each micro-batch, no cache;
-* the project's :class:`~operators.embedding.Embedder` in each mode (fp32 and int8 on the CPU,
+* the project's :class:`~operators.text.embedding.Embedder` in each mode (fp32 and int8 on the CPU,
   fp32 and fp16 on CUDA), a fresh one per mode whose cache starts empty and is kept across
   batches as in production, so the cache's warm-up is part of the stream. ``-nocache`` modes
   (e.g. ``fp32-nocache``) turn the cache off to show what de-duplication within a batch,
@@ -27,7 +27,7 @@ gets), the operator with its own (``--threads`` overrides it). Cosines are per t
 the fp32 operator's vector.
 
 The micro-batcher's added latency is simulated: the same stream, as search and review events
-of 500 users, arrives at the :class:`~operators.batching.TextBatcher` (max_batch 64, max_wait
+of 500 users, arrives at the :class:`~operators.text.embedding.TextBatcher` (max_batch 64, max_wait
 50 ms) with Poisson arrivals on a virtual clock; each closed batch is embedded for real by the
 operator (fresh cache) and the clock advances by the measured model time, during which later
 arrivals queue. Reported: the wait from arrival to the close of the event's batch (p50, p99;
@@ -60,9 +60,15 @@ import torch
 
 from benchmarks.common import fmt, machine_info, package_version, print_header
 from dataflow.commands.datasets import shared_data_dir
-from operators.batching import BatchReport, TextBatcher
-from operators.embedding import DEFAULT_MODEL, MODEL_NAMES, Embedder, packaged_model_dir
-from operators.events import Event
+from operators.ingest import Event
+from operators.text.embedding import (
+    DEFAULT_MODEL,
+    MODEL_NAMES,
+    BatchReport,
+    Embedder,
+    TextBatcher,
+    packaged_model_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "embed_bench.json"

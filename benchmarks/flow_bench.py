@@ -69,10 +69,10 @@ from dataflow.commands.generator import (
 )
 from dataflow.config import Config
 from dataflow.flow import profile_params
-from operators.deltas import delta_from_json
-from operators.embedding import Embedder, embedding_text, typed_text
-from operators.events import Event, parse_event
-from operators.item_vectors import CatalogEntry, ItemVectors, embed_catalog, save_item_vectors
+from operators.ingest import Event, parse_event
+from operators.profile import delta_from_json
+from operators.recsys import CatalogEntry, ItemVectors, embed_catalog, save_item_vectors
+from operators.text.embedding import Embedder, embedding_text, typed_text
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, send
 
 ROOT = Path(__file__).resolve().parents[1]

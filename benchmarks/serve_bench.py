@@ -47,8 +47,8 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, fmt, machine_info, package_version, print_header
-from operators.deltas import ProfileDelta, delta_to_json, encode_vector, materialize
-from operators.profile_store import Batch, ProfileStore, open_store
+from dataflow.serve.store import Batch, ProfileStore, open_store
+from operators.profile import ProfileDelta, delta_to_json, encode_vector, materialize
 
 RESULTS = ROOT / "benchmarks" / "results" / "serve_bench.json"
 VEGETA = "github.com/tsenart/vegeta/v12@v12.13.0"
@@ -121,14 +121,14 @@ def fill(store: ProfileStore, templates: list[ProfileDelta], users: int) -> floa
 
 
 class Serve:
-    """``python -m dataflow.serve`` as a process on a free port."""
+    """``python -m dataflow serve`` as a process on a free port."""
 
     def __init__(self, store: str, log: Path, *extra: str) -> None:
         from tests.kafka_broker import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "dataflow.serve", "--serve-store", store,
+        command = [sys.executable, "-m", "dataflow", "serve", "--serve-store", store,
                    "--serve-http-port", str(self.port), *extra]  # fmt: skip
         with log.open("ab") as out:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=out)

@@ -45,7 +45,7 @@ import numpy as np
 
 from benchmarks.common import fmt, machine_info, print_header
 from dataflow.commands.generator import build_catalog
-from operators.events import Event, parse_event
+from operators.ingest import Event, parse_event
 from operators.profile import ProfileParams, UserState, apply_event, encode_state
 
 ROOT = Path(__file__).resolve().parents[1]

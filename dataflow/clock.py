@@ -2,9 +2,9 @@
 
 Flink's watermarks travel in the stream, behind the events they cover, and an operator
 acts on the minimum over its input channels. Bytewax has no such thing, so the flow builds
-it from parts it does have (:mod:`operators.event_clock` holds the pure ones):
+it from parts it does have (:mod:`operators.ingest.event_clock` holds the pure ones):
 
-1. Each source partition sends a :class:`~operators.event_clock.Progress` marker behind its
+1. Each source partition sends a :class:`~operators.ingest.event_clock.Progress` marker behind its
    batches (:class:`dataflow.sources.EventSource`).
 2. The routing step in front of a keyed step gives every marker to **every worker**: one
    copy per worker, under a *clock key* that Bytewax routes to that worker (Bytewax sends
@@ -13,7 +13,7 @@ it from parts it does have (:mod:`operators.event_clock` holds the pure ones):
    Bytewax's channels between two workers keep their order, so a worker that has a
    partition's marker has every event of that partition the marker covers.
 3. On each worker the clock key's logic (:class:`ClockLogic`) takes the markers into the
-   worker's :class:`~operators.event_clock.WatermarkTable` for that step, which the other
+   worker's :class:`~operators.ingest.event_clock.WatermarkTable` for that step, which the other
    keys' logics on the same worker (same thread) read through :class:`StepTime`.
 4. Bytewax calls every key's ``on_batch`` in an activation before any ``on_notify``. The
    per-user and per-category logics therefore read the watermark only in timers (and at
@@ -26,7 +26,7 @@ it from parts it does have (:mod:`operators.event_clock` holds the pure ones):
 
 Clock-key tables are Bytewax state like any other: snapshotted each epoch, resumed after
 a failure with the sources' positions of the same epoch. Wall time only decides when a
-timer looks (:class:`~operators.event_clock.EventTimeSpeed`) and when a partition is idle.
+timer looks (:class:`~operators.ingest.event_clock.EventTimeSpeed`) and when a partition is idle.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.operators import StatefulBatchLogic
 
 from dataflow import metrics
-from operators.event_clock import ChannelState, EventTimeSpeed, Progress, WatermarkTable
-from operators.events import NO_WATERMARK
+from operators.ingest import NO_WATERMARK, ChannelState, EventTimeSpeed, Progress, WatermarkTable
 
 log = logging.getLogger(__name__)
 

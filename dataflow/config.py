@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from operators.windows import DEFAULT_WINDOWS, parse_windows
+from operators.profile import DEFAULT_WINDOWS, parse_windows
 
 ENV_PREFIX = "PROFILESTREAM_"
 

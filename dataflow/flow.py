@@ -71,60 +71,63 @@ from dataflow.sources import (
     PartitionTime,
     SourceItem,
 )
-from operators.batching import TextBatcher
-from operators.coalesce import (
-    PendingChanges,
-    Published,
-    decode_pending,
-    emit,
-    encode_pending,
-    erase,
-    expire,
-    note,
-    note_clock,
-    published,
-    settled,
-)
-from operators.deltas import ProfileDelta, delta_to_json
-from operators.demand import (
+from operators.apps import (
     DEMAND_TYPES,
+    Alert,
+    Applications,
     CategoryDemand,
     DemandParams,
     DemandReport,
+    after_event,
+    before_event,
     close_until,
     corrections,
     decode_demand,
+    decode_record,
     encode_demand,
+    load_risk_params,
     next_close_ms,
     observe,
 )
-from operators.embedding import Embedder, TextEncoder, embedding_text, typed_text
-from operators.event_clock import EventTimeSpeed, Progress, WatermarkTable
-from operators.events import (
+from operators.apps.segments import SegmentBook, SegmentTransition, exit_all, load_segment_book
+from operators.ingest import (
     DeadLetter,
     Event,
+    EventTimeSpeed,
+    Progress,
+    WatermarkTable,
     beyond_dedupe_memory,
     duplicate_of,
     erased_user,
     parse_event,
+    pii_key,
+    pseudonymise,
 )
-from operators.item_model import load_item_model
-from operators.item_vectors import ItemVectors, loader_for
-from operators.nlp import SentimentScorer, read_text
-from operators.privacy import pii_key, pseudonymise
 from operators.profile import (
     DAY_MS,
     Outcome,
+    PendingChanges,
+    ProfileDelta,
     ProfileParams,
+    Published,
     UserState,
     apply_event,
-    decode_state,
+    decode_pending,
+    delta_to_json,
+    emit,
+    encode_pending,
     encode_state,
+    erase,
+    expire,
+    note,
+    note_clock,
+    parse_windows,
+    published,
+    settled,
 )
-from operators.risk import Alert, load_risk_params
-from operators.segments import SegmentBook, SegmentTransition, exit_all, load_segment_book
-from operators.user_step import Applications, after_event, before_event
-from operators.windows import parse_windows
+from operators.recsys import ItemVectors, load_item_model, loader_for
+from operators.text import SentimentScorer, read_text
+from operators.text.embedding import Embedder, TextBatcher, TextEncoder, embedding_text, typed_text
 
 Clock = Callable[[], int]
 log = logging.getLogger(__name__)
@@ -264,7 +267,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         for segment in members:
             metrics.SEGMENT_MEMBERS.labels(segment).inc()
         self.emitted = emitted  # the state as of the last delta, as bytes
-        self.state: UserState | None = None if current is None else decode_state(current)
+        self.state: UserState | None = None if current is None else decode_record(current)
         self.pending = None if pending is None else decode_pending(pending)
         # Events that waited for a vector at the snapshot may have gone out in a delta
         # after it, before a crash: they are read again, as far as deltas are concerned.
@@ -414,7 +417,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         """The user's state as objects (decoded from its resting bytes if need be)."""
         state = self.state
         if state is None and self.emitted is not None:
-            state = decode_state(self.emitted)
+            state = decode_record(self.emitted)
             if self.pending is None:
                 self.before = published(state)
         return state
@@ -561,7 +564,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         params = self.context.params
         before = self.before
         if before is None and self.emitted is not None:  # resumed from a snapshot
-            before = published(decode_state(self.emitted))
+            before = published(decode_record(self.emitted))
         delta = emit(self.state, before, self.pending, params, now)
         self.emitted = encode_state(self.state)
         self.state = self.pending = self.before = None
@@ -573,7 +576,7 @@ class _UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         """The quiet user's last published profile as a full delta (see ``settled``)."""
         assert self.emitted is not None
         self.settle_at = 0
-        return settled(decode_state(self.emitted), self.context.params, now)
+        return settled(decode_record(self.emitted), self.context.params, now)
 
 
 class _CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
@@ -934,7 +937,7 @@ def build_flow(
     """
     model = encoder or shared_embedder(config)
     if sentiment is None:
-        from operators.sentiment import load_sentiment_model
+        from operators.text import load_sentiment_model
 
         sentiment = load_sentiment_model(config.sentiment_model)
     head = getattr(sentiment, "embedding", None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-from operators.batching import BatchReport
+from operators.text.embedding import BatchReport
 
 disable_created_metrics()  # the *_created series double the scrape size and nobody graphs them
 

@@ -30,8 +30,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from operators.item_model import ItemModel, UserItemMemory, newest_version
-from operators.recommend import TypeWeightLearner, type_evidence
+from operators.profile import UserItemMemory
+from operators.recsys import ItemModel, TypeWeightLearner, newest_version, type_evidence
 
 Model = TypeVar("Model")
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class ItemModelFeed:
 
     Before an item event updates a user's memory, :meth:`observe` asks, for each event type
     in the memory, how well that type's recent items alone ranked the item the user chose
-    (:func:`operators.recommend.type_evidence`), and the :class:`TypeWeightLearner` moves
+    (:func:`operators.recsys.recommend.type_evidence`), and the :class:`TypeWeightLearner` moves
     weight towards the types that predict. Every ``publish_every`` lessons the served model
     takes the learned weights; a new model version restarts from its offline weights.
     A lesson scores the catalogue once per event type (7.5 ms on the demo's 2,000 items; it

@@ -19,7 +19,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
 from dataflow import metrics
-from operators.events import DeadLetter
+from operators.ingest import DeadLetter
 
 log = logging.getLogger(__name__)
 

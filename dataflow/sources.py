@@ -14,9 +14,9 @@ Two raw sources hand over messages as bytes with their origin (``topic/partition
 
 :class:`EventSource` wraps either (or any Bytewax source of ``(line, origin)`` pairs, as the
 tests use) and does what every partition needs before the events leave it: parse each
-message (:func:`operators.events.parse_event`, through the flow's ``parse``), stamp it with
-its partition's watermark, and send a :class:`~operators.event_clock.Progress` marker behind
-each batch (see :mod:`operators.event_clock`). Its snapshot holds the raw source's position
+message (:func:`operators.ingest.events.parse_event`, through the flow's ``parse``), stamp it with
+its partition's watermark, and send a :class:`~operators.ingest.event_clock.Progress` marker behind
+each batch (see :mod:`operators.ingest.event_clock`). Its snapshot holds the raw source's position
 and the partition's newest event time together, so a restarted partition resumes both.
 """
 
@@ -40,8 +40,7 @@ from bytewax.inputs import (
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from dataflow import metrics
-from operators.event_clock import PartitionClock, Progress
-from operators.events import DeadLetter, Event, RejectReason
+from operators.ingest import DeadLetter, Event, PartitionClock, Progress, RejectReason
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,11 @@ from confluent_kafka import Consumer, Message
 from dataflow.commands.generator import GeneratedEvent
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
-from operators.deltas import MaterializedProfile, ProfileDelta, delta_from_json, materialize
-from operators.demand import DEMAND_TYPES, DemandReport
-from operators.events import Event, parse_event
-from operators.privacy import pii_key, pseudonymise
-from operators.segments import SegmentTransition, memberships_from_transitions
-from operators.sentiment import load_sentiment_model
+from operators.apps import DEMAND_TYPES, DemandReport
+from operators.apps.segments import SegmentTransition, memberships_from_transitions
+from operators.ingest import Event, parse_event, pii_key, pseudonymise
+from operators.profile import MaterializedProfile, ProfileDelta, delta_from_json, materialize
+from operators.text import load_sentiment_model
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 from tests.reference import reference_states
 from tests.server_process import stop_processes

@@ -6,15 +6,20 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from operators.deltas import MaterializedProfile
-from operators.embedding import TextEncoder, embedding_text, typed_text
-from operators.events import Event, parse_event
-from operators.item_vectors import ItemVectors
-from operators.nlp import SentimentScorer, read_text
-from operators.profile import Outcome, ProfileParams, UserState, apply_event, public_fields
-from operators.risk import RiskParams
-from operators.segments import SegmentBook, load_segment_book
-from operators.user_step import Applications, after_event, before_event
+from operators.apps import Applications, RiskParams, after_event, before_event
+from operators.apps.segments import SegmentBook, load_segment_book
+from operators.ingest import Event, parse_event
+from operators.profile import (
+    MaterializedProfile,
+    Outcome,
+    ProfileParams,
+    UserState,
+    apply_event,
+    public_fields,
+)
+from operators.recsys import ItemVectors
+from operators.text import SentimentScorer, read_text
+from operators.text.embedding import TextEncoder, embedding_text, typed_text
 
 
 def reference_states(
@@ -28,7 +33,7 @@ def reference_states(
     end_ms: int | None = None,
 ) -> dict[str, UserState]:
     """Fold every valid line, in order, into per-user state as the flow's user step does:
-    due segment checks, ``apply_event``, then the applications (:mod:`operators.user_step`);
+    due segment checks, ``apply_event``, then the applications (:mod:`operators.apps.user_step`);
     at the end of the input, every check due by ``end_ms`` runs: by default the newest event
     time, as a flow that reaches the end of its input does; a tailing flow, whose timers go by
     the watermark, gets there at the newest event time less the allowed lateness.

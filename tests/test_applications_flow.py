@@ -11,9 +11,9 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from dataflow.config import Config
 from dataflow.flow import build_flow
-from operators.deltas import delta_from_json, materialize
-from operators.event_clock import EventTimeSpeed
-from operators.segments import SegmentTransition, memberships_from_transitions
+from operators.apps.segments import SegmentTransition, memberships_from_transitions
+from operators.ingest import EventTimeSpeed
+from operators.profile import delta_from_json, materialize
 from tests.conftest import HashEncoder, WordListSentiment
 
 DAY_MS = 86_400_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.batching import BatchReport, TextBatcher
+from operators.text.embedding import BatchReport, TextBatcher
 from tests.conftest import HashEncoder
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dataflow.commands.generator import GeneratedEvent, generate_events
-from operators.deltas import Applied, ProfileView
+from operators.profile import Applied, ProfileView
 from tests.kafka_broker import KafkaBroker, free_port
 from tests.kafka_flow import (
     BytewaxCluster,

@@ -7,22 +7,29 @@ import random
 import numpy as np
 import pytest
 
-from operators.coalesce import PendingChanges, emit, erase, note, published
-from operators.deltas import Applied, ProfileDelta, ProfileView, materialize
-from operators.events import Event
-from operators.item_model import ItemInteraction, ItemModel, ScorerParams, train_item_model
-from operators.nlp import TextSignals
+from operators.ingest import Event
 from operators.profile import (
     DAY_MS,
+    Applied,
     Outcome,
+    PendingChanges,
+    ProfileDelta,
     ProfileParams,
+    ProfileView,
     UserState,
     apply_event,
     decode_state,
+    emit,
     encode_state,
+    erase,
+    materialize,
+    note,
+    parse_windows,
     public_fields,
+    published,
 )
-from operators.windows import parse_windows
+from operators.recsys import ItemInteraction, ItemModel, ScorerParams, train_item_model
+from operators.text import TextSignals
 
 T0 = 1_714_564_800_000
 # Small caps, so that keys come and go from the capped maps between two deltas.

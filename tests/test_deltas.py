@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.deltas import (
+from operators.profile import (
     Applied,
     DeltaKind,
     ProfileDelta,

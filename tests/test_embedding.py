@@ -12,7 +12,7 @@ import pytest
 
 from dataflow.config import Config
 from dataflow.flow import shared_embedder
-from operators.embedding import MODEL_NAMES, Embedder, packaged_model_dir, usable_cores
+from operators.text.embedding import MODEL_NAMES, Embedder, packaged_model_dir, usable_cores
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parents[1] / "operators" / "data" / "reviews_en_sample.csv"

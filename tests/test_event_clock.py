@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from operators.event_clock import (
+from operators.ingest import (
     NO_WATERMARK,
     ChannelState,
     EventTimeSpeed,

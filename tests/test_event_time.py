@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dataflow.commands.generator import AnomalyConfig, GeneratedEvent, generate_events
-from operators.events import Event, parse_event
+from operators.ingest import Event, parse_event
 from tests.kafka_broker import KafkaBroker, free_port
 from tests.kafka_flow import (
     BytewaxCluster,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from operators.events import DeadLetter, Event, duplicate_of, parse_event
+from operators.ingest import DeadLetter, Event, duplicate_of, parse_event
 
 BASE = {"event_id": "e1", "user_id": "u1", "ts": 1_714_564_800_000, "type": "view", "item_id": "i1"}
 

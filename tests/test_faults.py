@@ -32,7 +32,7 @@ from dataflow.commands.generator import (
     GeneratedEvent,
     generate_events,
 )
-from operators.deltas import Applied, ProfileView
+from operators.profile import Applied, ProfileView
 from tests.kafka_broker import KafkaBroker, free_port, send
 from tests.kafka_flow import (
     FlowOutputs,

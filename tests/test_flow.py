@@ -17,8 +17,8 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from dataflow.config import Config
 from dataflow.flow import build_flow, profile_params
 from dataflow.sources import JsonlSource
-from operators.deltas import Applied, ProfileDelta, ProfileView, delta_from_json, materialize
-from operators.events import Event, parse_event
+from operators.ingest import Event, parse_event
+from operators.profile import Applied, ProfileDelta, ProfileView, delta_from_json, materialize
 from tests.conftest import HashEncoder, WordListSentiment
 from tests.reference import assert_profiles_match, reference_states
 from tests.test_windows import brute_force

@@ -25,7 +25,7 @@ from dataflow.commands.generator import (
     write_catalog,
     write_events,
 )
-from operators.events import DeadLetter, Event, RejectReason, parse_event
+from operators.ingest import DeadLetter, Event, RejectReason, parse_event
 
 N_EVENTS = 30_000
 N_USERS = 1_500

@@ -7,16 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from operators.item_model import (
+from operators.profile import UserItemMemory, memory_fields, memory_from_fields
+from operators.recsys import (
     LONG_TERM_ATTRS,
     RECENT_ITEMS,
     ItemInteraction,
     ItemModel,
     ScorerParams,
-    UserItemMemory,
     load_item_model,
-    memory_fields,
-    memory_from_fields,
     save_item_model,
     score_users,
     train_item_model,

@@ -10,13 +10,13 @@ import pytest
 
 from dataflow.commands.cli import main as cli_main
 from dataflow.model_watch import ModelWatcher
-from operators.deltas import materialize
-from operators.item_model import newest_version
-from operators.item_vectors import (
+from operators.profile import materialize
+from operators.recsys import (
     CatalogEntry,
     embed_catalog,
     load_item_vectors,
     loader_for,
+    newest_version,
     read_catalog,
     save_item_vectors,
 )

@@ -24,15 +24,10 @@ from confluent_kafka import Message
 from dataflow.commands.generator import DEFAULT_END_MS, GeneratedEvent, generate_events
 from dataflow.config import Config
 from dataflow.flow import profile_params, shared_embedder
-from operators.deltas import (
-    MaterializedProfile,
-    ProfileDelta,
-    materialize,
-)
-from operators.demand import DemandReport
-from operators.events import Event, RejectReason, parse_event
-from operators.risk import Alert
-from operators.segments import SegmentTransition, memberships_from_transitions
+from operators.apps import Alert, DemandReport
+from operators.apps.segments import SegmentTransition, memberships_from_transitions
+from operators.ingest import Event, RejectReason, parse_event
+from operators.profile import MaterializedProfile, ProfileDelta, materialize
 from tests.kafka_broker import KafkaBroker, free_port
 from tests.kafka_flow import (
     TopicReader,

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from dataflow.config import Config
 from dataflow.flow import build_flow
-from operators.deltas import delta_from_json, materialize
+from operators.profile import delta_from_json, materialize
 from tests.conftest import HashEncoder, WordListSentiment
 from tests.kafka_flow import Topics
 from tests.kafka_secure import SecureKafkaBroker, make_ca, secure_kafka, write_properties

@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from dataflow import metrics
 from dataflow.commands.generator import generate_events
 from dataflow.sinks import KafkaOutput
-from operators.deltas import delta_from_json
+from operators.profile import delta_from_json
 from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dataflow.model_watch import ItemModelFeed, ModelWatcher
-from operators.item_model import (
+from operators.recsys import (
     ItemInteraction,
     ScorerParams,
     load_item_model,
@@ -97,7 +97,7 @@ def test_the_feed_learns_which_event_type_predicts_the_next_item(tmp_path: Path)
 def test_an_edited_segments_file_is_reloaded_and_a_broken_edit_is_skipped(
     tmp_path: Path,
 ) -> None:
-    from operators.segments import BUNDLED_SEGMENTS, load_segment_book
+    from operators.apps.segments import BUNDLED_SEGMENTS, load_segment_book
 
     path = tmp_path / "segments.json"
     definitions = json.loads(BUNDLED_SEGMENTS.read_text())

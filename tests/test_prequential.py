@@ -13,7 +13,7 @@ from matplotlib.image import imread
 
 from dataflow.commands.datasets import Benchmark, load_amazon
 from dataflow.commands.prequential import run_prequential, write_plot
-from operators.item_model import ItemInteraction
+from operators.recsys import ItemInteraction
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000

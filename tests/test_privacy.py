@@ -11,8 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from dataflow.config import Config
 from dataflow.flow import build_flow
-from operators.events import Event, parse_event
-from operators.privacy import keyed_hash, pii_key, pseudonymise
+from operators.ingest import Event, keyed_hash, parse_event, pii_key, pseudonymise
 from tests.conftest import HashEncoder, WordListSentiment
 
 T0 = 1_717_200_000_000

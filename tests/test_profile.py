@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.events import Event
-from operators.nlp import TextSignals
+from operators.ingest import Event
 from operators.profile import (
     DAY_MS,
     Outcome,
@@ -16,10 +15,11 @@ from operators.profile import (
     decay,
     decode_state,
     encode_state,
+    parse_windows,
     public_fields,
     sgd_step,
 )
-from operators.windows import parse_windows
+from operators.text import TextSignals
 
 T0 = 1_714_564_800_000
 PARAMS = ProfileParams()

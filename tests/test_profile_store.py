@@ -11,15 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.deltas import (
-    Applied,
-    DeltaKind,
-    ProfileDelta,
-    ProfileView,
-    decode_vector,
-    encode_vector,
-)
-from operators.profile_store import (
+from dataflow.serve.store import (
     EMPTY,
     Batch,
     KafkaTombstone,
@@ -29,7 +21,15 @@ from operators.profile_store import (
     apply_delta,
     open_store,
 )
-from operators.segments import SegmentTransition
+from operators.apps.segments import SegmentTransition
+from operators.profile import (
+    Applied,
+    DeltaKind,
+    ProfileDelta,
+    ProfileView,
+    decode_vector,
+    encode_vector,
+)
 from tests.redis_server import redis_url
 
 __all__ = ["redis_url"]  # the fixture, imported for pytest

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.item_model import (
+from operators.recsys import (
+    ItemIndex,
     ItemInteraction,
     ItemModel,
     ScorerParams,
-    train_item_model,
-    update_memory,
-)
-from operators.recommend import (
-    ItemIndex,
     TypeWeightLearner,
     cold_start_scores,
     recommend,
     score_items,
+    train_item_model,
     type_evidence,
+    update_memory,
 )
 
 

@@ -14,12 +14,11 @@ from dataflow.commands.datasets import Benchmark, load_amazon, load_taobao, repl
 from dataflow.commands.recsys import evaluate, histories_from_events, rank_targets
 from dataflow.config import Config
 from dataflow.flow import build_flow
-from operators.deltas import delta_from_json, materialize
-from operators.item_model import (
+from operators.profile import delta_from_json, materialize, memory_from_fields
+from operators.recsys import (
     ItemInteraction,
     ScorerParams,
     load_item_model,
-    memory_from_fields,
     save_item_model,
     train_item_model,
 )

@@ -23,22 +23,18 @@ from dataflow.commands.risk_eval import (
     replay_alerts,
     score_alerts,
 )
-from operators.events import Event
-from operators.risk import (
-    DAY_MS,
-    HOUR_MS,
+from operators.apps import (
     KINDS,
-    MINUTE_MS,
     Alert,
     RiskParams,
     RiskState,
     alert_id,
     assess,
-    decode_state,
-    encode_state,
     load_risk_params,
     robust_log_stats,
 )
+from operators.apps.risk import DAY_MS, HOUR_MS, MINUTE_MS, decode_state, encode_state
+from operators.ingest import Event
 
 T0 = 1_717_000_000_000
 PARAMS = RiskParams()

@@ -15,11 +15,7 @@ import pytest
 from dataflow.commands import segments_eval
 from dataflow.commands.cdnow import Purchase
 from dataflow.commands.generator import generate_events
-from operators.deltas import ProfileDelta, delta_to_json, encode_vector
-from operators.events import Event, parse_event
-from operators.profile import ProfileParams, UserProfile, apply_event
-from operators.segments import (
-    DAY_MS,
+from operators.apps.segments import (
     RFM_GROUPS,
     RfmCuts,
     SegmentBook,
@@ -37,13 +33,23 @@ from operators.segments import (
     rfm_score,
     update_memberships,
 )
-from operators.windows import (
+from operators.apps.segments.conditions import DAY_MS
+from operators.ingest import Event, parse_event
+from operators.profile import (
+    ProfileDelta,
+    ProfileParams,
+    UserProfile,
+    apply_event,
+    delta_to_json,
+    encode_vector,
+    parse_windows,
+)
+from operators.profile.windows import (
     add,
     count_as_of,
     initialize,
     next_count_drop_ms,
     next_spend_drop_ms,
-    parse_windows,
     result,
     span_index,
     spend_as_of,

@@ -16,15 +16,15 @@ from dataflow.commands.cli import main
 from dataflow.commands.sentiment import CHINESE_REVIEWS, ENGLISH_REVIEWS
 from dataflow.config import Config
 from dataflow.flow import build_flow
-from operators.events import Event
-from operators.nlp import read_text
-from operators.sentiment import (
+from operators.ingest import Event
+from operators.text import (
     LabelledTexts,
     SentimentModel,
     add_embedding_head,
     evaluate_sentiment,
     load_sentiment_model,
     read_sentiment_csv,
+    read_text,
     train_sentiment,
 )
 from tests.conftest import HashEncoder

@@ -4,7 +4,7 @@ The deltas and segment transitions are the real flow's (under ``bytewax.testing`
 tests/test_flow.py runs it), with a user deleted and coming back. The end-to-end tests
 produce them to Kafka as the flow's Kafka sink does (a null-valued message after each JSON
 tombstone), run ``serve`` as a process, compare every profile it serves with
-``operators.deltas.materialize`` and every segment size with the transitions, then stop it,
+``operators.profile.deltas.materialize`` and every segment size with the transitions, then stop it,
 produce the rest (with a replayed suffix, as after a flow restart), restart it and check that
 it read only the new messages and ends on the right profiles.
 """
@@ -33,32 +33,29 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from dataflow.config import Config, config_values
 from dataflow.flow import build_flow
-from dataflow.serve import (
-    ConsumerStatus,
-    ItemModels,
-    ServeMetrics,
-    build_app,
-    openapi,
-)
-from operators.deltas import (
+from dataflow.serve import build_app, openapi
+from dataflow.serve.feeder import ConsumerStatus
+from dataflow.serve.metrics import ServeMetrics
+from dataflow.serve.models import ItemModels
+from dataflow.serve.store import Batch, ProfileStore, SqliteStore
+from operators.apps.segments import SegmentTransition, memberships_from_transitions
+from operators.profile import (
     ProfileDelta,
     decode_vector,
     delta_from_json,
     delta_to_json,
     encode_vector,
     materialize,
+    memory_fields,
 )
-from operators.item_model import (
+from operators.recsys import (
     ItemInteraction,
     ScorerParams,
     load_item_model,
-    memory_fields,
     save_item_model,
     train_item_model,
     update_memory,
 )
-from operators.profile_store import Batch, ProfileStore, SqliteStore
-from operators.segments import SegmentTransition, memberships_from_transitions
 from tests.conftest import HashEncoder, WordListSentiment
 from tests.kafka_broker import KafkaBroker, free_port, produce_all
 from tests.redis_server import redis_url
@@ -290,7 +287,7 @@ def test_health_follows_the_consumer(
 def test_the_committed_openapi_file_is_current() -> None:
     committed = ROOT / "deploy" / "openapi.json"
     assert json.loads(committed.read_text()) == json.loads(json.dumps(openapi())), (
-        "regenerate it: python -m dataflow.serve --print-openapi > deploy/openapi.json"
+        "regenerate it: profilestream serve --print-openapi > deploy/openapi.json"
     )
 
 
@@ -320,7 +317,7 @@ def kafka_messages(deltas: list[ProfileDelta]) -> list[tuple[bytes, bytes | None
 
 
 class ServeProcess:
-    """``python -m dataflow.serve`` on a free port, logging to a file."""
+    """``python -m dataflow serve`` on a free port, logging to a file."""
 
     def __init__(
         self, store: str, kafka: KafkaBroker, deltas: str, segments: str, log: Path, *extra: str
@@ -328,7 +325,7 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
-            sys.executable, "-m", "dataflow.serve", "--serve-store", store, "--brokers",
+            sys.executable, "-m", "dataflow", "serve", "--serve-store", store, "--brokers",
             kafka.bootstrap, "--deltas-topic", deltas, "--segments-topic", segments,
             "--serve-http-port", str(self.port), "--serve-batch-wait-ms", "10", *extra,
         ]  # fmt: skip

@@ -11,8 +11,8 @@ from bytewax.testing import TestingSink, run_main
 from dataflow.config import Config
 from dataflow.flow import build_flow
 from dataflow.sinks import dead_letter_json, dead_letter_message
-from operators.deltas import delta_from_json
-from operators.events import DeadLetter
+from operators.ingest import DeadLetter
+from operators.profile import delta_from_json
 from tests.conftest import HashEncoder, WordListSentiment
 
 GOOD = b'{"event_id": "e1", "user_id": "u1", "ts": 1714564800000, "type": "login"}'

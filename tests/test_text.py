@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from operators.keywords import IdfTable, extract_keywords, idf_from_corpus
-from operators.text import normalize_text, tokenize
+from operators.text import IdfTable, extract_keywords, idf_from_corpus, normalize_text, tokenize
 
 
 @pytest.mark.parametrize(

@@ -8,16 +8,14 @@ from typing import Any
 
 import pytest
 
-from operators.events import Event
-from operators.windows import (
+from operators.ingest import Event
+from operators.profile import WindowSpec, parse_duration_ms, parse_windows
+from operators.profile.windows import (
     LAST_ITEMS,
     MAX_DISTINCT,
-    WindowSpec,
     add,
     initialize,
     is_late,
-    parse_duration_ms,
-    parse_windows,
     result,
     window_range,
 )

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import msgspec
 
-from operators.item_model import ItemInteraction
 from operators.profile import DAY_MS
+from operators.recsys import ItemInteraction
 
 #: 2020-01-01T00:00:00Z: where the synthetic Amazon timeline starts.
 AMAZON_EPOCH_MS = 1_577_836_800_000

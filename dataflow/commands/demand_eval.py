@@ -1,6 +1,6 @@
 """``profilestream eval-demand``: do the category demand forecasts beat seasonal naive?
 
-Rolling-origin evaluation of :class:`operators.demand.DemandForecaster` -- the wrapper the
+Rolling-origin evaluation of :class:`operators.apps.demand.DemandForecaster` -- the wrapper the
 flow uses -- fed one bucket at a time, on three kinds of series:
 
 * CDNOW daily units (CDs per day, 546 days from 1997-01-01), horizons 1..7, seasonal naive
@@ -10,7 +10,7 @@ flow uses -- fed one bucket at a time, on three kinds of series:
   acquisition weeks a year before, and no model can learn a yearly season from 1.5 years;
 * the synthetic stream (:func:`~dataflow.commands.generator.generate_events`, 200k events
   over 14 days), hourly units of its biggest categories bucketed by
-  :func:`~operators.demand.observe` and :func:`~operators.demand.close_until` as the flow
+  :func:`~operators.apps.demand.observe` and :func:`~operators.apps.demand.close_until` as the flow
   does, horizons 1..24, seasonal naive with ``m = 24`` (its sessions follow the hour of day).
 
 Each series is split in thirds. Hyperparameters and the model (Holt-Winters or SNARIMAX) are
@@ -53,17 +53,16 @@ from typing import Any, Final, cast
 
 from dataflow.commands.cdnow import read_cdnow
 from dataflow.commands.generator import DAY_MS, DEFAULT_END_MS, generate_events
-from operators.demand import (
-    HOUR_MS,
+from operators.apps import (
     CategoryDemand,
     DemandForecaster,
     DemandParams,
-    ModelName,
     close_until,
     new_demand,
     observe,
 )
-from operators.events import Event, parse_event
+from operators.apps.demand import HOUR_MS, ModelName
+from operators.ingest import Event, parse_event
 
 WEEK_MS: Final = 7 * DAY_MS
 #: CDNOW's cohort was acquired in its first 12 weeks (Q1 1997).

@@ -3,7 +3,7 @@
 It is the README's first command, so it exercises the whole path a production deployment
 takes, minus Kafka: synthetic events (:mod:`dataflow.commands.generator`) in a JSONL file, the real
 dataflow with the file source and file sinks (:func:`dataflow.runner.run_flow`), and the consumer
-side, :func:`operators.deltas.materialize`, rebuilding profiles from ``deltas.jsonl``. The
+side, :func:`operators.profile.deltas.materialize`, rebuilding profiles from ``deltas.jsonl``. The
 summary shows throughput, deltas by kind with their size and latency, dead letters by reason
 (checked against the reasons the generator planted) and three sample profiles (affinities,
 keywords, sentiment, the last day's window) with the catalog items nearest to their interest
@@ -38,15 +38,17 @@ from dataflow.commands.generator import (
     write_events,
 )
 from dataflow.config import Config, add_config_arguments, config_values
-from operators.deltas import MaterializedProfile, delta_from_json, materialize
-from operators.item_model import ItemModel, load_item_model, memory_from_fields, newest_version
-from operators.item_vectors import (
+from operators.profile import MaterializedProfile, delta_from_json, materialize, memory_from_fields
+from operators.recsys import (
     CatalogEntry,
+    ItemModel,
     embed_catalog,
+    load_item_model,
     load_item_vectors,
+    newest_version,
+    recommend,
     save_item_vectors,
 )
-from operators.recommend import recommend
 
 DEFAULT_OUT = Path("out/demo")
 #: Output files a previous run leaves behind; removed first so every run starts clean.

@@ -13,10 +13,10 @@ production does, without shipping anyone's real data:
   reviews come from the bundled CC0 sample, Chinese ones from templates), and a few timestamps
   are RFC 3339 strings, in UTC or in China's +08:00.
 * A small share of bad messages, each labelled with the reason code
-  :func:`operators.events.parse_event` gives it, plus exact re-sends that the profile step
+  :func:`operators.ingest.events.parse_event` gives it, plus exact re-sends that the profile step
   rejects as ``duplicate_event``.
 * Optionally (``anomalies=AnomalyConfig()``, ``generate --anomalies``), labelled fraud and
-  abuse for :mod:`operators.risk` to find, on top of legitimate traffic made messier so that
+  abuse for :mod:`operators.apps.risk` to find, on top of legitimate traffic made messier so that
   the detectors meet their false positives: see :class:`AnomalyConfig`.
 
 Everything is drawn from one seeded :class:`numpy.random.Generator`, so a seed is a data set.
@@ -50,8 +50,8 @@ from typing import Any, Final, Literal
 import msgspec
 import numpy as np
 
-from operators.events import DeadLetter, RejectReason, parse_event
-from operators.risk import KINDS as ANOMALY_KINDS
+from operators.apps import KINDS as ANOMALY_KINDS
+from operators.ingest import DeadLetter, RejectReason, parse_event
 
 Lang = Literal["en", "zh"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from dataflow.config import Config, add_config_arguments, config_values
 from dataflow.flow import shared_embedder
-from operators.item_vectors import embed_catalog, read_catalog, save_item_vectors
+from operators.recsys import embed_catalog, read_catalog, save_item_vectors
 
 
 def embed_items(catalog: Path, out: Path, config: Config) -> Path:

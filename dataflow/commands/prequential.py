@@ -5,20 +5,20 @@ Here the benchmark's replay (every user's history but the held-out last item, al
 interleaved in event-time order as :func:`~dataflow.commands.datasets.replay_lines` emits it)
 is walked once. The item model is trained, as ``profilestream train`` would, on the first
 ``cutoff`` fraction of the stream only, so no later prediction uses a model that saw its
-target. Each user's :class:`~operators.item_model.UserItemMemory` is updated event by event
-with :func:`~operators.item_model.update_memory`, as the dataflow does. Each event after the
+target. Each user's :class:`~operators.recsys.item_model.UserItemMemory` is updated event by event
+with :func:`~operators.recsys.item_model.update_memory`, as the dataflow does. Each event after the
 cut-off (or a seeded sample of them) is predicted *before* it is applied, three ways:
 
 - ``live``: from the user's memory as it is now, updated up to the previous event;
 - ``frozen``: from the memory the user had at the cut-off (what a nightly batch would serve);
 - ``popularity``: the training counts alone.
 
-Each is served as :func:`operators.recommend.score_items` serves it, so a user without usable
+Each is served as :func:`operators.recsys.recommend.score_items` serves it, so a user without usable
 history gets the popularity cold start. The user's earlier items are masked and the target
-ranked among all items (:func:`operators.ranking_metrics.target_ranks`); HR@20 and NDCG@20
+ranked among all items (:func:`operators.recsys.ranking_metrics.target_ranks`); HR@20 and NDCG@20
 are reported per bin of equal numbers of predictions, over time, and overall.
 
->>> from operators.item_model import ItemInteraction
+>>> from operators.recsys import ItemInteraction
 >>> t0, day = 1_700_000_000_000, 86_400_000
 >>> chain = {
 ...     f"u{u}": [ItemInteraction(f"i{(u + k) % 9}", ts_ms=t0 + (u + k) * day) for k in range(6)]
@@ -45,10 +45,17 @@ from matplotlib.figure import Figure
 
 from dataflow.commands.datasets import Benchmark, replay_lines
 from dataflow.commands.training import Log, histories_from_events, train
-from operators.events import Event, parse_event
-from operators.item_model import ItemModel, UserItemMemory, score_users, update_memory
-from operators.ranking_metrics import hit_rate_and_ndcg, target_ranks
-from operators.recommend import cold_start_scores, is_cold
+from operators.ingest import Event, parse_event
+from operators.profile import UserItemMemory
+from operators.recsys import (
+    ItemModel,
+    cold_start_scores,
+    hit_rate_and_ndcg,
+    is_cold,
+    score_users,
+    target_ranks,
+    update_memory,
+)
 
 VARIANTS = ("live", "frozen", "popularity")
 K = 20

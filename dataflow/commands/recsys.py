@@ -6,7 +6,7 @@ profilestream eval-recsys --taobao UserBehavior.csv
 profilestream eval-recsys --sequences Beauty.txt --attributes ... --prequential --plot beauty.png
 
 ``train`` reads a historical event log (the JSONL the flow consumes), groups each user's item
-events in time order, trains :func:`operators.item_model.train_item_model` and writes a new
+events in time order, trains :func:`operators.recsys.item_model.train_item_model` and writes a new
 version folder under ``--out``; a flow started with ``--item-model-dir`` on that folder picks
 it up without a restart.
 
@@ -38,15 +38,15 @@ import numpy as np
 from dataflow.commands.datasets import Benchmark, load_amazon, load_taobao, replay_lines
 from dataflow.commands.prequential import run_prequential, write_plot
 from dataflow.commands.training import Log, histories_from_events, train
-from operators.deltas import materialize
-from operators.item_model import (
+from operators.profile import UserItemMemory, materialize, memory_from_fields
+from operators.recsys import (
+    DEFAULT_KS,
     ItemInteraction,
     ItemModel,
-    UserItemMemory,
-    memory_from_fields,
+    hit_rate_and_ndcg,
     score_users,
+    target_ranks,
 )
-from operators.ranking_metrics import DEFAULT_KS, hit_rate_and_ndcg, target_ranks
 
 
 @dataclass

@@ -14,10 +14,10 @@ than ``episode_gap_ms`` apart. Per kind, :func:`score_alerts` reports:
   divided by (legitimate users / 1000) and by the days the stream spans.
 
 The alerts come from the real dataflow (:func:`flow_alerts`) or, with ``--replay``, from
-folding the file through :func:`operators.risk.assess` per user in file order
+folding the file through :func:`operators.apps.risk.assess` per user in file order
 (:func:`replay_alerts`): fast, for tuning thresholds.
 
->>> from operators.risk import Alert
+>>> from operators.apps import Alert
 >>> events = [Event("e1", "u1", 0, "login"), Event("e2", "u1", 60_000, "login"),
 ...           Event("e3", "u2", 86_400_000, "view", item_id="i1")]
 >>> alert = Alert("a1", "u1", "login_burst", 0.9, ("e2",), 60_000, {}, "risk-v1")
@@ -40,8 +40,9 @@ from typing import Any
 
 import msgspec
 
-from operators.events import Event, parse_event
-from operators.risk import DAY_MS, HOUR_MS, KINDS, Alert, RiskParams, assess, load_risk_params
+from operators.apps import KINDS, Alert, RiskParams, assess, load_risk_params
+from operators.apps.risk import DAY_MS, HOUR_MS
+from operators.ingest import Event, parse_event
 
 #: Labelled events of a user and kind further apart than this belong to separate episodes.
 DEFAULT_EPISODE_GAP_MS = 12 * HOUR_MS
@@ -74,7 +75,7 @@ def read_events(path: str | Path) -> Iterator[Event]:
 
 
 def replay_alerts(events_path: str | Path, params: RiskParams | None = None) -> list[Alert]:
-    """Fold the file through :func:`~operators.risk.assess`, per user, in file order.
+    """Fold the file through :func:`~operators.apps.risk.assess`, per user, in file order.
 
     Invalid lines and repeated event ids are dropped; ``delete_user`` resets the user.
     """

@@ -5,7 +5,7 @@ profilestream rfm-cuts --deltas out/deltas.jsonl --out segments.json
 profilestream rfm-cuts --events events.jsonl --out segments.json
 profilestream segments-check
 
-``rfm-cuts`` is the periodic batch job behind the RFM scores (see :mod:`operators.segments`
+``rfm-cuts`` is the periodic batch job behind the RFM scores (see :mod:`operators.apps.segments`
 for why cut points are configured rather than streamed): it takes every customer who bought
 -- from the profiles a delta file rebuilds, from an event log folded through the profile
 step, or from the CDNOW log -- computes the quintile cut points of recency, frequency and
@@ -13,7 +13,7 @@ monetary value as of the newest event, and writes a segments file: the segments 
 ``--base`` (default: the bundled ones) with the new ``rfm`` block.
 
 ``segments-check`` folds the CDNOW log (:mod:`dataflow.commands.cdnow`) through the real
-profile step and :func:`operators.segments.update_memberships`, event by event as the flow
+profile step and :func:`operators.apps.segments.update_memberships`, event by event as the flow
 would, evaluates every user once more at the log's last event time (a timer), and compares
 the streaming RFM scores with :func:`batch_rfm`, a pandas recomputation from the raw log
 with the same cut points. It also checks that replaying the transitions gives the profiles'
@@ -41,17 +41,11 @@ import numpy as np
 import pandas as pd
 
 from dataflow.commands.cdnow import Purchase, cdnow_events, read_cdnow
-from operators.deltas import materialize
-from operators.events import Event, parse_event
-from operators.profile import ProfileParams, UserProfile, UserState, apply_event
-from operators.segments import (
+from operators.apps.segments import (
     BUNDLED_SEGMENTS,
-    DAY_MS,
     RfmCuts,
     SegmentBook,
     SegmentTransition,
-    Specs,
-    Test,
     exit_all,
     memberships_from_transitions,
     next_check_ms,
@@ -60,6 +54,9 @@ from operators.segments import (
     rfm_group,
     update_memberships,
 )
+from operators.apps.segments.conditions import DAY_MS, Specs, Test
+from operators.ingest import Event, parse_event
+from operators.profile import ProfileParams, UserProfile, UserState, apply_event, materialize
 
 #: Share of users whose streaming and batch RFM scores must agree.
 TARGET_SHARE = 0.99
@@ -102,7 +99,7 @@ def profile_rfm_inputs(profiles: Iterable[Mapping[str, Any]], as_of_ms: int) -> 
 
 
 def cuts_from_inputs(inputs: pd.DataFrame) -> RfmCuts:
-    """:func:`operators.segments.rfm_cut_points` of an inputs table."""
+    """:func:`operators.apps.segments.rfm_cut_points` of an inputs table."""
     return rfm_cut_points(*(inputs[c].to_numpy() for c in _COLUMNS))
 
 

@@ -34,8 +34,7 @@ import numpy as np
 from dataflow.commands.datasets import shared_data_dir
 from dataflow.config import Config, config_values
 from dataflow.flow import shared_embedder
-from operators.embedding import embed_queries
-from operators.sentiment import (
+from operators.text import (
     DEFAULT_BITS,
     DEFAULT_C,
     DEFAULT_MODEL_DIR,
@@ -47,6 +46,7 @@ from operators.sentiment import (
     read_sentiment_csv,
     train_sentiment,
 )
+from operators.text.embedding import embed_queries
 
 #: The shipped model's version; bump it whenever its recipe or sources change.
 DEFAULT_VERSION = 1

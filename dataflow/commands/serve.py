@@ -7,7 +7,7 @@
 Everything is a field of the one :class:`~dataflow.config.Config` (flags and
 ``PROFILESTREAM_*`` variables): topics, brokers, ``--kafka-config-file``,
 ``--item-model-dir`` and ``--model-poll-s`` as the flow has them, and the ``--serve-*``
-options (store, HTTP address, consumer settings). See ``dataflow/serve.py``.
+options (store, HTTP address, consumer settings). See ``dataflow/serve/``.
 """
 
 from __future__ import annotations

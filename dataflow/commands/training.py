@@ -1,7 +1,7 @@
 """Train the item model from an event log, as ``profilestream train`` and the evaluations do.
 
 ``histories_from_events`` groups each user's item events in event-time order, as
-:func:`operators.item_model.train_item_model` reads them; ``train`` fits the model and saves a
+:func:`operators.recsys.train_item_model` reads them; ``train`` fits the model and saves a
 new version folder, which a running flow started with ``--item-model-dir`` picks up.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from operators.events import Event, parse_event
-from operators.item_model import ItemInteraction, ItemModel, save_item_model, train_item_model
+from operators.ingest import Event, parse_event
 from operators.profile import DEFAULT_TYPE_WEIGHTS
+from operators.recsys import ItemInteraction, ItemModel, save_item_model, train_item_model
 
 Log = Callable[[str], None]
 
