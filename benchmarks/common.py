@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMON_PACKAGES = ("transformers", "bytewax", "numpy")
 
 
+def dated_result(name: str) -> Path:
+    """Where a benchmark's JSON goes by default: ``benchmarks/results/<UTC date>-<name>.json``,
+    so every run adds to the history instead of replacing the last."""
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    return ROOT / "benchmarks" / "results" / f"{day}-{name}.json"
+
+
 def fmt(value: float | None, digits: int = 0) -> str:
     """A table cell: ``value`` with thousands separators and ``digits`` decimals, or ``-``."""
     return "-" if value is None else f"{value:,.{digits}f}"

@@ -58,8 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from benchmarks.common import fmt, machine_info, package_version, print_header
-from dataflow.commands.datasets import shared_data_dir
+from benchmarks.common import dated_result, fmt, machine_info, package_version, print_header
+from dataflow.eval.datasets import shared_data_dir
 from operators.ingest import Event
 from operators.text.embedding import (
     DEFAULT_MODEL,
@@ -71,7 +71,7 @@ from operators.text.embedding import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "embed_bench.json"
+RESULTS = dated_result("embed_bench")
 EN_REVIEWS = ROOT / "operators" / "data" / "reviews_en_sample.csv"
 ZH_REVIEWS = shared_data_dir() / "reviews-zh" / "online_shopping_10_cats.dev.csv"
 MICRO_BATCH = 64

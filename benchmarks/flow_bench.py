@@ -30,7 +30,7 @@ How the numbers are made:
 * bytes/event = bytes of delta values / events; deltas/event likewise;
 * latency = ``processed_ms - ingest_ms`` of each delta (its earliest event's file read time or
   Kafka CreateTime), p50 and p99;
-* results, with machine information, go to ``benchmarks/results/flow_bench.json``.
+* results, with machine information, go to ``benchmarks/results/<date>-flow_bench.json``.
 
     python benchmarks/flow_bench.py            # 240k no-text / 120k 20%-text events, ~10 min
     python benchmarks/flow_bench.py --quick    # a fifth of that
@@ -60,24 +60,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
-from benchmarks.common import fmt, machine_info, package_version, print_header
-from dataflow.commands.generator import (
+from benchmarks.common import dated_result, fmt, machine_info, package_version, print_header
+from dataflow.config import Config
+from dataflow.factories import profile_params
+from dataflow.sim import (
     DEFAULT_CATALOG_ITEMS,
     GeneratedEvent,
     build_catalog,
     generate_events,
 )
-from dataflow.config import Config
-from dataflow.flow import profile_params
 from operators.ingest import Event, parse_event
 from operators.profile import delta_from_json
 from operators.recsys import CatalogEntry, ItemVectors, embed_catalog, save_item_vectors
 from operators.text.embedding import Embedder, embedding_text, typed_text
-from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, send
+from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, send
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_TYPES = frozenset({"search", "review"})
-RESULTS = ROOT / "benchmarks" / "results" / "flow_bench.json"
+RESULTS = dated_result("flow_bench")
 TIMEOUT_S = 900.0
 PROFILE_FLOW = [sys.executable, "-m", "dataflow", "run"]
 TRIVIAL_FLOW = [sys.executable, str(ROOT / "benchmarks" / "trivial_flow.py")]

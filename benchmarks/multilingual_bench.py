@@ -14,7 +14,7 @@ What, for each packaged model (multilingual-e5-small, the default, and all-MiniL
   by 0.5 (chosen on a validation split), on N/4 reviews of the held-out fifth
   (:func:`operators.text.sentiment.is_held_out`): can the vector the stream computes anyway lift
   sentiment?
-* **cross-lingual check**: the generator's catalog (``dataflow.commands.generator``) is
+* **cross-lingual check**: the generator's catalog (``dataflow.sim``) is
   embedded as the flow embeds catalog items (title, category and brand, ``passage: ``); for
   each Chinese category an English query ("smartphone", "sneakers", ...) ranks the Chinese
   items. Reported: how often the top item is of the query's category, precision@10, and the
@@ -42,14 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from benchmarks.common import fmt, machine_info, print_header
-from dataflow.commands.datasets import shared_data_dir
-from dataflow.commands.generator import CATEGORIES, build_catalog
+from benchmarks.common import dated_result, fmt, machine_info, print_header
+from dataflow.eval.datasets import shared_data_dir
+from dataflow.sim import CATEGORIES, build_catalog
 from operators.recsys import CatalogEntry, embed_catalog
 from operators.text.embedding import MODEL_NAMES, Embedder, as_query, embed_queries
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "multilingual_bench.json"
+RESULTS = dated_result("multilingual_bench")
 CHINESE_REVIEWS = Path("reviews-zh") / "online_shopping_10_cats.dev.csv"
 #: An English query for every Chinese category of the generated catalog.
 ENGLISH_QUERIES = {

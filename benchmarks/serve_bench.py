@@ -19,7 +19,7 @@
    histogram (``profilestream_serve_delta_delay_seconds``, emitted -> applied, every delta)
    gives the share of all deltas in the store within 1 s.
 
-Prints tables and writes ``benchmarks/results/serve_bench.json``.
+Prints tables and writes ``benchmarks/results/<date>-serve_bench.json``.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from prometheus_client.parser import text_string_to_metric_families
 # Runnable as `python benchmarks/serve_bench.py`: the project root is not on sys.path then.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, fmt, machine_info, package_version, print_header
+from benchmarks.common import ROOT, dated_result, fmt, machine_info, package_version, print_header
 from dataflow.serve.store import Batch, ProfileStore, open_store
 from operators.profile import ProfileDelta, delta_to_json, encode_vector, materialize
 
-RESULTS = ROOT / "benchmarks" / "results" / "serve_bench.json"
+RESULTS = dated_result("serve_bench")
 VEGETA = "github.com/tsenart/vegeta/v12@v12.13.0"
 TARGET_P99_MS = 5.0
 
@@ -73,10 +73,10 @@ def template_profiles(n_users: int = 400, n_events: int = 12_000) -> list[Profil
     encoder: the text model is not what is measured), each with a 384-d interest vector."""
     from bytewax.testing import TestingSink, TestingSource, run_main
 
-    from dataflow.commands.generator import generate_events
     from dataflow.config import Config
     from dataflow.flow import build_flow
-    from tests.conftest import HashEncoder, WordListSentiment
+    from dataflow.sim import generate_events
+    from tests.support.fakes import HashEncoder, WordListSentiment
 
     events = generate_events(n_events, n_users, seed=5, malformed_rate=0.0)
     lines = [(g.line.decode(), f"bench:{i}") for i, g in enumerate(events)]
@@ -124,7 +124,7 @@ class Serve:
     """``python -m dataflow serve`` as a process on a free port."""
 
     def __init__(self, store: str, log: Path, *extra: str) -> None:
-        from tests.kafka_broker import free_port
+        from tests.support.kafka_broker import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started
     load_before = os.getloadavg()[0]
     vegeta = vegeta_binary()
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     redis = RedisServer(work)
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
                 report(latency[-1:], [])
         freshness: list[dict[str, Any]] = []
         if not args.no_kafka:
-            from tests.kafka_broker import KafkaBroker
+            from tests.support.kafka_broker import KafkaBroker
 
             (work / "kafka").mkdir()
             broker = KafkaBroker(work / "kafka")

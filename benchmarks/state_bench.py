@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec
 import numpy as np
 
-from benchmarks.common import fmt, machine_info, print_header
-from dataflow.commands.generator import build_catalog
+from benchmarks.common import dated_result, fmt, machine_info, print_header
+from dataflow.sim import build_catalog
 from operators.ingest import Event, parse_event
 from operators.profile import ProfileParams, UserState, apply_event, encode_state
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "state_bench.json"
+RESULTS = dated_result("state_bench")
 END_MS = 1_717_200_000_000  # 2024-06-01
 WEEK_MS = 7 * 86_400_000
 KINDS = ("view", "view", "view", "click", "click", "add_to_cart", "purchase", "login")

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -47,6 +48,14 @@ from dataflow import metrics
 from operators.ingest import NO_WATERMARK, ChannelState, EventTimeSpeed, Progress, WatermarkTable
 
 log = logging.getLogger(__name__)
+
+#: A wall clock in epoch milliseconds (tests pass their own).
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 
 _MASK: Final = (1 << 64) - 1
 #: Clock keys start with a control character, which no user id or category may contain.
@@ -355,3 +364,50 @@ def broadcast(progress: Progress, cluster: Cluster) -> list[tuple[str, Progress]
         )
         for i, key in enumerate(cluster.keys())
     ]
+
+
+class Unborn(StatefulBatchLogic[Any, Any, Any]):
+    """A new key's logic, decided by its first item: a clock key (markers) gets the worker's
+    clock, any other key the step's own logic, to which every call then goes."""
+
+    __slots__ = ("inner", "make")
+
+    def __init__(self, make: Callable[[Any], StatefulBatchLogic[Any, Any, Any]]) -> None:
+        self.make = make
+        self.inner: StatefulBatchLogic[Any, Any, Any] | None = None
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        if self.inner is None:
+            self.inner = self.make(values[0])
+        return self.inner.on_batch(values)
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        assert self.inner is not None
+        return self.inner.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        assert self.inner is not None
+        return self.inner.on_eof()
+
+    def notify_at(self) -> datetime | None:
+        return None if self.inner is None else self.inner.notify_at()
+
+    def snapshot(self) -> Any:
+        assert self.inner is not None
+        return self.inner.snapshot()
+
+
+def keyed_logic(
+    step: StepTime,
+    resume: Any,
+    own: Callable[[Any], StatefulBatchLogic[Any, Any, Any]],
+    forward: bool,
+) -> StatefulBatchLogic[Any, Any, Any]:
+    """The logic of a key of a keyed step: the worker's clock or the step's own (``own``)."""
+    if isinstance(resume, WatermarkTable):
+        return ClockLogic(step, resume, forward)
+    if resume is not None:
+        return own(resume)
+    return Unborn(
+        lambda first: ClockLogic(step, None, forward) if isinstance(first, Progress) else own(None)
+    )

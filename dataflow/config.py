@@ -374,3 +374,36 @@ def load_config(
     if config.source == "file" and config.input_path is None:
         raise ValueError("source=file needs --input-path (or PROFILESTREAM_INPUT_PATH)")
     return config
+
+
+def config_reference() -> str:
+    """``docs/configuration.md``: every field of :class:`Config` as a flag, a variable, its
+    default and its meaning (``profilestream config-docs`` writes it; a test keeps it so)."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from dataflow.config.Config by `profilestream config-docs > "
+        "docs/configuration.md`: edit the field there, not this page. -->",
+        "",
+        "One object, `dataflow.config.Config`. Every field is a flag of `profilestream run` "
+        "(and `profilestream serve`, `demo`, `embed-items`) and an environment variable "
+        f"`{ENV_PREFIX}<FIELD>`; a flag wins over the variable, the variable over the default. "
+        "`python -m bytewax.run dataflow.flow:flow_from_env` reads only the variables.",
+        "",
+        "| flag | variable | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in fields(Config):
+        default: object = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        shown = "(secret)" if not f.repr else ("–" if default in (None, "") else f"`{default}`")
+        if str(f.type).startswith("bool"):
+            flag = f"`{_flag(f.name)}` / `--no-{_flag(f.name)[2:]}`"
+        else:
+            flag = f"`{_flag(f.name)}`"
+        choices = _choices(f.name)
+        meaning = f.metadata["help"] + (f" (one of {', '.join(choices)})" if choices else "")
+        meaning = meaning.replace("|", "\\|")
+        lines.append(f"| {flag} | `{ENV_PREFIX}{f.name.upper()}` | {shown} | {meaning} |")
+    return "\n".join(lines) + "\n"

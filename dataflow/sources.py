@@ -23,7 +23,6 @@ and the partition's newest event time together, so a restarted partition resumes
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -444,7 +443,3 @@ class DynamicEventSource(DynamicSource[SourceItem]):
         channel = f"{step_id}/{worker_index}"
         part = _EventPartition(inner, channel, self._parse, self._timing, self._wall)
         return _DynamicEventPartition(inner, part)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -9,48 +9,43 @@ profilestream demo
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-
-from dataflow.config import add_config_arguments, load_config
-from dataflow.runner import run_flow
 
 # The model ships inside a package; make sure nothing ever tries the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from dataflow.commands import (
-        demand_eval,
-        demo,
-        generator,
-        items,
-        recsys,
-        risk_eval,
-        segments_eval,
-        sentiment,
-        serve,
-    )
+#: The subcommands, in the order ``--help`` lists them: one module each.
+COMMANDS = (
+    "run",
+    "generate",
+    "demo",
+    "embed_items",
+    "train_sentiment",
+    "eval_sentiment",
+    "train",
+    "eval_recsys",
+    "rfm_cuts",
+    "segments_check",
+    "eval_risk",
+    "eval_demand",
+    "serve",
+    "config_docs",
+)
 
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="profilestream",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the profile dataflow")
-    add_config_arguments(run)
-    run.set_defaults(handler=lambda args: run_flow(load_config(args)))
-    generator.add_command(commands)
-    demo.add_command(commands)
-    items.add_command(commands)
-    sentiment.add_command(commands)
-    recsys.add_command(commands)
-    segments_eval.add_command(commands)
-    risk_eval.add_command(commands)
-    demand_eval.add_command(commands)
-    serve.add_command(commands)
+    for name in COMMANDS:
+        importlib.import_module(f"dataflow.commands.{name}").add_command(commands)
     return parser
 
 

@@ -8,7 +8,7 @@ flow uses -- fed one bucket at a time, on three kinds of series:
 * CDNOW weekly units (78 weeks), horizons 1..4, naive with ``m = 1``: 78 weeks do not hold
   two years, so a yearly seasonal naive would compare the last 26 weeks with the cohort's
   acquisition weeks a year before, and no model can learn a yearly season from 1.5 years;
-* the synthetic stream (:func:`~dataflow.commands.generator.generate_events`, 200k events
+* the synthetic stream (:func:`~dataflow.sim.generate_events`, 200k events
   over 14 days), hourly units of its biggest categories bucketed by
   :func:`~operators.apps.demand.observe` and :func:`~operators.apps.demand.close_until` as the flow
   does, horizons 1..24, seasonal naive with ``m = 24`` (its sessions follow the hour of day).
@@ -40,19 +40,16 @@ which no choice of scale changes.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Final, cast
 
-from dataflow.commands.cdnow import read_cdnow
-from dataflow.commands.generator import DAY_MS, DEFAULT_END_MS, generate_events
+from dataflow.eval.cdnow import read_cdnow
+from dataflow.sim import DAY_MS, DEFAULT_END_MS, generate_events
 from operators.apps import (
     CategoryDemand,
     DemandForecaster,
@@ -443,39 +440,3 @@ def _pad(text: str, width: int) -> str:
             break
         out, used = out + char, used + w
     return out + " " * (width - used)
-
-
-def add_command(subparsers: Any) -> None:
-    """Register ``profilestream eval-demand``."""
-    parser = subparsers.add_parser(
-        "eval-demand",
-        help="score the category demand forecasts against seasonal naive (MASE)",
-        description="Rolling-origin MASE of the demand forecaster on CDNOW (daily, weekly) "
-        "and on the synthetic stream (hourly), against seasonal naive.",
-    )
-    parser.add_argument("--events", type=int, default=GENERATED_EVENTS,
-                        help="synthetic events to generate")  # fmt: skip
-    parser.add_argument("--categories", type=int, default=GENERATED_CATEGORIES,
-                        help="biggest synthetic categories to score")  # fmt: skip
-    parser.add_argument("--days", type=int, default=GENERATED_DAYS,
-                        help="event-time span of the synthetic stream")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    parser.set_defaults(handler=_eval_command)
-
-
-def _eval_command(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
-    print("building series ...")
-    series = cdnow_series() + generated_series(
-        args.events, args.categories, seed=args.seed, days=args.days
-    )
-    result = run_eval(series)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    print(format_table(result))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if args.json:
-        print(json.dumps(result))

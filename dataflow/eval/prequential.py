@@ -2,7 +2,7 @@
 
 Leave-one-out scores one held-out item per user; it cannot show what real-time updates buy.
 Here the benchmark's replay (every user's history but the held-out last item, all users
-interleaved in event-time order as :func:`~dataflow.commands.datasets.replay_lines` emits it)
+interleaved in event-time order as :func:`~dataflow.eval.datasets.replay_lines` emits it)
 is walked once. The item model is trained, as ``profilestream train`` would, on the first
 ``cutoff`` fraction of the stream only, so no later prediction uses a model that saw its
 target. Each user's :class:`~operators.recsys.item_model.UserItemMemory` is updated event by event
@@ -43,8 +43,8 @@ import numpy as np
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from dataflow.commands.datasets import Benchmark, replay_lines
-from dataflow.commands.training import Log, histories_from_events, train
+from dataflow.eval.datasets import Benchmark, replay_lines
+from dataflow.eval.training import Log, histories_from_events, train
 from operators.ingest import Event, parse_event
 from operators.profile import UserItemMemory
 from operators.recsys import (

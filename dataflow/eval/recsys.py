@@ -15,15 +15,13 @@ published tables: it trains the model on everything but each user's last interac
 replays that part as events through the real dataflow (file source, all operators, one
 profile per user), reads the profiles back from the deltas it wrote, ranks every item for
 each user (earlier items masked) and scores the held-out item with HR@K and NDCG@K.
-With ``--prequential`` it runs :mod:`dataflow.commands.prequential` instead: every event after a
+With ``--prequential`` it runs :mod:`dataflow.eval.prequential` instead: every event after a
 cut-off is predicted before it is applied, by the live profile, by the profile frozen at the
 cut-off and by popularity, and HR@20 over time is written as a PNG (and JSON with ``--json``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -35,9 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from dataflow.commands.datasets import Benchmark, load_amazon, load_taobao, replay_lines
-from dataflow.commands.prequential import run_prequential, write_plot
-from dataflow.commands.training import Log, histories_from_events, train
+from dataflow.eval.datasets import Benchmark, replay_lines
+from dataflow.eval.training import Log, train
 from operators.profile import UserItemMemory, materialize, memory_from_fields
 from operators.recsys import (
     DEFAULT_KS,
@@ -161,78 +158,3 @@ def evaluate(bench: Benchmark, workers: int = 1, log: Log = print) -> RecsysRepo
     return RecsysReport(
         bench.name, len(users), n_events, model.n_items, train_s, replay_s, rank_s, metrics
     )
-
-
-def _print_report(report: RecsysReport, as_json: bool) -> None:
-    print(f"\n{report.dataset}: {report.users:,} users, {report.items:,} items")
-    print(
-        f"  train {report.train_s:.1f} s | replay {report.events:,} events through the dataflow "
-        f"in {report.replay_s:.1f} s ({report.events_per_s:,.0f} events/s) | "
-        f"rank {report.rank_s:.1f} s"
-    )
-    print("  " + "  ".join(f"{k}={v:.4f}" for k, v in report.metrics.items()))
-    if as_json:
-        print(json.dumps(report.as_json()))
-
-
-def _load(args: argparse.Namespace) -> Benchmark:
-    if args.taobao is not None:
-        return load_taobao(args.taobao)
-    if args.sequences is None:
-        raise ValueError("give --sequences (Amazon format) or --taobao")
-    return load_amazon(args.sequences, args.attributes)
-
-
-def _train_command(args: argparse.Namespace) -> None:
-    lines = args.events.read_bytes().splitlines()
-    histories = histories_from_events(lines)
-    attributes = json.loads(args.attributes.read_text()) if args.attributes else None
-    model, folder = train(histories, attributes, args.out)
-    print(f"trained {model.n_items:,} items on {model.manifest['n_events']:,} events -> {folder}")
-
-
-def _eval_command(args: argparse.Namespace) -> None:
-    bench = _load(args)
-    if not args.prequential:
-        _print_report(evaluate(bench, args.workers), args.json)
-        return
-    report = run_prequential(bench, cutoff=args.cutoff)
-    plot = args.plot or Path(f"prequential-{report.dataset}.png")
-    write_plot(report, plot)
-    print(f"\n{report.summary()}\n  plot: {plot}")
-    if args.json:
-        print(json.dumps(report.as_json()))
-
-
-def add_command(commands: Any) -> None:
-    trainer = commands.add_parser("train", help="train the item model from an event log")
-    trainer.add_argument("--events", type=Path, required=True, help="JSONL event log")
-    trainer.add_argument("--out", type=Path, required=True, help="model folder (versions inside)")
-    trainer.add_argument("--attributes", type=Path, help="JSON: item id -> list of attribute ids")
-    trainer.set_defaults(handler=_train_command)
-
-    evaluator = commands.add_parser(
-        "eval-recsys", help="score next-item recommendations on a public benchmark"
-    )
-    evaluator.add_argument("--sequences", type=Path, help="Amazon <Cat>.txt (user item item ...)")
-    evaluator.add_argument("--attributes", type=Path, help="Amazon <Cat>_item2attributes.json")
-    evaluator.add_argument("--taobao", type=Path, help="Taobao UserBehavior CSV instead")
-    evaluator.add_argument("--workers", type=int, default=1, help="dataflow worker threads")
-    evaluator.add_argument("--json", action="store_true", help="end with one JSON line")
-    evaluator.add_argument(
-        "--prequential",
-        action="store_true",
-        help="instead of leave-one-out, predict each event after --cutoff before applying it",
-    )
-    evaluator.add_argument(
-        "--cutoff",
-        type=float,
-        default=0.5,
-        help="with --prequential: the fraction of the stream the model trains on (default 0.5)",
-    )
-    evaluator.add_argument(
-        "--plot",
-        type=Path,
-        help="with --prequential: the PNG to write (default prequential-<dataset>.png)",
-    )
-    evaluator.set_defaults(handler=_eval_command)

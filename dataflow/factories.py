@@ -1,0 +1,195 @@
+"""The flow's parts made from the one :class:`~dataflow.config.Config`: the shared model, the
+profile and demand parameters, and the hot-reloaded segment book, item model and item
+vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+from dataflow import metrics
+from dataflow.clock import Clock, StepTime
+from dataflow.config import Config
+from dataflow.model_watch import ItemModelFeed, ModelWatcher
+from dataflow.user_logic import UserContext
+from operators.apps import (
+    Applications,
+    DemandParams,
+    load_risk_params,
+)
+from operators.apps.segments import SegmentBook, load_segment_book
+from operators.profile import (
+    DAY_MS,
+    ProfileParams,
+    parse_windows,
+)
+from operators.recsys import ItemVectors, load_item_model, loader_for
+from operators.text import SentimentScorer, load_sentiment_model
+from operators.text.embedding import Embedder, TextBatcher, TextEncoder
+
+
+def shared_embedder(config: Config) -> Embedder:
+    """One model per process, shared by its worker threads, loaded when a text first needs it."""
+    return _embedder(
+        config.model_dir,
+        config.embed_model,
+        config.device,
+        config.embed_precision,
+        config.embed_threads or None,
+        config.embed_cache_size,
+        config.embed_batch_size,
+    )
+
+
+@lru_cache(maxsize=4)
+def _embedder(
+    model_dir: Path | None,
+    model: str,
+    device: str | None,
+    precision: str,
+    threads: int | None,
+    cache_size: int,
+    batch_size: int,
+) -> Embedder:
+    return Embedder(
+        model_dir,
+        model=model,
+        device=device,
+        precision=precision,
+        threads=threads,
+        cache_size=cache_size,
+        batch_size=batch_size,
+        lazy=True,  # events without text need no model: start on them meanwhile
+    )
+
+
+def profile_params(config: Config, model_name: str) -> ProfileParams:
+    return ProfileParams(
+        interest_half_life_ms=round(config.interest_half_life_days * DAY_MS),
+        affinity_half_life_ms=round(config.affinity_half_life_days * DAY_MS),
+        max_seen_event_ids=config.max_seen_event_ids,
+        max_keywords=config.max_keywords,
+        full_every=config.full_every,
+        model_version=f"{model_name}+profile-v1",
+        windows=parse_windows(config.windows),
+        allowed_lateness_ms=config.allowed_lateness_ms,
+    )
+
+
+def demand_params(config: Config) -> DemandParams:
+    return DemandParams(bucket_ms=config.demand_bucket_ms, horizon=config.demand_horizon)
+
+
+def applications(config: Config, books: Callable[[], SegmentBook]) -> Callable[[], Applications]:
+    """The applications' settings now (the segment book may be reloaded at any time)."""
+    windows = parse_windows(config.windows)
+    risk = load_risk_params(config.risk_rules_file)
+    current = Applications(books(), windows, risk)
+
+    def now() -> Applications:
+        nonlocal current
+        book = books()
+        if book is not current.segments:
+            current = Applications(book, windows, risk)
+        return current
+
+    return now
+
+
+def segment_book(config: Config) -> Callable[[], SegmentBook]:
+    """The segment definitions in use now: the shipped ones, or a watched file."""
+    if config.segments_file is None:
+        book = load_segment_book(None, windows=parse_windows(config.windows))
+        metrics.SEGMENT_DEFINITIONS_INFO.labels(book.version).set(1)
+        return lambda: book
+    windows = parse_windows(config.windows)
+    watcher = ModelWatcher(
+        config.segments_file,
+        config.model_poll_s,
+        load=lambda path: load_segment_book(path, windows=windows),
+        on_load=lambda _path: metrics.SEGMENT_DEFINITIONS_LOADS.labels("ok").inc(),
+        on_error=lambda _path, _exc: metrics.SEGMENT_DEFINITIONS_LOADS.labels("error").inc(),
+    )
+    first = watcher.current()
+    if first is None:
+        raise ValueError(f"cannot load segment definitions from {config.segments_file}")
+    shown = first
+
+    def current() -> SegmentBook:
+        nonlocal shown
+        book = watcher.current() or shown
+        if book is not shown:
+            metrics.SEGMENT_DEFINITIONS_INFO.clear()
+            metrics.SEGMENT_DEFINITIONS_INFO.labels(book.version).set(1)
+            shown = book
+        return book
+
+    metrics.SEGMENT_DEFINITIONS_INFO.labels(first.version).set(1)
+    return current
+
+
+def item_model_feed(config: Config) -> ItemModelFeed | None:
+    """The hot-reloaded item model of ``config.item_model_dir`` (``None`` when unset)."""
+    if config.item_model_dir is None:
+        return None
+    watcher = ModelWatcher(
+        config.item_model_dir,
+        config.model_poll_s,
+        load=load_item_model,
+        on_load=metrics.ITEM_MODEL_VERSIONS.loaded,
+        on_error=metrics.ITEM_MODEL_VERSIONS.failed,
+    )
+    return ItemModelFeed(watcher, on_weights=metrics.type_weights_changed)
+
+
+def item_vectors(config: Config, model: TextEncoder) -> ModelWatcher[ItemVectors] | None:
+    """The hot-reloaded catalog vectors of ``config.item_vectors_dir`` (``None`` when unset)."""
+    if config.item_vectors_dir is None:
+        return None
+    return ModelWatcher(
+        config.item_vectors_dir,
+        config.model_poll_s,
+        load=loader_for(model),
+        on_load=metrics.ITEM_VECTOR_VERSIONS.loaded,
+        on_error=metrics.ITEM_VECTOR_VERSIONS.failed,
+    )
+
+
+def user_context(
+    config: Config,
+    encoder: TextEncoder | None,
+    sentiment: SentimentScorer | None,
+    clock: Clock,
+    time: StepTime,
+) -> UserContext:
+    """What every user's logic shares: the model (``encoder``: the configured one if
+    ``None``), the sentiment model, the batcher, the settings and the clocks."""
+    model = encoder or shared_embedder(config)
+    if sentiment is None:
+        sentiment = load_sentiment_model(config.sentiment_model)
+    head = getattr(sentiment, "embedding", None)
+    if head is not None and not head.reads(model.name):
+        raise ValueError(
+            f"the sentiment model's embedding head reads {head.model} vectors, but the flow "
+            f"embeds with {model.name}: train it again with the flow's model"
+        )
+    return UserContext(
+        params=profile_params(config, model.name),
+        batcher=TextBatcher(
+            model, config.embed_batch_size, config.embed_max_wait_ms, metrics.observe_batch
+        ),
+        sentiment=sentiment,
+        feed=item_model_feed(config),
+        items=item_vectors(config, model),
+        prompts=model.prompts,
+        clock=clock,
+        emit_interval_ms=config.emit_interval_ms,
+        keywords_per_text=config.keywords_per_text,
+        dim=model.dim,
+        expire_after_ms=round(config.expire_after_days * DAY_MS),
+        erased_memory_ms=round(config.erased_memory_days * DAY_MS),
+        settle_full_ms=round(config.settle_full_after_s * 1000),
+        applications=applications(config, segment_book(config)),
+        time=time,
+    )

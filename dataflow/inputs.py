@@ -1,0 +1,104 @@
+"""Where the flow's events come from: a Kafka topic or JSONL files read as event sources
+(:mod:`dataflow.sources`), and the routing of events and markers to the users' workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.inputs import DynamicSource, FixedPartitionedSource, Source
+
+from dataflow.clock import (
+    Clock,
+    Cluster,
+    broadcast,
+)
+from dataflow.config import Config
+from dataflow.sources import (
+    DynamicEventSource,
+    EventSource,
+    JsonlSource,
+    KafkaSource,
+    Parse,
+    PartitionTime,
+    SourceItem,
+)
+from operators.ingest import (
+    DeadLetter,
+    Event,
+    Progress,
+    parse_event,
+    pii_key,
+    pseudonymise,
+)
+
+log = logging.getLogger(__name__)
+
+
+def event_parser(key: bytes) -> Parse:
+    """Parse a raw message and hide its IP and device id before anything keeps them."""
+
+    def parse(
+        raw: bytes | str, message_key: bytes | None, origin: str, ingest_ms: int, watermark_ms: int
+    ) -> Event | DeadLetter:
+        item = parse_event(
+            raw, key=message_key, source=origin, ingest_ms=ingest_ms, watermark_ms=watermark_ms
+        )
+        return pseudonymise(item, key) if type(item) is Event else item
+
+    return parse
+
+
+def read_inputs(
+    flow: Dataflow,
+    config: Config,
+    source: Source | None,
+    clock: Clock,
+    on_partitions: Callable[[list[str]], None],
+) -> Stream[SourceItem]:
+    """Parsed events, dead letters and event-time markers, in order per input partition."""
+    if not config.pii_secret and config.sink == "kafka":
+        log.warning(
+            "PROFILESTREAM_PII_SECRET is not set: IPs and device ids are hashed with the public "
+            "development secret, which does not protect them"
+        )
+    parse = event_parser(pii_key(config.pii_secret))
+    timing = PartitionTime(config.allowed_lateness_ms, config.idle_partition_ms)
+    if source is None and config.source == "kafka":
+        source = KafkaSource(
+            config.brokers, config.events_topic, config.kafka_properties(), config.kafka_tail
+        )
+    elif source is None:
+        if config.input_path is None:
+            raise ValueError("source=file needs input_path")
+        source = JsonlSource(config.input_path)
+    if isinstance(source, DynamicSource):
+        events: Source = DynamicEventSource(source, parse, timing, clock, on_partitions)
+    elif isinstance(source, FixedPartitionedSource):
+        events = EventSource(source, parse, timing, clock, on_partitions)
+    else:
+        raise TypeError(f"cannot read events from a {type(source).__name__}")
+    if config.source == "kafka":
+        return _kafka_in("kafka_in", flow, events)
+    return op.input("file_in", flow, events)
+
+
+@operator
+def _kafka_in(step_id: str, flow: Dataflow, source: Source) -> Stream[SourceItem]:
+    """The Kafka input, under the step id Bytewax's Kafka operator gave it (so a recovery
+    store written before the flow kept event time resumes from its offsets)."""
+    return op.input("kafka_input", flow, source)
+
+
+def route_users(items: list[SourceItem], cluster: Cluster) -> list[tuple[str, Any]]:
+    """Key events by user; send each marker to every worker, under its clock key."""
+    routed: list[tuple[str, Any]] = []
+    for item in items:
+        if type(item) is Event:
+            routed.append((item.user_id, item))
+        else:
+            routed += broadcast(cast(Progress, item), cluster)
+    return routed

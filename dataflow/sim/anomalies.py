@@ -1,0 +1,392 @@
+"""Labelled fraud and abuse episodes injected on top of legitimate traffic, for the risk
+detectors to find (``generate --anomalies``)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from dataflow.sim.sessions import Writer
+from dataflow.sim.world import CHANNELS, DAY_MS, Draws, World, favourite_categories, random_ip
+from operators.apps import KINDS as ANOMALY_KINDS
+
+Lang = Literal["en", "zh"]
+
+# --- Labelled anomalies -------------------------------------------------------------------
+
+#: Events per injected episode, by kind (inclusive bounds).
+EPISODE_SIZES: Final[dict[str, tuple[int, int]]] = {
+    "account_takeover": (3, 8),
+    "amount_anomaly": (1, 1),
+    "card_testing": (5, 15),
+    "purchase_burst": (9, 20),
+    "login_burst": (8, 30),
+    "refund_abuse": (5, 10),
+    "bot": (120, 400),
+}
+# What a takeover buys: things that resell.
+_RESELLABLE: Final = frozenset(
+    {"Smartphones", "Laptops", "Smartwatches", "Headphones", "手机", "耳机"}
+)
+# Victims need this much history before the episode (margins over the detectors' warm-ups).
+_KNOWN_LOGINS: Final = 5
+_PURCHASES: Final = 6
+_QUIET_MS: Final = 2 * DAY_MS  # no new device this long before a takeover
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Which labelled anomalies to inject into a generated stream, and how many.
+
+    ``rate`` is the share of users given one anomalous episode, the kinds taken in turn from
+    ``kinds``; every event of an episode is labelled with its kind
+    (:attr:`GeneratedEvent.anomaly`) and counts towards ``n_events``. The episodes:
+
+    - ``account_takeover``: a login from a new device and a new IP, some browsing, then 1-3
+      purchases of 5-30x the user's median amount, minutes to a few hours later. Victims
+      have 5 logins from known devices, 6 purchases and no new device for two days.
+    - ``amount_anomaly``: one purchase of 20-100x the user's median amount and at least 4x
+      their largest, from their usual device and IP; victims have 6 purchases.
+    - ``card_testing``: 5-15 purchases of $0.99-4.99, ~40 s apart, from a new device and IP.
+    - ``purchase_burst``: 9-20 purchases of ordinary items (the user's favourite categories,
+      at most 3x their median amount), ~1 min apart, from their usual device.
+    - ``login_burst``: 8-30 logins ~8 s apart, each from a new IP (credential stuffing).
+    - ``refund_abuse``: 5-10 refunds ~25 min apart, of what the user bought and of items they
+      never bought; victims return at least as many items as they bought.
+    - ``bot``: 120-400 views, clicks and searches ~0.35 s apart, from a new device and IP.
+
+    Legitimate users get messier at the same time: 1-3 devices (the phone on changing
+    carrier addresses), trips (hotel and roaming IPs), new phones mid-span, re-logins,
+    returners who send back a third of what they buy, several items at a time, bargain
+    hunters buying under $5, budget-aware buying (an item over 6x the user's usual price is
+    bought one time in five, else something in their favourite categories), check-outs of a
+    whole cart, fast browsers -- and, as without anomalies, occasional purchases far above a
+    user's usual amounts.
+
+    Victims of takeovers and amount anomalies need history, and history comes from events
+    per user, not from the span: with 200k events and 5k users (14 days) about 140 users are
+    established enough for a takeover and 250 have 6 purchases, enough for the default rate;
+    with the command's default 100k events, 19 of the 250 episodes fall on users without
+    that history (``stats["short_history"]``; ``generate`` prints it). Use about 40 events
+    per user or more.
+    """
+
+    rate: float = 0.05
+    kinds: tuple[str, ...] = ANOMALY_KINDS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"the anomaly rate must be within [0, 1], got {self.rate}")
+        unknown = set(self.kinds) - set(ANOMALY_KINDS)
+        if unknown or not self.kinds:
+            raise ValueError(f"anomaly kinds must be some of {ANOMALY_KINDS}, got {self.kinds}")
+
+
+def plan_anomalies(d: Draws, n_users: int, config: AnomalyConfig) -> list[tuple[str, int]]:
+    """(kind, number of events) of each episode to inject."""
+    kinds = list(config.kinds)
+    first = d.below(len(kinds))
+    plan = []
+    for n in range(round(config.rate * n_users)):
+        kind = kinds[(first + n) % len(kinds)]
+        low, high = EPISODE_SIZES[kind]
+        plan.append((kind, low + d.below(high - low + 1)))
+    return plan
+
+
+@dataclass
+class _Past:
+    """One user's legitimate history, for choosing victims and making episodes fit them."""
+
+    times: list[int] = field(default_factory=list)
+    origins: list[tuple[str, str]] = field(default_factory=list)  # device, ip of each event
+    purchases: list[tuple[int, float]] = field(default_factory=list)  # ts, amount
+    bought: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # purchase events
+    device_first: list[int] = field(default_factory=list)  # when each device was first seen
+    established_ms: int | None = None  # _KNOWN_LOGINS logins from known devices, _PURCHASES
+
+
+Timeline = list[tuple[int, int, dict[str, Any]]]  # ts, user index, event
+_Events = list[tuple[int, dict[str, Any]]]  # one episode: ts, event
+
+
+class Injector:
+    """Choose a victim and a time for each planned episode, and write its events."""
+
+    def __init__(
+        self,
+        world: World,
+        writer: Writer,
+        timeline: Timeline,
+        deleted: set[int],
+        start_ms: int,
+        span_ms: int,
+        draws: Draws,
+    ) -> None:
+        self.world, self.writer, self.d = world, writer, draws
+        self.start_ms, self.end_ms = start_ms, start_ms + span_ms
+        self.pasts = [_Past() for _ in world.users]
+        seen: list[set[str]] = [set() for _ in world.users]
+        known_logins = [0] * len(world.users)
+        for ts, user, event in timeline:
+            past, device = self.pasts[user], event.get("device_id", "")
+            past.times.append(ts)
+            past.origins.append((device, event.get("ip", "")))
+            if device not in seen[user]:
+                seen[user].add(device)
+                past.device_first.append(ts)
+            elif event["type"] == "login":
+                known_logins[user] += 1
+            if event["type"] == "purchase":
+                past.purchases.append((ts, event["price"] * event["quantity"]))
+                past.bought.append((ts, event))
+            if (
+                past.established_ms is None
+                and known_logins[user] >= _KNOWN_LOGINS
+                and len(past.purchases) >= _PURCHASES
+            ):
+                past.established_ms = ts
+        self.free = [u for u in range(len(world.users)) if u not in deleted]
+        self.short_history = 0  # episodes whose victim lacks the history its detector needs
+        catalog = world.catalog
+        self.by_price = sorted((item.price, n) for n, item in enumerate(catalog))
+        resellable = [(p, n) for p, n in self.by_price if catalog[n].category in _RESELLABLE]
+        self.resellable = resellable or self.by_price
+
+    def inject(self, plan: list[tuple[str, int]]) -> tuple[Timeline, dict[str, str]]:
+        """The episodes' events (in no particular order) and their labels by event id."""
+        order = list(ANOMALY_KINDS)  # the kinds that need the most history choose first
+        out: Timeline = []
+        labels: dict[str, str] = {}
+        for kind, size in sorted(plan, key=lambda p: order.index(p[0])):
+            user, at = self._victim(kind, size)
+            events = getattr(self, f"_{kind}")(user, at, size)
+            assert len(events) == size, (kind, size, len(events))
+            for ts, event in events:
+                out.append((ts, user, event))
+                labels[event["event_id"]] = kind
+        return out, labels
+
+    # Victims -----------------------------------------------------------------------------
+
+    def _victim(self, kind: str, size: int) -> tuple[int, int]:
+        """A user not yet a victim and a time the episode starts at that suits the kind."""
+        d = self.d
+        for _ in range(200):
+            if not self.free:
+                break
+            k = d.below(len(self.free))
+            at = self._fits(kind, self.free[k], size)
+            if at is not None:
+                return self.free.pop(k), at
+        # Nobody suits: take anyone; the detector may lack the history to find this one.
+        self.short_history += 1
+        free = self.free
+        user = free.pop(d.below(len(free))) if free else d.below(len(self.world.users))
+        return user, self._uniform(self.start_ms + 3_600_000, self.end_ms - 8 * 3_600_000)
+
+    def _uniform(self, low: int, high: int) -> int:
+        return low + self.d.below(max(high - low, 1))
+
+    def _fits(self, kind: str, user: int, size: int) -> int | None:
+        past = self.pasts[user]
+        hour = 3_600_000
+        if kind == "account_takeover":
+            if past.established_ms is None:
+                return None
+            for _ in range(8):
+                at = self._uniform(past.established_ms + hour, self.end_ms - 8 * hour)
+                if at > self.end_ms - 8 * hour:
+                    return None
+                if not any(at - _QUIET_MS < first <= at for first in past.device_first):
+                    return at
+            return None
+        if kind == "amount_anomaly":
+            if len(past.purchases) < _PURCHASES:
+                return None
+            earliest = past.purchases[_PURCHASES - 1][0] + hour
+            if earliest >= self.end_ms - hour:
+                return None
+            return self._uniform(earliest, self.end_ms - hour)
+        at = self._uniform(self.start_ms + hour, self.end_ms - 8 * hour)
+        if kind == "refund_abuse":
+            bought = sum(ts < at for ts, _ in past.purchases)
+            return at if 1 <= bought <= size else None
+        if kind == "purchase_burst":
+            return at if past.times else None
+        return at
+
+    # Episode events ----------------------------------------------------------------------
+
+    def _event(
+        self,
+        user: int,
+        ts: int,
+        kind: str,
+        origin: dict[str, str],
+        item: int | None = None,
+        **fields: Any,
+    ) -> tuple[int, dict[str, Any]]:
+        event: dict[str, Any] = {
+            "event_id": self.writer.event_id(),
+            "user_id": self.world.users[user].user_id,
+            "ts": ts,
+            "type": kind,
+        }
+        if item is not None:
+            catalog_item = self.world.catalog[item]
+            event |= {
+                "item_id": catalog_item.item_id,
+                "category": catalog_item.category,
+                "brand": catalog_item.brand,
+            }
+        return ts, event | fields | origin
+
+    def _origin(self, device: str, ip: str, channel: str | None = None) -> dict[str, str]:
+        self.writer.session_seq += 1
+        return {
+            "session_id": f"s{self.world.seed}-{self.writer.session_seq}",
+            "device_id": device,
+            "ip": ip,
+            "channel": channel or self.d.choice(CHANNELS),
+        }
+
+    def _usual_origin(self, user: int, at: int) -> dict[str, str]:
+        """The device and IP of the user's last event before ``at`` (or their first device)."""
+        past = self.pasts[user]
+        k = bisect.bisect_left(past.times, at)
+        if k:
+            return self._origin(*past.origins[k - 1])
+        habits = self.world.users[user].habits
+        ip = habits.home_ip if habits is not None else random_ip(self.d)
+        return self._origin(self.world.users[user].devices[0], ip)
+
+    def _new_origin(self, channel: str | None = None) -> dict[str, str]:
+        device = f"d{self.world.seed}-{len(self.world.users) + self.d.below(10**6)}-0"
+        return self._origin(device, random_ip(self.d), channel)
+
+    def _median_and_max(self, user: int, at: int) -> tuple[float, float]:
+        """The median of the user's last 32 purchase amounts before ``at``, and the largest."""
+        amounts = [a for ts, a in self.pasts[user].purchases if ts < at]
+        if not amounts:
+            return 60.0, 60.0
+        return float(np.median(amounts[-32:])), max(amounts)
+
+    def _priced(self, target: float, items: list[tuple[float, int]]) -> tuple[int, float, int]:
+        """An item near ``target`` in price, and the quantity that brings it close."""
+        k = bisect.bisect_right(items, (target * 1.2, len(self.world.catalog)))
+        pool = items[max(k - 5, 0) : k] or items[:1]
+        price, item = pool[self.d.below(len(pool))]
+        qty = max(1, min(round(target / price), 10))
+        return item, round(price, 2), qty
+
+    def _gaps(self, at: int, n: int, median_ms: float, sigma: float, least: int) -> list[int]:
+        times = [at]
+        for _ in range(n - 1):
+            times.append(times[-1] + max(round(self.d.lognormal(median_ms, sigma)), least))
+        return times
+
+    def _account_takeover(self, user: int, at: int, size: int) -> _Events:
+        d = self.d
+        origin = self._new_origin("web")
+        median, _ = self._median_and_max(user, at)
+        n_buys = 1 + (size >= 5) + (size >= 7)
+        events = [self._event(user, at, "login", origin)]
+        ts = at
+        for _ in range(size - 1 - n_buys):
+            ts += max(round(d.lognormal(20_000, 0.7)), 1_000)
+            events.append(self._event(user, ts, "view", origin, d.choice(self.resellable)[1]))
+        ts += min(max(round(d.lognormal(20 * 60_000, 1.0)), 60_000), 4 * 3_600_000)
+        for _ in range(n_buys):
+            item, price, qty = self._priced(median * (5 + 25 * d.uniform()), self.resellable)
+            events.append(
+                self._event(user, ts, "purchase", origin, item, price=price, quantity=qty)
+            )
+            ts += max(round(d.lognormal(4 * 60_000, 0.8)), 20_000)
+        return events
+
+    def _amount_anomaly(self, user: int, at: int, size: int) -> _Events:
+        median, largest = self._median_and_max(user, at)
+        target = max(median * (20 + 80 * self.d.uniform()), 4 * largest)
+        item, price, qty = self._priced(target, self.by_price)
+        origin = self._usual_origin(user, at)
+        return [self._event(user, at, "purchase", origin, item, price=price, quantity=qty)]
+
+    def _card_testing(self, user: int, at: int, size: int) -> _Events:
+        d = self.d
+        origin = self._new_origin()
+        return [
+            self._event(
+                user,
+                ts,
+                "purchase",
+                origin,
+                d.below(len(self.world.catalog)),
+                price=round(0.99 + 4 * d.uniform(), 2),
+                quantity=1,
+            )
+            for ts in self._gaps(at, size, 40_000, 0.6, 5_000)
+        ]
+
+    def _purchase_burst(self, user: int, at: int, size: int) -> _Events:
+        w, d = self.world, self.d
+        origin = self._usual_origin(user, at)
+        median, _ = self._median_and_max(user, at)
+        # Ordinary items: the user's favourite categories, at most thrice their median amount.
+        items = [
+            n for c in favourite_categories(w.users[user].favourite_cdf) for n in w.items_of[c]
+        ]
+        ordinary = [n for n in items if w.catalog[n].price <= 3 * median] or items
+        ordinary = ordinary or list(range(len(w.catalog)))
+        events = []
+        for ts in self._gaps(at, size, 60_000, 0.5, 10_000):
+            item = ordinary[d.below(len(ordinary))]
+            price = round(w.catalog[item].price * (1.0 - 0.2 * d.uniform() ** 3), 2)
+            events.append(self._event(user, ts, "purchase", origin, item, price=price, quantity=1))
+        return events
+
+    def _login_burst(self, user: int, at: int, size: int) -> _Events:
+        origin = self._new_origin("web")
+        return [
+            self._event(user, ts, "login", origin | {"ip": random_ip(self.d)})
+            for ts in self._gaps(at, size, 8_000, 0.8, 1_000)
+        ]
+
+    def _refund_abuse(self, user: int, at: int, size: int) -> _Events:
+        d, catalog = self.d, self.world.catalog
+        bought = [event for ts, event in self.pasts[user].bought if ts < at]
+        origin = self._usual_origin(user, at)
+        events = []
+        for ts in self._gaps(at, size, 25 * 60_000, 0.7, 60_000):
+            if bought and d.chance(0.5):
+                purchase = bought.pop(d.below(len(bought)))
+                fields = {
+                    k: purchase[k] for k in ("item_id", "category", "brand", "price", "quantity")
+                }
+                events.append(self._event(user, ts, "refund", origin, **fields))
+            else:  # "it never arrived": an item the user never bought here
+                item = d.below(len(catalog))
+                events.append(
+                    self._event(
+                        user, ts, "refund", origin, item, price=catalog[item].price, quantity=1
+                    )
+                )
+        return events
+
+    def _bot(self, user: int, at: int, size: int) -> _Events:
+        d, w = self.d, self.world
+        origin = self._new_origin("web")
+        lang = w.users[user].lang
+        events = []
+        for ts in self._gaps(at, size, 350, 0.5, 50):
+            roll = d.uniform()
+            if roll < 0.15:
+                queries = w.categories[d.below(len(w.categories))].queries(lang)
+                events.append(self._event(user, ts, "search", origin, text=d.choice(queries)))
+            else:
+                kind = "view" if roll < 0.7 else "click"
+                events.append(self._event(user, ts, kind, origin, d.below(len(w.catalog))))
+        return events
