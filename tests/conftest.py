@@ -10,17 +10,15 @@ folder, unless pytest is given ``--skip-shared-data``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from types import MappingProxyType
 
-import numpy as np
 import pytest
 
-from dataflow.commands.datasets import shared_data_dir
-from tests.kafka_broker import KafkaBroker
-from tests.server_process import unavailable
+from dataflow.eval.datasets import shared_data_dir
+from tests.support.fakes import HashEncoder
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.server_process import unavailable
 
 SHARED_DATA = shared_data_dir()
 
@@ -45,41 +43,6 @@ def shared_data(request: pytest.FixtureRequest) -> Path:
             "pytest with --skip-shared-data to skip these tests"
         )
     return SHARED_DATA
-
-
-class HashEncoder:
-    """A deterministic stand-in for the model: each text maps to a fixed unit vector."""
-
-    name = "hash-encoder"
-    dim = 8
-    prompts = MappingProxyType({"query": "query: ", "passage": "passage: "})
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def lookup(self, text: str) -> np.ndarray | None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        rows = [
-            np.frombuffer(hashlib.sha256(t.encode()).digest()[: self.dim], np.uint8) + 1.0
-            for t in texts
-        ]
-        vectors = np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-class WordListSentiment:
-    """A stand-in sentiment model: positive when the text has a praising word."""
-
-    PRAISE = ("good", "great", "love", "好", "喜欢")
-
-    def score_one(self, text: str, vector: np.ndarray | None = None) -> float:
-        return 0.9 if any(word in text.lower() for word in self.PRAISE) else 0.2
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from dataflow.flow import build_flow
 from operators.apps.segments import SegmentTransition, memberships_from_transitions
 from operators.ingest import EventTimeSpeed
 from operators.profile import delta_from_json, materialize
-from tests.conftest import HashEncoder, WordListSentiment
+from tests.support.fakes import HashEncoder, WordListSentiment
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

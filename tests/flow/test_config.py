@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from dataflow.config import Config, add_config_arguments, load_config
+from dataflow.config import Config, add_config_arguments, config_reference, load_config
+from tests.support import ROOT
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -67,7 +69,7 @@ def test_kafka_properties_file(tmp_path: Path) -> None:
 )
 def test_out_of_range_settings_are_refused(field: str, value: int) -> None:
     with pytest.raises(ValueError, match=f"{field} must be at least"):
-        Config(**{field: value})
+        Config(**cast(dict[str, Any], {field: value}))
 
 
 def test_a_mistyped_boolean_is_an_error_not_false() -> None:
@@ -79,7 +81,7 @@ def test_the_kubernetes_configmap_sets_only_real_settings_with_valid_values() ->
     import re
     from dataclasses import fields
 
-    configmap = Path(__file__).parents[1] / "deploy" / "k8s" / "configmap.yaml"
+    configmap = ROOT / "deploy" / "k8s" / "configmap.yaml"
     text = configmap.read_text()
     env = dict(re.findall(r'^\s+#?\s*(PROFILESTREAM_\w+): "([^"]*)"', text, re.MULTILINE))
     names = {f"PROFILESTREAM_{f.name.upper()}" for f in fields(Config)}
@@ -90,3 +92,12 @@ def test_the_kubernetes_configmap_sets_only_real_settings_with_valid_values() ->
         text = (configmap.parent / manifest).read_text()
         env_names = set(re.findall(r"name: (PROFILESTREAM_\w+)", text))
         assert env_names and env_names <= names, (manifest, env_names - names)
+
+
+def test_the_configuration_page_is_generated_from_config() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert page == config_reference(), (
+        "docs/configuration.md is stale: run `profilestream config-docs > docs/configuration.md`"
+    )
+    for name in Config.__dataclass_fields__:
+        assert f"`PROFILESTREAM_{name.upper()}`" in page

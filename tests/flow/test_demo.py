@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.commands.demo import format_report, run_demo
-from dataflow.commands.generator import CATEGORIES
 from dataflow.config import Config
+from dataflow.demo import format_report, run_demo
+from dataflow.sim import CATEGORIES
 
 pytestmark = pytest.mark.slow
 CHINESE = {c.name for c in CATEGORIES if c.lang == "zh"}

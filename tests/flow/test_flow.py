@@ -15,13 +15,14 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from dataflow.config import Config
-from dataflow.flow import build_flow, profile_params
+from dataflow.factories import profile_params
+from dataflow.flow import build_flow
 from dataflow.sources import JsonlSource
 from operators.ingest import Event, parse_event
 from operators.profile import Applied, ProfileDelta, ProfileView, delta_from_json, materialize
-from tests.conftest import HashEncoder, WordListSentiment
-from tests.reference import assert_profiles_match, reference_states
-from tests.test_windows import brute_force
+from tests.support.fakes import HashEncoder, WordListSentiment
+from tests.support.reference import assert_profiles_match, reference_states
+from tests.unit.profile.test_windows import brute_force
 
 T0 = 1_714_564_800_000
 # One delta per event: the flow is deterministic, like the reference.
@@ -173,7 +174,7 @@ class _Timed(StatelessSourcePartition[tuple[str, str]]):
         if not self._schedule:
             raise StopIteration
         elapsed = time.monotonic() - self._start
-        batch = []
+        batch: list[tuple[str, str]] = []
         while self._schedule and self._schedule[0][0] <= elapsed:
             _, line = self._schedule.pop(0)
             batch.append((line, f"timed:{len(batch)}:{line[:20]}"))

@@ -12,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from dataflow.config import Config
 from dataflow.flow import build_flow
 from operators.ingest import Event, keyed_hash, parse_event, pii_key, pseudonymise
-from tests.conftest import HashEncoder, WordListSentiment
+from tests.support.fakes import HashEncoder, WordListSentiment
 
 T0 = 1_717_200_000_000
 IP, DEVICE = "198.51.100.23", "device-of-alice"

@@ -13,7 +13,7 @@ from dataflow.flow import build_flow
 from dataflow.sinks import dead_letter_json, dead_letter_message
 from operators.ingest import DeadLetter
 from operators.profile import delta_from_json
-from tests.conftest import HashEncoder, WordListSentiment
+from tests.support.fakes import HashEncoder, WordListSentiment
 
 GOOD = b'{"event_id": "e1", "user_id": "u1", "ts": 1714564800000, "type": "login"}'
 NOT_UTF8 = b'{"event_id": "e2", "user_id": "\xff", "ts": 1714564800000, "type": "login"}'

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.commands.generator import GeneratedEvent, generate_events
+from dataflow.sim import GeneratedEvent, generate_events
 from operators.profile import Applied, ProfileView
-from tests.kafka_broker import KafkaBroker, free_port
-from tests.kafka_flow import (
+from tests.support.kafka_broker import KafkaBroker, free_port
+from tests.support.kafka_flow import (
     BytewaxCluster,
     FlowOutputs,
     TopicReader,
@@ -33,7 +33,7 @@ from tests.kafka_flow import (
     read_outputs,
     start_flow,
 )
-from tests.server_process import stop_processes
+from tests.support.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -7,7 +7,8 @@ topic of each must equal the first's (segment transitions, alerts and demand rec
 exact JSON, replays aside; profiles with their versions, segments and RFM groups), and
 category demand must equal a recount of the raw events in every bucket: the newest
 revision of each bucket, late events included. Kills and a broker outage are
-tests/test_faults.py's (one process) and tests/test_cluster.py's (the cluster).
+``tests/integration/test_faults.py`` (one process) and
+``tests/integration/test_cluster.py`` (the cluster).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.commands.generator import AnomalyConfig, GeneratedEvent, generate_events
+from dataflow.sim import AnomalyConfig, GeneratedEvent, generate_events
 from operators.ingest import Event, parse_event
-from tests.kafka_broker import KafkaBroker, free_port
-from tests.kafka_flow import (
+from tests.support.kafka_broker import KafkaBroker, free_port
+from tests.support.kafka_flow import (
     BytewaxCluster,
     FlowOutputs,
     Topics,
@@ -32,7 +33,7 @@ from tests.kafka_flow import (
     read_outputs,
     start_flow,
 )
-from tests.server_process import stop_processes
+from tests.support.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from dataflow.commands.generator import (
+from dataflow.sim import (
     DEFAULT_END_MS,
     AnomalyConfig,
     GeneratedEvent,
     generate_events,
 )
 from operators.profile import Applied, ProfileView
-from tests.kafka_broker import KafkaBroker, free_port, send
-from tests.kafka_flow import (
+from tests.support.kafka_broker import KafkaBroker, free_port, send
+from tests.support.kafka_flow import (
     FlowOutputs,
     TopicReader,
     Topics,
@@ -45,7 +45,7 @@ from tests.kafka_flow import (
     read_outputs,
     start_flow,
 )
-from tests.server_process import stop_processes
+from tests.support.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -4,8 +4,9 @@ The run coalesces deltas at the default emit interval. It checks profiles agains
 pure-function reference, every event against exactly one delta, the dead letters against
 what the generator made malformed, and the Prometheus counters against what was sent; the
 segments, alerts and demand topics are checked against the profiles and the events. Kills
-and restarts are tests/test_faults.py's (random SIGKILLs and a broker outage under a live
-producer) and tests/test_cluster.py's (a cluster that loses a process).
+and restarts are ``tests/integration/test_faults.py``'s (random SIGKILLs and a broker outage
+under a live producer) and ``tests/integration/test_cluster.py``'s (a cluster that loses a
+process).
 """
 
 from __future__ import annotations
@@ -15,21 +16,20 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import pytest
 from confluent_kafka import Message
 
-from dataflow.commands.generator import DEFAULT_END_MS, GeneratedEvent, generate_events
 from dataflow.config import Config
-from dataflow.flow import profile_params, shared_embedder
+from dataflow.factories import profile_params, shared_embedder
+from dataflow.sim import DEFAULT_END_MS, GeneratedEvent, generate_events
 from operators.apps import Alert, DemandReport
 from operators.apps.segments import SegmentTransition, memberships_from_transitions
 from operators.ingest import Event, RejectReason, parse_event
 from operators.profile import MaterializedProfile, ProfileDelta, materialize
-from tests.kafka_broker import KafkaBroker, free_port
-from tests.kafka_flow import (
+from tests.support.kafka_broker import KafkaBroker, free_port
+from tests.support.kafka_flow import (
     TopicReader,
     Topics,
     covered,
@@ -42,14 +42,13 @@ from tests.kafka_flow import (
     reference_at,
     start_flow,
 )
-from tests.reference import assert_profiles_match, users_with_late_events
-from tests.server_process import stop_processes
+from tests.support.reference import assert_profiles_match, users_with_late_events
+from tests.support.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS, N_USERS, SEED, MALFORMED = 10_000, 800, 11, 0.015
 DAY_MS = 86_400_000
-ROOT = Path(__file__).resolve().parents[1]
 
 
 #: A card-testing burst after an ordinary history: the alerts topic must carry it.
@@ -210,7 +209,8 @@ def test_segments_alerts_and_demand_reach_their_topics(
 ) -> None:
     # Segments: keyed by user; replayed in order, they give the profiles' memberships.
     transitions = [
-        msgspec.json.decode(m.value(), type=SegmentTransition) for m in uninterrupted.segments
+        msgspec.json.decode(m.value() or b"", type=SegmentTransition)
+        for m in uninterrupted.segments
     ]
     assert all(
         m.key() == t.user_id.encode()
@@ -222,7 +222,7 @@ def test_segments_alerts_and_demand_reach_their_topics(
         f"rfm:{g}" for g in ("champions", "new_customers")
     }
     # Alerts: keyed by user; the planted card-testing burst is caught once.
-    alerts = [msgspec.json.decode(m.value(), type=Alert) for m in uninterrupted.alerts]
+    alerts = [msgspec.json.decode(m.value() or b"", type=Alert) for m in uninterrupted.alerts]
     assert all(
         m.key() == a.user_id.encode() for m, a in zip(uninterrupted.alerts, alerts, strict=True)
     )
@@ -230,7 +230,9 @@ def test_segments_alerts_and_demand_reach_their_topics(
     assert len(caught) == 1 and set(caught[0].event_ids) <= {f"ct-small{i}" for i in range(12)}
     # Demand: keyed by category; each category's buckets as they closed, consecutive hours;
     # the newest revision of each (late events added) counts no more than the events hold.
-    reports = [msgspec.json.decode(m.value(), type=DemandReport) for m in uninterrupted.demand]
+    reports = [
+        msgspec.json.decode(m.value() or b"", type=DemandReport) for m in uninterrupted.demand
+    ]
     assert reports and all(
         m.key() == r.category.encode() for m, r in zip(uninterrupted.demand, reports, strict=True)
     )

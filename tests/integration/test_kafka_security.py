@@ -1,6 +1,6 @@
 """Kafka security passthrough against a real broker that speaks only SASL_SSL to clients.
 
-The broker (:mod:`tests.kafka_secure`) authenticates with SCRAM-SHA-512 over TLS, with a
+The broker (:mod:`tests.support.kafka_secure`) authenticates with SCRAM-SHA-512 over TLS, with a
 certificate from a throwaway CA made by ``keytool``. The flow reaches it through nothing but
 ``--kafka-config-file`` (``Config.kafka_config_file``): five librdkafka properties, with
 hostname verification left at librdkafka's default (on). Its deltas are read back as
@@ -34,15 +34,15 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from dataflow.config import Config
 from dataflow.flow import build_flow
 from operators.profile import delta_from_json, materialize
-from tests.conftest import HashEncoder, WordListSentiment
-from tests.kafka_flow import Topics
-from tests.kafka_secure import SecureKafkaBroker, make_ca, secure_kafka, write_properties
+from tests.support import ROOT
+from tests.support.fakes import HashEncoder, WordListSentiment
+from tests.support.kafka_flow import Topics
+from tests.support.kafka_secure import SecureKafkaBroker, make_ca, secure_kafka, write_properties
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 __all__ = ["secure_kafka"]  # the session fixture, imported so that pytest finds it here
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_717_200_000_000
 #: Users and how many events each sends; a delta per event (emit interval 0).
 EVENTS_PER_USER = {"alice": 3, "bob": 5, "chen": 4}
@@ -152,7 +152,7 @@ def test_the_flow_runs_on_a_sasl_ssl_broker_with_only_a_properties_file(
 def test_serve_reads_a_sasl_ssl_deltas_topic_with_the_same_properties_file(
     secure_kafka: SecureKafkaBroker, tmp_path: Path
 ) -> None:
-    from tests.test_serve import ServeProcess, caught_up_with, fetch
+    from tests.integration.test_serve import ServeProcess, caught_up_with, fetch
 
     _, topics, properties = run_secure_flow(secure_kafka, tmp_path)
     store = f"sqlite:///{tmp_path / 'profiles.db'}"
@@ -179,8 +179,8 @@ FLOW_SCRIPT = """
 import json, sys
 from bytewax.testing import run_main
 from dataflow.flow import build_flow
-from tests.conftest import HashEncoder, WordListSentiment
-from tests.test_kafka_security import flow_config
+from tests.support.fakes import HashEncoder, WordListSentiment
+from tests.integration.test_kafka_security import flow_config
 config = flow_config(json.loads(sys.argv[1]))
 run_main(build_flow(config, encoder=HashEncoder(), sentiment=WordListSentiment()))
 """

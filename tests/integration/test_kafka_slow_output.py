@@ -24,14 +24,14 @@ from bytewax.testing import TestingSource, run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from dataflow import metrics
-from dataflow.commands.generator import generate_events
+from dataflow.sim import generate_events
 from dataflow.sinks import KafkaOutput
 from operators.profile import delta_from_json
-from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
+from tests.support import ROOT
+from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
 
 pytestmark = pytest.mark.kafka
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The deltas of the flow's 1,000 events are a few MB: tens of seconds at this rate.
 QUOTA_BYTES_PER_S = 200_000
 TINY_QUEUE = {"queue.buffering.max.messages": "10", "linger.ms": "50"}

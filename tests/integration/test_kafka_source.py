@@ -16,12 +16,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from dataflow.commands.generator import GeneratedEvent, generate_events
-from tests.kafka_broker import KafkaBroker, free_port
-from tests.kafka_flow import (
+from dataflow.sim import GeneratedEvent, generate_events
+from tests.support.kafka_broker import KafkaBroker, free_port
+from tests.support.kafka_flow import (
     TopicReader,
     Topics,
     deltas_of,
+    header,
     produce,
     start_flow,
     wait_for_exit,
@@ -37,13 +38,14 @@ def event_ids_from(kafka: KafkaBroker, topic: str, starts: dict[int, int]) -> se
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "reader",
                          "enable.partition.eof": True, "log_level": 0})  # fmt: skip
     consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
-    ids, ended = set(), set()
+    ids: set[str] = set()
+    ended: set[int | None] = set()
     while len(ended) < len(starts):
         for message in consumer.consume(500, timeout=1):
             if message.error() is not None:
                 ended.add(message.partition())
             else:
-                ids.add(json.loads(message.value())["event_id"])
+                ids.add(json.loads(message.value() or b"")["event_id"])
     consumer.close()
     return ids
 
@@ -81,13 +83,12 @@ def test_a_position_that_retention_deleted_is_a_source_error_and_reading_goes_on
     dlq.close()
     deltas.close()
 
-    errors = [m for m in dead if dict(m.headers() or [])["reason"] == b"source_error"]
-    assert len(errors) == 3 == len(dead), [dict(m.headers() or []) for m in dead]
+    errors = [m for m in dead if header(m, "reason") == "source_error"]
+    assert len(errors) == 3 == len(dead), [m.headers() for m in dead]
     for message in errors:
-        headers = dict(message.headers() or [])
-        topic, partition, offset = headers["source"].decode().rsplit("/", 2)
+        topic, partition, offset = header(message, "source").rsplit("/", 2)
         assert topic == topics.events and int(offset) < starts[int(partition)]
-        text = headers["error"].decode()
+        text = header(message, "error")
         assert f"resuming at offset {starts[int(partition)]}" in text and "lost" in text
     # It read on from what the broker still had, and only that.
     covered = {e for d in deltas_of(deltas.messages) for e in d.event_ids}

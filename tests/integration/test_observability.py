@@ -38,25 +38,25 @@ from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from dataflow import metrics
-from dataflow.commands.generator import (
+from dataflow.sim import (
     DEFAULT_END_MS,
     AnomalyConfig,
     GeneratedEvent,
     generate_events,
 )
-from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all, send
-from tests.prometheus_server import (
+from tests.support import ROOT
+from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all, send
+from tests.support.prometheus_server import (
     ALERT_RULES,
     JOB,
     PrometheusServer,
     prometheus_scraping,
     promtool,
 )
-from tests.server_process import stop_processes
+from tests.support.server_process import stop_processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "profilestream-dashboard.json"
 N_EVENTS, N_USERS = 3000, 300  # the first phase's traffic; the second's is 600 events
 RATE = 200  # generated events produced per second: 15 s of traffic, then 3 s

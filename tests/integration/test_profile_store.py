@@ -30,7 +30,7 @@ from operators.profile import (
     decode_vector,
     encode_vector,
 )
-from tests.redis_server import redis_url
+from tests.support.redis_server import redis_url
 
 __all__ = ["redis_url"]  # the fixture, imported for pytest
 

@@ -1,7 +1,7 @@
 """``profilestream serve``: the HTTP API in-process, then end to end on real Kafka and Redis.
 
 The deltas and segment transitions are the real flow's (under ``bytewax.testing``, as
-tests/test_flow.py runs it), with a user deleted and coming back. The end-to-end tests
+tests/flow/test_flow.py runs it), with a user deleted and coming back. The end-to-end tests
 produce them to Kafka as the flow's Kafka sink does (a null-valued message after each JSON
 tombstone), run ``serve`` as a process, compare every profile it serves with
 ``operators.profile.deltas.materialize`` and every segment size with the transitions, then stop it,
@@ -56,14 +56,14 @@ from operators.recsys import (
     train_item_model,
     update_memory,
 )
-from tests.conftest import HashEncoder, WordListSentiment
-from tests.kafka_broker import KafkaBroker, free_port, produce_all
-from tests.redis_server import redis_url
-from tests.test_flow import CONFIG, T0, stream, with_origins
+from tests.flow.test_flow import CONFIG, T0, stream, with_origins
+from tests.support import ROOT
+from tests.support.fakes import HashEncoder, WordListSentiment
+from tests.support.kafka_broker import KafkaBroker, free_port, produce_all
+from tests.support.redis_server import redis_url
 
 __all__ = ["redis_url"]  # the fixture, imported for pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 DELETED = "u3"
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 HERE = Path(__file__).parent / "kafka"
 KAFKA_VERSION = "4.1.1"

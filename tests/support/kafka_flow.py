@@ -19,19 +19,18 @@ import pytest
 from bytewax.recovery import init_db_dir
 from confluent_kafka import Consumer, Message
 
-from dataflow.commands.generator import GeneratedEvent
 from dataflow.config import Config
-from dataflow.flow import profile_params, shared_embedder
+from dataflow.factories import profile_params, shared_embedder
+from dataflow.sim import GeneratedEvent
 from operators.apps import DEMAND_TYPES, DemandReport
 from operators.apps.segments import SegmentTransition, memberships_from_transitions
 from operators.ingest import Event, parse_event, pii_key, pseudonymise
 from operators.profile import MaterializedProfile, ProfileDelta, delta_from_json, materialize
 from operators.text import load_sentiment_model
-from tests.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
-from tests.reference import reference_states
-from tests.server_process import stop_processes
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
+from tests.support.reference import reference_states
+from tests.support.server_process import stop_processes
 
 
 @dataclass
@@ -158,13 +157,24 @@ class TopicReader:
         self._consumer.close()
 
 
+def values_of(messages: list[Message]) -> list[bytes]:
+    """The messages' values; Kafka tombstones (no value) are skipped."""
+    return [value for m in messages if (value := m.value()) is not None]
+
+
+def header(message: Message, name: str) -> str:
+    """A header of ``message`` as text (KeyError if it has none of that name)."""
+    value = dict(message.headers() or [])[name]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def deltas_of(messages: list[Message]) -> list[ProfileDelta]:
     """The deltas; Kafka tombstones (no value, after each JSON tombstone) are skipped."""
-    return [delta_from_json(m.value()) for m in messages if m.value() is not None]
+    return [delta_from_json(value) for value in values_of(messages)]
 
 
 def dead_letters_of(messages: list[Message]) -> Counter[tuple[str, bytes]]:
-    return Counter((dict(m.headers() or [])["reason"].decode(), m.value()) for m in messages)
+    return Counter((header(m, "reason"), m.value() or b"") for m in messages)
 
 
 def wait_for_exit(process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
@@ -240,12 +250,11 @@ def read_outputs(
         for reader in readers.values():
             reader.read_until_quiet(quiet_s=quiet_s if reader is deltas else 2, timeout_s=180)
         return FlowOutputs(
-            deltas_of(deltas.messages),
-            *(
-                [m.value() for m in readers[name].messages if m.value() is not None]
-                for name in ("segments", "alerts", "demand")
-            ),
-            dead_letters_of(readers["dlq"].messages),
+            deltas=deltas_of(deltas.messages),
+            segments=values_of(readers["segments"].messages),
+            alerts=values_of(readers["alerts"].messages),
+            demand=values_of(readers["demand"].messages),
+            dead_letters=dead_letters_of(readers["dlq"].messages),
         )
     finally:
         for reader in readers.values():
@@ -269,11 +278,11 @@ def assert_same_outputs(got: FlowOutputs, want: FlowOutputs, atol: float = 1e-4)
     assert memberships_from_transitions(got.transitions()) == memberships_from_transitions(
         want.transitions()
     )
-    mine, theirs = got.profiles, want.profiles
-    assert sorted(mine) == sorted(theirs)
+    profiles, expected = got.profiles, want.profiles
+    assert sorted(profiles) == sorted(expected)
     differ = []
-    for user, profile in theirs.items():
-        other = mine[user]
+    for user, profile in expected.items():
+        other = profiles[user]
         same = (
             other.version == profile.version
             and other.incarnation.split("@")[0] == profile.incarnation.split("@")[0]

@@ -1,7 +1,7 @@
 """A real Kafka broker that speaks only SASL_SSL (SCRAM-SHA-512 over TLS) to its clients.
 
-:class:`SecureKafkaBroker` reuses :class:`tests.kafka_broker.KafkaBroker`'s jars, JVM command
-and process handling, and changes what it configures:
+:class:`SecureKafkaBroker` reuses :class:`~tests.support.kafka_broker.KafkaBroker`'s jars,
+JVM command and process handling, and changes what it configures:
 
 * certificates: a throwaway CA and a broker certificate signed by it, made with the JDK's
   ``keytool`` (PKCS12 keystore and truststore); the CA is exported as PEM for librdkafka's
@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.kafka_broker import (
+from tests.support.kafka_broker import (
     MAIN_CLASS,
     STORAGE_TOOL,
     KafkaBroker,
@@ -43,7 +43,7 @@ from tests.kafka_broker import (
     ensure_jars,
     single_node_settings,
 )
-from tests.server_process import unavailable
+from tests.support.server_process import unavailable
 
 MECHANISM = "SCRAM-SHA-512"
 CLIENT_USER = "profilestream"
@@ -248,7 +248,8 @@ class SecureKafkaBroker(KafkaBroker):
             *single_node_settings(self.workdir / "data"),
         ]
 
-    def start(self, timeout_s: float = 90.0) -> None:
+    def start(self, timeout_s: float = 90.0, *, fresh: bool = True) -> None:
+        """Start the broker (always on fresh data: ``fresh`` is for the plain broker)."""
         libs = ensure_jars()
         self._certificates = make_certificates(self.workdir / "tls")
         config = self.workdir / "server.properties"

@@ -31,12 +31,13 @@ from typing import Any, NoReturn, TypeVar
 import pytest
 import yaml
 
-from tests.kafka_broker import free_port
-from tests.server_process import ServerProcess, ensure_debian_package
-from tests.server_process import unavailable as server_unavailable
+from tests.support import ROOT
+from tests.support.kafka_broker import free_port
+from tests.support.server_process import ServerProcess, ensure_debian_package
+from tests.support.server_process import unavailable as server_unavailable
 
 PACKAGE = "prometheus"
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+DEPLOY = ROOT / "deploy" / "prometheus"
 SCRAPE_CONFIG = DEPLOY / "prometheus.yml"
 ALERT_RULES = DEPLOY / "alerts.yml"
 JOB = "profilestream"

@@ -6,8 +6,9 @@ loopback port, without persistence, in a temporary folder, and stops it at the e
 ``CI=true`` a server that cannot start fails the tests that need it; elsewhere they are
 skipped, loudly, as the Kafka tests are.
 
-Test modules take the fixture by importing it (``from tests.redis_server import redis_url``);
-the server behind it is shared by every module of the session.
+Test modules take the fixture by importing it
+(``from tests.support.redis_server import redis_url``); the server behind it is shared by
+every module of the session.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka_broker import free_port
-from tests.server_process import ServerProcess, ensure_debian_package, unavailable
+from tests.support.kafka_broker import free_port
+from tests.support.server_process import ServerProcess, ensure_debian_package, unavailable
 
 PACKAGE = "redis-server"
 

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from dataflow.commands import demand_eval
-from dataflow.commands.demand_eval import Series, naive_scale, rolling_scores
-from dataflow.commands.generator import DEFAULT_END_MS, generate_events
+from dataflow.eval import demand as demand_eval
+from dataflow.eval.demand import Series, naive_scale, rolling_scores
+from dataflow.sim import DEFAULT_END_MS, generate_events
 from operators.apps import (
     CategoryDemand,
     DemandForecaster,
@@ -32,6 +32,7 @@ from operators.apps import (
 )
 from operators.apps.demand import _SNAPSHOT_MAGIC
 from operators.ingest import NO_WATERMARK, Event, parse_event
+from tests.support.cli import profilestream
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z, a whole hour
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -443,14 +444,10 @@ def test_generated_series_are_the_hourly_units_of_the_biggest_categories() -> No
     assert [list(s.values) for s in series] == [units[c] for c in biggest]
 
 
-def test_eval_demand_command_prints_a_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    demand_eval.add_command(parser.add_subparsers())
-    args = parser.parse_args(["eval-demand", "--events", "20000", "--categories", "1", "--json"])
-    args.handler(args)
-    out = capsys.readouterr().out
+def test_eval_demand_command_prints_a_table_and_json() -> None:
+    done = profilestream("eval-demand", "--events", "20000", "--categories", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     result = json.loads(out.strip().splitlines()[-1])
     names = [r["series"] for r in result["series"]]
     assert names[:2] == ["cdnow daily units", "cdnow daily units"]

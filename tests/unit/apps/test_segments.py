@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -12,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dataflow.commands import segments_eval
-from dataflow.commands.cdnow import Purchase
-from dataflow.commands.generator import generate_events
+from dataflow.eval import segments as segments_eval
+from dataflow.eval.cdnow import Purchase
+from dataflow.sim import generate_events
 from operators.apps.segments import (
     RFM_GROUPS,
     RfmCuts,
@@ -54,6 +53,7 @@ from operators.profile.windows import (
     span_index,
     spend_as_of,
 )
+from tests.support.cli import profilestream
 
 T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z: whole days, hours and 6-hour steps
 MINUTE, HOUR = 60_000, 3_600_000
@@ -733,11 +733,10 @@ def test_cdnow_streaming_rfm_matches_the_batch_recomputation() -> None:
     assert check.memberships_match
 
 
-def run_command(*argv: str) -> None:
-    parser = argparse.ArgumentParser()
-    segments_eval.add_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    args.handler(args)
+def run_command(*argv: str) -> str:
+    done = profilestream(*argv)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_rfm_cuts_from_a_delta_file(tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.image import imread
 
-from dataflow.commands.datasets import Benchmark, load_amazon
-from dataflow.commands.prequential import run_prequential, write_plot
+from dataflow.eval.datasets import Benchmark, load_amazon
+from dataflow.eval.prequential import run_prequential, write_plot
 from operators.recsys import ItemInteraction
+from tests.support import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
 DAY = 86_400_000
 
@@ -122,7 +122,7 @@ def test_eval_recsys_prequential_writes_the_plot_and_ends_with_the_json(tmp_path
         [*command, "--sequences", str(sequences), "--cutoff", "0.6"],
         check=True,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
     )

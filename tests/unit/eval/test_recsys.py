@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflow.commands.datasets import Benchmark, load_amazon, load_taobao, replay_lines
-from dataflow.commands.recsys import evaluate, histories_from_events, rank_targets
 from dataflow.config import Config
+from dataflow.eval.datasets import Benchmark, load_amazon, load_taobao, replay_lines
+from dataflow.eval.recsys import evaluate, rank_targets
+from dataflow.eval.training import histories_from_events
 from dataflow.flow import build_flow
 from operators.profile import delta_from_json, materialize, memory_from_fields
 from operators.recsys import (
@@ -22,9 +23,9 @@ from operators.recsys import (
     save_item_model,
     train_item_model,
 )
-from tests.conftest import HashEncoder, WordListSentiment
+from tests.support import ROOT
+from tests.support.fakes import HashEncoder, WordListSentiment
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
 
 
@@ -75,7 +76,7 @@ def test_train_reads_an_event_log_and_writes_a_loadable_version(tmp_path: Path) 
     histories = histories_from_events(log.read_bytes().splitlines())
     assert sum(len(h) for h in histories.values()) == 200 and len(histories) == 40
     command = [sys.executable, "-m", "dataflow", "train", "--events", str(log)]
-    subprocess.run([*command, "--out", str(tmp_path / "models")], check=True, cwd=REPO)
+    subprocess.run([*command, "--out", str(tmp_path / "models")], check=True, cwd=ROOT)
     (folder,) = (tmp_path / "models").iterdir()
     model = load_item_model(tmp_path / "models")
     assert model.version == folder.name and model.manifest["n_events"] == 200
@@ -114,7 +115,8 @@ def test_the_flow_picks_up_a_new_model_version_without_a_restart(tmp_path: Path)
     # in a full delta: the attribute indices of its maps changed meaning.
     rebuilt = [d for d in parsed if d.changed.get("item_model_version") == "v2"]
     assert rebuilt and all(d.kind == "full" for d in rebuilt if d.version > 1)
-    assert memory_from_fields(materialize(parsed)["u0"].fields).model_version == "v2"
+    memory = memory_from_fields(materialize(parsed)["u0"].fields)
+    assert memory is not None and memory.model_version == "v2"
 
 
 def test_rank_targets_masks_earlier_items_and_ranks_unknown_targets_last() -> None:
@@ -142,7 +144,7 @@ def test_eval_recsys_runs_the_taobao_sample_through_the_same_command(shared_data
     command = [sys.executable, "-m", "dataflow", "eval-recsys", "--json"]
     path = shared_data / "taobao" / "UserBehavior_head.csv"
     done = subprocess.run(
-        [*command, "--taobao", str(path)], check=True, cwd=REPO, capture_output=True, text=True
+        [*command, "--taobao", str(path)], check=True, cwd=ROOT, capture_output=True, text=True
     )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["users"] == 43 and report["events"] == 4_321 - 43

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.commands.segments_eval import cdnow_flow_check
 from dataflow.config import Config
-from tests.conftest import HashEncoder
+from dataflow.eval.segments import cdnow_flow_check
+from tests.support.fakes import HashEncoder
 
 
 @pytest.mark.slow

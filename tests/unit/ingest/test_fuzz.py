@@ -37,7 +37,7 @@ from operators.ingest import (
     parse_event,
     parse_timestamp_ms,
 )
-from tests.test_flow import run_flow
+from tests.flow.test_flow import run_flow
 
 FUZZ_EXAMPLES = 10_000
 FUZZ = settings(
@@ -92,7 +92,8 @@ def is_id(value: object) -> bool:
 def timestamp_ms(value: object) -> int | None:
     if type(value) is int:
         return value if MIN_TS_MS <= value < MAX_TS_MS else None
-    if isinstance(value, str):  # RFC 3339's fine print is pinned by tests/test_events.py
+    # RFC 3339's fine print is pinned by tests/unit/ingest/test_events.py.
+    if isinstance(value, str):
         try:
             return parse_timestamp_ms(value)
         except Exception:

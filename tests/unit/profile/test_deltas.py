@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ from operators.profile import (
 
 
 def delta(
-    kind: DeltaKind, version: int, incarnation: str, base: int = 0, **vectors: str
+    kind: DeltaKind, version: int, incarnation: str, base: int = 0, **vectors: Any
 ) -> ProfileDelta:
     """A delta of user "u" whose ``spend`` field records its version."""
     changed = {} if kind == "tombstone" else {"spend": float(version)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -25,15 +28,15 @@ T0 = 1_714_564_800_000
 PARAMS = ProfileParams()
 
 
-def event(i: int, kind: str = "view", ts: int | None = None, **fields: object) -> Event:
-    defaults: dict[str, object] = {"item_id": f"i{i}", "category": "shoes", "brand": "acme"}
+def event(i: int, kind: str = "view", ts: int | None = None, **fields: Any) -> Event:
+    defaults: dict[str, Any] = {"item_id": f"i{i}", "category": "shoes", "brand": "acme"}
     return Event(
         f"e{i}", "u1", T0 + i * 60_000 if ts is None else ts, kind, **{**defaults, **fields}
     )
 
 
 def run(
-    events: list[tuple[Event, np.ndarray | None]], params: ProfileParams = PARAMS
+    events: Sequence[tuple[Event, np.ndarray | None]], params: ProfileParams = PARAMS
 ) -> tuple[UserState | None, list[Outcome]]:
     state: UserState | None = None
     outcomes = []
@@ -237,12 +240,13 @@ def test_state_round_trips_through_its_stored_bytes() -> None:
     ]
     state, _ = run(events)
     assert state is not None
+    assert state is not None
     again = decode_state(encode_state(state))
     assert np.array_equal(again.profile.interest, state.profile.interest)
     assert public_fields(again.profile, PARAMS) == public_fields(state.profile, PARAMS)
     assert again.seen_event_ids == state.seen_event_ids
-    again, _ = apply_event(again, event(99), unit(rng, 4), PARAMS)  # the restored state updates
-    assert again is not None and again.profile.version == 31
+    updated, _ = apply_event(again, event(99), unit(rng, 4), PARAMS)  # the restored state updates
+    assert updated is not None and updated.profile.version == 31
 
 
 def test_a_resend_older_than_the_dedupe_memory_is_refused_not_counted_twice() -> None:
@@ -251,11 +255,12 @@ def test_a_resend_older_than_the_dedupe_memory_is_refused_not_counted_twice() ->
     assert state is not None and len(state.seen_event_ids) == 64
     views = state.profile.counts["view"]
     for old in (3, 150, 200):  # ids long forgotten: their times are behind the horizon
-        state, outcome = apply_event(state, event(old), None, params, dim=4)
-        assert outcome is Outcome.UNVERIFIABLE and state.profile.counts["view"] == views
-    state, outcome = apply_event(state, event(290), None, params, dim=4)
+        refused, outcome = apply_event(state, event(old), None, params, dim=4)
+        assert outcome is Outcome.UNVERIFIABLE and refused is state
+        assert state.profile.counts["view"] == views
+    _, outcome = apply_event(state, event(290), None, params, dim=4)
     assert outcome is Outcome.DUPLICATE  # a remembered id is still a plain duplicate
     late = event(1_000, ts=T0 + 290 * 60_000 - 1)  # new, and newer than the horizon
-    state, outcome = apply_event(state, late, None, params, dim=4)
+    _, outcome = apply_event(state, late, None, params, dim=4)
     assert outcome is Outcome.APPLIED and state.profile.counts["view"] == views + 1
     assert state.dedupe_horizon_ms < T0 + 290 * 60_000 and len(state.dedupe_marks) <= 3

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataflow.commands.cli import main as cli_main
 from dataflow.model_watch import ModelWatcher
 from operators.profile import materialize
 from operators.recsys import (
@@ -20,9 +19,10 @@ from operators.recsys import (
     read_catalog,
     save_item_vectors,
 )
-from tests.conftest import HashEncoder, WordListSentiment
-from tests.reference import assert_profiles_match, reference_states
-from tests.test_flow import COALESCING, PARAMS, run_flow, stream
+from tests.flow.test_flow import COALESCING, PARAMS, run_flow, stream
+from tests.support.cli import profilestream
+from tests.support.fakes import HashEncoder, WordListSentiment
+from tests.support.reference import assert_profiles_match, reference_states
 
 CATALOG = [
     CatalogEntry("i1", "Aurora Red Dress", "Dresses", "Aurora"),
@@ -103,8 +103,9 @@ def test_embed_items_command_writes_a_version_the_flow_loads(tmp_path: Path) -> 
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("".join(json.dumps(msgspec_entry(e)) + "\n" for e in CATALOG))
     out = tmp_path / "vectors"
-    assert cli_main(["embed-items", "--catalog", str(catalog), "--out", str(out),
-                     "--embed-model", "all-MiniLM-L6-v2"]) == 0  # fmt: skip
+    done = profilestream("embed-items", "--catalog", str(catalog), "--out", str(out),
+                         "--embed-model", "all-MiniLM-L6-v2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
     folder = newest_version(out)
     assert folder is not None
     vectors = load_item_vectors(folder)

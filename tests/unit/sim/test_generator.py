@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataflow.commands import generator
-from dataflow.commands.cli import main
-from dataflow.commands.generator import (
+from dataflow import sim as generator
+from dataflow.sim import (
     ANOMALY_KINDS,
     CATEGORIES,
     DUPLICATE_LOOKBACK,
@@ -22,10 +21,12 @@ from dataflow.commands.generator import (
     build_catalog,
     generate_events,
     read_catalog,
+    sessions,
     write_catalog,
     write_events,
 )
 from operators.ingest import DeadLetter, Event, RejectReason, parse_event
+from tests.support.cli import profilestream
 
 N_EVENTS = 30_000
 N_USERS = 1_500
@@ -163,7 +164,7 @@ def test_sessions_in_time_order_within_the_span(
 
 
 def test_deleted_users_are_not_duplicated_and_may_return(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generator, "DELETE_EVERY", 300)
+    monkeypatch.setattr(sessions, "DELETE_EVERY", 300)  # where the sessions are planned
     stream = list(generate_events(6_000, 100, seed=2, malformed_rate=0.05))
     events = [(e, parse_event(e.line)) for e in stream if e.expected_reason is None]
     deletes = [
@@ -200,15 +201,17 @@ def test_files_round_trip(tmp_path: Path) -> None:
         assert [line.rstrip("\n").encode() for line in f] == [e.line for e in events]
 
 
-def test_generate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_command(tmp_path: Path) -> None:
     out, catalog = tmp_path / "e" / "events.jsonl", tmp_path / "catalog.jsonl"
     argv = ["generate", "--events", "500", "--users", "40", "--malformed-rate", "0.1"]
-    assert main([*argv, "--out", str(out), "--catalog", str(catalog), "--catalog-items", "60"]) == 0
+    done = profilestream(
+        *argv, "--out", str(out), "--catalog", str(catalog), "--catalog-items", "60"
+    )
+    assert done.returncode == 0, done.stderr
     assert len(out.read_bytes().splitlines()) == 500
     assert len(read_catalog(catalog)) == 60
-    printed = capsys.readouterr().out
-    assert "wrote 500 events" in printed and "malformed by reason (50)" in printed
-    assert main([*argv, "--out", str(out), "--users", "0"]) == 2
+    assert "wrote 500 events" in done.stdout and "malformed by reason (50)" in done.stdout
+    assert profilestream(*argv, "--out", str(out), "--users", "0").returncode == 2
 
 
 # Labelled anomalies ---------------------------------------------------------------------------
@@ -335,9 +338,9 @@ def test_legitimate_traffic_is_messy_with_anomalies_on(
     # ... and the plain stream stays as it was: one address per session, 1-2 devices.
     plain = [parse_event(e.line) for e in generate_events(5_000, 100, seed=7)]
     plain_devices: dict[str, set[str]] = {}
-    for event in plain:
-        if isinstance(event, Event):
-            plain_devices.setdefault(event.user_id, set()).add(event.device_id or "")
+    for parsed in plain:
+        if isinstance(parsed, Event):
+            plain_devices.setdefault(parsed.user_id, set()).add(parsed.device_id or "")
     assert max(len(d) for d in plain_devices.values()) == 2
 
 
@@ -364,17 +367,19 @@ def test_one_kind_only_and_the_history_victims_need() -> None:
     assert stats == {"episodes": 20, "short_history": 20}
 
 
-def test_generate_command_writes_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_command_writes_labels(tmp_path: Path) -> None:
     out, labels = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
     argv = ["generate", "--events", "4000", "--users", "100", "--out", str(out)]
-    assert main([*argv, "--anomalies", "--anomaly-rate", "0.1", "--labels", str(labels)]) == 0
+    done = profilestream(*argv, "--anomalies", "--anomaly-rate", "0.1", "--labels", str(labels))
+    assert done.returncode == 0, done.stderr
     lines = out.read_bytes().splitlines()
     rows = [json.loads(line) for line in labels.read_bytes().splitlines()]
     assert len(lines) == 4000 and rows and set(rows[0]) == {"event_id", "kind"}
     ids = {e.event_id for e in map(parse_event, lines) if isinstance(e, Event)}
     assert {r["event_id"] for r in rows} <= ids and len({r["event_id"] for r in rows}) == len(rows)
-    printed = capsys.readouterr().out
-    assert f"wrote {len(rows)} anomaly labels" in printed and "anomalies by kind" in printed
-    assert main([*argv, "--anomalies"]) == 2  # labels are required
-    assert main([*argv, "--labels", str(labels)]) == 2
-    assert main([*argv, "--anomalies", "--labels", str(labels), "--anomaly-kinds", "x"]) == 2
+    assert f"wrote {len(rows)} anomaly labels" in done.stdout
+    assert "anomalies by kind" in done.stdout
+    assert profilestream(*argv, "--anomalies").returncode == 2  # labels are required
+    assert profilestream(*argv, "--labels", str(labels)).returncode == 2
+    bad_kind = profilestream(*argv, "--anomalies", "--labels", str(labels), "--anomaly-kinds", "x")
+    assert bad_kind.returncode == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from operators.text.embedding import BatchReport, TextBatcher
-from tests.conftest import HashEncoder
+from tests.support.fakes import HashEncoder
 
 
 class CachingEncoder(HashEncoder):
@@ -25,7 +25,7 @@ class CachingEncoder(HashEncoder):
 
 
 def test_batch_closes_at_max_size_with_distinct_texts() -> None:
-    encoder, reports = HashEncoder(), []
+    encoder, reports = HashEncoder(), list[BatchReport]()
     batcher = TextBatcher(encoder, max_batch=3, max_wait_ms=1000, on_batch=reports.append)
     assert batcher.vector("x", 0) is None
     assert batcher.vector("x", 1) is None  # the same text takes one slot
@@ -34,7 +34,8 @@ def test_batch_closes_at_max_size_with_distinct_texts() -> None:
     assert vector is not None
     assert encoder.calls == [["x", "y", "z"]]
     assert reports == [BatchReport(size=3, wait_ms=7, embed_seconds=reports[0].embed_seconds)]
-    assert np.array_equal(batcher.vector("x", 8), encoder.encode(["x"])[0])
+    again = batcher.vector("x", 8)
+    assert again is not None and np.array_equal(again, encoder.encode(["x"])[0])
     assert batcher.due_ms() is None
 
 
@@ -61,7 +62,7 @@ class LoadingEncoder(HashEncoder):
 
 
 def test_no_batch_closes_while_the_model_loads_and_the_wait_is_kept() -> None:
-    encoder, reports = LoadingEncoder(), []
+    encoder, reports = LoadingEncoder(), list[BatchReport]()
     batcher = TextBatcher(encoder, max_batch=2, max_wait_ms=50, on_batch=reports.append)
     for i, text in enumerate(["x", "y", "z"]):  # past max_batch: nothing runs yet
         assert batcher.vector(text, now_ms=10 + i) is None

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from dataflow.config import Config
-from dataflow.flow import shared_embedder
+from dataflow.factories import shared_embedder
 from operators.text.embedding import MODEL_NAMES, Embedder, packaged_model_dir, usable_cores
+from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
-SAMPLE = Path(__file__).resolve().parents[1] / "operators" / "data" / "reviews_en_sample.csv"
+SAMPLE = ROOT / "operators" / "data" / "reviews_en_sample.csv"
 # Written for these tests (the Chinese review set may not be copied here): queries and reviews.
 CHINESE = [
     "蓝牙耳机 降噪 续航长",

@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.multilingual_bench import CHINESE_REVIEWS, cross_lingual, probe, review_sample
 from dataflow.config import Config
-from dataflow.flow import shared_embedder
+from dataflow.factories import shared_embedder
 from operators.text.embedding import Embedder, embed_queries
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,8 @@ import pytest
 from bytewax.testing import TestingSource
 from sklearn.model_selection import train_test_split
 
-from dataflow.commands.cli import main
-from dataflow.commands.sentiment import CHINESE_REVIEWS, ENGLISH_REVIEWS
 from dataflow.config import Config
+from dataflow.eval.sentiment import CHINESE_REVIEWS, ENGLISH_REVIEWS
 from dataflow.flow import build_flow
 from operators.ingest import Event
 from operators.text import (
@@ -27,7 +26,8 @@ from operators.text import (
     read_text,
     train_sentiment,
 )
-from tests.conftest import HashEncoder
+from tests.support.cli import profilestream
+from tests.support.fakes import HashEncoder
 
 # Written for these tests: the real review sets may not be copied here.
 POSITIVE = [
@@ -197,9 +197,7 @@ def test_csv_reader_rejects_bad_files(tmp_path: Path, content: str, message: str
         read_sentiment_csv(path)
 
 
-def test_cli_trains_and_prints_one_json_line_last(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_trains_and_prints_one_json_line_last(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -207,12 +205,15 @@ def test_cli_trains_and_prints_one_json_line_last(
         writer.writerows(["x", 1, t] for t in POSITIVE)
         writer.writerows(["x", 0, t] for t in NEGATIVE)
     model_dir = tmp_path / "model"
-    assert (
-        main(["train-sentiment", "--csv", str(path), "--out", str(model_dir), "--bits", "14"]) == 0
+    trained = profilestream(
+        "train-sentiment", "--csv", str(path), "--out", str(model_dir), "--bits", "14"
     )
-    capsys.readouterr()
-    assert main(["eval-sentiment", "--csv", str(path), "--model", str(model_dir), "--json"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert trained.returncode == 0, trained.stderr
+    scored = profilestream(
+        "eval-sentiment", "--csv", str(path), "--model", str(model_dir), "--json"
+    )
+    assert scored.returncode == 0, scored.stderr
+    last = scored.stdout.strip().splitlines()[-1]
     figures = json.loads(last)
     assert set(figures) == {"n", "accuracy", "macro_f1", "reviews_per_s"}
     assert figures["n"] == len(POSITIVE) + len(NEGATIVE) and figures["accuracy"] == 1.0
@@ -232,15 +233,19 @@ def test_cli_trains_an_embedding_head_with_the_flows_model(
     monkeypatch.setenv("PROFILESTREAM_EMBED_MODEL", "all-MiniLM-L6-v2")  # the small one
     model_dir = tmp_path / "model"
     command = ["--csv", str(path), "--out", str(model_dir), "--bits", "14", "--embedding-head"]
-    assert main(["train-sentiment", *command]) == 0
+    assert profilestream("train-sentiment", *command).returncode == 0
     model = load_sentiment_model(model_dir)
     assert model.embedding is not None and model.embedding.model == "all-MiniLM-L6-v2"
     assert model.embedding.coef.shape == (384,)
-    assert main(["eval-sentiment", "--csv", str(path), "--model", str(model_dir)]) == 0
+    assert (
+        profilestream("eval-sentiment", "--csv", str(path), "--model", str(model_dir)).returncode
+        == 0
+    )
 
 
 def test_cli_rejects_default_with_csv(tmp_path: Path) -> None:
-    assert main(["train-sentiment", "--default", "--csv", str(tmp_path / "x.csv")]) == 2
+    rejected = profilestream("train-sentiment", "--default", "--csv", str(tmp_path / "x.csv"))
+    assert rejected.returncode == 2
 
 
 def test_chinese_reviews_held_out_fifth(shared_data: Path) -> None:
