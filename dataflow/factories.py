@@ -27,6 +27,7 @@ from operators.profile import (
 from operators.recsys import ItemVectors, load_item_model, loader_for
 from operators.text import SentimentScorer, load_sentiment_model
 from operators.text.embedding import Embedder, TextBatcher, TextEncoder
+from operators.user import MachineSettings, Ports
 
 
 def shared_embedder(config: Config) -> Embedder:
@@ -163,8 +164,9 @@ def user_context(
     clock: Clock,
     time: StepTime,
 ) -> UserContext:
-    """What every user's logic shares: the model (``encoder``: the configured one if
-    ``None``), the sentiment model, the batcher, the settings and the clocks."""
+    """What every user's machine on a process shares: the settings, and the ports to the
+    model (``encoder``: the configured one if ``None``) behind a batcher, the sentiment
+    model, the catalog, the item model and the metrics; and the clocks."""
     model = encoder or shared_embedder(config)
     if sentiment is None:
         sentiment = load_sentiment_model(config.sentiment_model)
@@ -174,22 +176,25 @@ def user_context(
             f"the sentiment model's embedding head reads {head.model} vectors, but the flow "
             f"embeds with {model.name}: train it again with the flow's model"
         )
-    return UserContext(
+    batcher = TextBatcher(
+        model, config.embed_batch_size, config.embed_max_wait_ms, metrics.observe_batch
+    )
+    settings = MachineSettings(
         params=profile_params(config, model.name),
-        batcher=TextBatcher(
-            model, config.embed_batch_size, config.embed_max_wait_ms, metrics.observe_batch
-        ),
-        sentiment=sentiment,
-        feed=item_model_feed(config),
-        items=item_vectors(config, model),
-        prompts=model.prompts,
-        clock=clock,
+        applications=applications(config, segment_book(config)),
+        dim=model.dim,
         emit_interval_ms=config.emit_interval_ms,
         keywords_per_text=config.keywords_per_text,
-        dim=model.dim,
         expire_after_ms=round(config.expire_after_days * DAY_MS),
         erased_memory_ms=round(config.erased_memory_days * DAY_MS),
         settle_full_ms=round(config.settle_full_after_s * 1000),
-        applications=applications(config, segment_book(config)),
-        time=time,
+        prompts=model.prompts,
     )
+    ports = Ports(
+        vectors=batcher,
+        sentiment=sentiment,
+        catalog=item_vectors(config, model),
+        feed=item_model_feed(config),
+        observer=metrics.UserMetrics(),
+    )
+    return UserContext(settings, ports, batcher, clock, time)

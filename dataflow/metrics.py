@@ -215,6 +215,25 @@ SINK_DELIVERY_FAILURES = Counter(
 )
 
 
-def count_transition(segment: str, direction: str) -> None:
-    SEGMENT_TRANSITIONS.labels(segment, direction).inc()
-    SEGMENT_MEMBERS.labels(segment).inc(1 if direction == "enter" else -1)
+class UserMetrics:
+    """The user machines' observer (:class:`operators.user.UserObserver`): Prometheus."""
+
+    def resumed(self, segments: tuple[str, ...]) -> None:
+        for segment in segments:
+            SEGMENT_MEMBERS.labels(segment).inc()
+
+    def transition(self, segment: str, direction: str) -> None:
+        SEGMENT_TRANSITIONS.labels(segment, direction).inc()
+        SEGMENT_MEMBERS.labels(segment).inc(1 if direction == "enter" else -1)
+
+    def alert(self, kind: str) -> None:
+        ALERTS.labels(kind).inc()
+
+    def late_event(self) -> None:
+        LATE_EVENTS.inc()
+
+    def opinion(self, event_type: str, polarity: float) -> None:
+        OPINION_POLARITY.labels(event_type).observe(polarity)
+
+    def expired(self) -> None:
+        EXPIRED_USERS.inc()

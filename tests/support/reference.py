@@ -1,4 +1,4 @@
-"""Reference profiles computed by the pure functions alone, to check the dataflow against."""
+"""Reference profiles from the pure user machine alone, to check the dataflow against."""
 
 from __future__ import annotations
 
@@ -6,20 +6,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from operators.apps import Applications, RiskParams, after_event, before_event
+from operators.apps import Applications, RiskParams
 from operators.apps.segments import SegmentBook, load_segment_book
 from operators.ingest import Event, parse_event
-from operators.profile import (
-    MaterializedProfile,
-    Outcome,
-    ProfileParams,
-    UserState,
-    apply_event,
-    public_fields,
-)
+from operators.profile import MaterializedProfile, ProfileParams, UserState, public_fields
 from operators.recsys import ItemVectors
-from operators.text import SentimentScorer, read_text
-from operators.text.embedding import TextEncoder, embedding_text, typed_text
+from operators.text import SentimentScorer
+from operators.text.embedding import TextEncoder
+from operators.user import MachineSettings, Ports, UserMachine, vector_of
 
 
 def reference_states(
@@ -32,11 +26,12 @@ def reference_states(
     segments: SegmentBook | None = None,
     end_ms: int | None = None,
 ) -> dict[str, UserState]:
-    """Fold every valid line, in order, into per-user state as the flow's user step does:
-    due segment checks, ``apply_event``, then the applications (:mod:`operators.apps.user_step`);
-    at the end of the input, every check due by ``end_ms`` runs: by default the newest event
-    time, as a flow that reaches the end of its input does; a tailing flow, whose timers go by
-    the watermark, gets there at the newest event time less the allowed lateness.
+    """Fold every valid line, in input order, into per-user state with the flow's own
+    :class:`~operators.user.UserMachine`, one event at a time, with every text embedded up
+    front (no batching, no Bytewax, no wall clock: no delta falls due before the end); at the
+    end of the input, every check due by ``end_ms`` runs: by default the newest event time,
+    as a flow that reaches the end of its input does; a tailing flow, whose timers go by the
+    watermark, gets there at the newest event time less the allowed lateness.
 
     Events about items in ``items`` (no typed text of their own) take the item's vector.
     """
@@ -44,50 +39,52 @@ def reference_states(
         segments or load_segment_book(None, windows=params.windows), params.windows, RiskParams()
     )
     events = [e for e in (parse_event(line) for line in lines) if isinstance(e, Event)]
-
-    def catalog_vector(event: Event) -> np.ndarray | None:
-        return items.get(event.item_id) if items is not None and typed_text(event) is None else None
-
-    def text_of(event: Event) -> str | None:
-        if not params.moves_interest(event) or catalog_vector(event) is not None:
-            return None
-        return embedding_text(event, encoder.prompts)
-
-    texts = sorted({t for e in events if (t := text_of(e)) is not None})
+    catalog = _Catalog(items)
+    settings = MachineSettings(
+        params,
+        lambda: apps,
+        dim=encoder.dim,
+        emit_interval_ms=_NEVER,  # the state stays live, at full precision
+        keywords_per_text=keywords_per_text,
+        prompts=encoder.prompts,
+    )
+    texts = sorted({t for e in events if (t := vector_of(settings, catalog, e)[1]) is not None})
     vectors = dict(zip(texts, encoder.encode(texts), strict=True)) if texts else {}
-    states: dict[str, UserState] = {}
-    due: dict[str, int] = {}
-    erased: dict[str, int] = {}  # user -> newest event time at erasure: older re-sends refused
+    ports = Ports(vectors=_Embedded(vectors), sentiment=sentiment, catalog=catalog)
+    machines: dict[str, UserMachine] = {}
     for event in events:
-        if event.ts_ms <= erased.get(event.user_id, -1):
-            continue
-        text = text_of(event)
-        vector = vectors[text] if text is not None else catalog_vector(event)
-        state = states.get(event.user_id)
-        if state is not None:
-            due[event.user_id] = before_event(state, apps, due.get(event.user_id, 0), event.ts_ms)[
-                1
-            ]
-        new, outcome = apply_event(
-            state,
-            event,
-            vector,
-            params,
-            dim=encoder.dim,
-            signals=read_text(event, sentiment, keywords_per_text, vector),
-        )
-        if new is None:
-            last = state.profile.last_seen_ms if state is not None else event.ts_ms
-            erased[event.user_id] = max(last, event.ts_ms)
-            states.pop(event.user_id, None)
-            due.pop(event.user_id, None)
-        elif outcome is not Outcome.DUPLICATE and outcome is not Outcome.UNVERIFIABLE:
-            states[event.user_id] = new
-            due[event.user_id] = after_event(new, event, apps)[2]
+        machine = machines.get(event.user_id)
+        if machine is None:
+            machine = machines[event.user_id] = UserMachine(settings, ports)
+        machine.receive([event], now_ms=0)
     end = max((e.ts_ms for e in events), default=0) if end_ms is None else end_ms
-    for user, state in states.items():
-        before_event(state, apps, due.get(user, 0), end)
-    return states
+    for machine in machines.values():
+        machine.on_time(now_ms=0, watermark_ms=end)
+    return {user: m.state for user, m in machines.items() if m.state is not None}
+
+
+_NEVER = 2**62
+
+
+class _Embedded:
+    """Every text's vector, ready: what the batcher answers once its batches are done."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+
+    def vector(self, text: str, now_ms: int) -> np.ndarray | None:
+        return self.vectors[text]
+
+    def due_ms(self) -> int | None:
+        return None
+
+
+class _Catalog:
+    def __init__(self, items: ItemVectors | None) -> None:
+        self.items = items
+
+    def current(self) -> ItemVectors | None:
+        return self.items
 
 
 #: What the clock alone changes: for a user with an event later than the allowed lateness,

@@ -1,0 +1,198 @@
+"""The user machine on its own: deterministic whatever the batching, the wake-ups and the
+restarts, timers by the watermark only, and everything it does reported to its observer."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from operators.apps import Applications, RiskParams, load_segment_book
+from operators.apps.segments import SegmentTransition
+from operators.ingest import Event
+from operators.profile import DAY_MS, ProfileDelta, ProfileParams
+from operators.user import MachineSettings, Ports, UserMachine, UserOutput
+
+PARAMS = ProfileParams()
+APPS = Applications(load_segment_book(windows=PARAMS.windows), PARAMS.windows, RiskParams())
+T0 = 1_700_000_000_000
+TYPES = ("view", "click", "add_to_cart", "purchase", "login", "search", "review", "refund")
+
+
+class Batches:
+    """Text vectors that are ready only once ``flush`` ran: a batcher without a model."""
+
+    def __init__(self) -> None:
+        self.ready: dict[str, np.ndarray] = {}
+        self.open: set[str] = set()
+
+    def vector(self, text: str, now_ms: int) -> np.ndarray | None:
+        if text in self.ready:
+            return self.ready[text]
+        self.open.add(text)
+        return None
+
+    def due_ms(self) -> int | None:
+        return 5 if self.open else None
+
+    def flush(self) -> None:
+        for text in sorted(self.open):
+            seed = int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little")
+            self.ready[text] = np.random.default_rng(seed).standard_normal(4).astype(np.float32)
+        self.open.clear()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, ...]] = Counter()
+
+    def resumed(self, segments: tuple[str, ...]) -> None:
+        self.calls["resumed", *segments] += 1
+
+    def transition(self, segment: str, direction: str) -> None:
+        self.calls["transition", segment, direction] += 1
+
+    def alert(self, kind: str) -> None:
+        self.calls["alert", kind] += 1
+
+    def late_event(self) -> None:
+        self.calls["late",] += 1
+
+    def opinion(self, event_type: str, polarity: float) -> None:
+        self.calls["opinion", event_type] += 1
+
+    def expired(self) -> None:
+        self.calls["expired",] += 1
+
+
+def settings(emit_interval_ms: int = 0) -> MachineSettings:
+    return MachineSettings(
+        PARAMS,
+        lambda: APPS,
+        dim=4,
+        emit_interval_ms=emit_interval_ms,
+        expire_after_ms=60 * DAY_MS,
+        erased_memory_ms=7 * DAY_MS,
+    )
+
+
+def events(seed: int, n: int = 120) -> list[Event]:
+    rng = random.Random(seed)
+    out, ts = [], T0
+    for i in range(n):
+        ts += rng.choice((1_000, 60_000, 3_600_000, 5 * DAY_MS))
+        kind = rng.choice(TYPES)
+        text = {"search": f"query {rng.randint(0, 5)}", "review": "great shoes"}.get(kind)
+        item = None if kind in ("login", "search") else f"i{rng.randint(0, 9)}"
+        price = 10.0 * rng.randint(1, 20) if kind in ("purchase", "refund") else None
+        category = "shoes" if item else None
+        out.append(Event(f"e{i}", "u1", ts, kind, item_id=item, text=text, price=price,
+                         category=category))  # fmt: skip
+    out.insert(n // 2, out[n // 3])  # a re-send: refused as a duplicate
+    return out
+
+
+def drive(
+    stream: list[Event], cuts: set[int], restarts: set[int], observer: Recorder | None = None
+) -> list[UserOutput]:
+    """Feed ``stream`` in batches cut at ``cuts``, waking the machine when it asks and
+    restarting it from its snapshot at ``restarts``; the watermark follows the events."""
+    batches = Batches()
+    ports = Ports(vectors=batches, observer=observer or Recorder())
+    machine = UserMachine(settings(), ports)
+    out: list[UserOutput] = []
+    start = 0
+    for i in sorted({*cuts, len(stream)}):
+        batch = stream[start:i]
+        start = i
+        if not batch:
+            continue
+        out += machine.receive(list(batch), now_ms=0)
+        while machine.waiting:
+            batches.flush()
+            out += machine.advance(now_ms=0)
+        watermark = max(e.ts_ms for e in batch) - PARAMS.allowed_lateness_ms
+        if machine.next_due().event_ms and machine.next_due().event_ms <= watermark:
+            out += machine.on_time(now_ms=0, watermark_ms=watermark)
+        if i in restarts:
+            machine = UserMachine(settings(), ports, machine.snapshot())
+    out += machine.finish(now_ms=0, end_ms=stream[-1].ts_ms)
+    return out
+
+
+def keyed(outputs: list[UserOutput]) -> list[tuple[str, object]]:
+    """Outputs as comparable records (deltas by what they say, not when they were sent)."""
+    out: list[tuple[str, object]] = []
+    for o in outputs:
+        if isinstance(o, ProfileDelta):
+            out.append(("delta", (o.version, o.kind, tuple(o.event_ids), o.event_time_ms)))
+        else:
+            out.append((type(o).__name__, o))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_same_stream_gives_the_same_outputs_whatever_the_batches(seed: int) -> None:
+    stream = events(seed)
+    rng = random.Random(seed)
+    one = drive(stream, cuts=set(range(1, len(stream))), restarts=set())
+    cuts = set(rng.sample(range(1, len(stream)), 15))
+    other = drive(stream, cuts=cuts, restarts=set())
+    assert keyed(one) == keyed(other)
+    kinds = Counter(type(o).__name__ for o in one)
+    assert kinds["ProfileDelta"] == len(stream) - 1  # one per accepted event: no coalescing
+    assert kinds["DeadLetter"] == 1  # the re-send
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_a_restart_from_the_snapshot_changes_nothing(seed: int) -> None:
+    stream = events(seed)
+    cuts = set(range(1, len(stream)))
+    straight = drive(stream, cuts, restarts=set())
+    restarted = drive(stream, cuts, restarts=set(random.Random(seed).sample(sorted(cuts), 10)))
+    assert keyed(straight) == keyed(restarted)
+
+
+def test_timers_follow_the_watermark_not_the_wall_clock() -> None:
+    machine = UserMachine(settings(emit_interval_ms=1_000), Ports(vectors=None))
+    out = machine.receive([Event("e1", "u1", T0, "login")], now_ms=0)
+    assert [o.segment for o in out if isinstance(o, SegmentTransition)] == ["new_users"]
+    due = machine.next_due()
+    assert due.wall_ms == 1_000 and due.event_ms > T0
+    # Any amount of wall time: the delta goes out, the segment check does not run.
+    first = machine.on_time(now_ms=10**12, watermark_ms=T0)
+    assert [type(o).__name__ for o in first] == ["ProfileDelta"]
+    assert machine.next_due() == (0, due.event_ms)
+    # The watermark passes the check: the user stops being new, on a delta of the clock's.
+    later = machine.on_time(now_ms=10**12, watermark_ms=due.event_ms)
+    assert [(o.segment, o.direction) for o in later if isinstance(o, SegmentTransition)] == [
+        ("new_users", "exit")
+    ]
+    assert any(isinstance(o, ProfileDelta) for o in later) is False  # it waits for the interval
+    assert machine.next_due().wall_ms == 10**12 + 1_000
+
+
+def test_everything_it_does_is_reported_to_the_observer() -> None:
+    recorder = Recorder()
+    stream = events(7)
+    outputs = drive(stream, cuts=set(range(1, len(stream))), restarts=set(), observer=recorder)
+    transitions = Counter(
+        ("transition", o.segment, o.direction) for o in outputs if isinstance(o, SegmentTransition)
+    )
+    assert transitions and all(recorder.calls[k] == v for k, v in transitions.items())
+    expiry = UserMachine(settings(), Ports(vectors=None, observer=recorder))
+    expiry.receive([Event("x1", "u2", T0, "login")], now_ms=0)
+    out = expiry.on_time(now_ms=0, watermark_ms=T0 + 60 * DAY_MS)
+    assert recorder.calls["expired",] == 1
+    assert any(isinstance(o, ProfileDelta) and o.kind == "tombstone" for o in out)
+    # An erased user's machine keeps the marker that refuses their re-sent events ...
+    erased = UserMachine(settings(), Ports(vectors=None))
+    erased.receive([Event("d1", "u3", T0, "login"), Event("d2", "u3", T0 + 1, "delete_user")], 0)
+    assert not erased.finished()
+    assert [type(o).__name__ for o in erased.receive([Event("d0", "u3", T0 - 1, "login")], 0)] == [
+        "DeadLetter"
+    ]
+    erased.on_time(now_ms=0, watermark_ms=T0 + 7 * DAY_MS + 1)
+    assert erased.finished()  # ... for erased_memory_ms of event time, then goes
