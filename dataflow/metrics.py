@@ -216,24 +216,49 @@ SINK_DELIVERY_FAILURES = Counter(
 
 
 class UserMetrics:
-    """The user machines' observer (:class:`operators.user.UserObserver`): Prometheus."""
+    """The user machines' observer (:class:`operators.user.UserObserver`): Prometheus.
+
+    Labelled children are looked up once (``labels()`` costs as much as a small step).
+    """
+
+    def __init__(self) -> None:
+        self._members: dict[str, Gauge] = {}
+        self._transitions: dict[tuple[str, str], Counter] = {}
+        self._alerts: dict[str, Counter] = {}
+        self._opinions: dict[str, Histogram] = {}
 
     def resumed(self, segments: tuple[str, ...]) -> None:
         for segment in segments:
-            SEGMENT_MEMBERS.labels(segment).inc()
+            self._member_gauge(segment).inc()
 
     def transition(self, segment: str, direction: str) -> None:
-        SEGMENT_TRANSITIONS.labels(segment, direction).inc()
-        SEGMENT_MEMBERS.labels(segment).inc(1 if direction == "enter" else -1)
+        counter = self._transitions.get((segment, direction))
+        if counter is None:
+            counter = SEGMENT_TRANSITIONS.labels(segment, direction)
+            self._transitions[segment, direction] = counter
+        counter.inc()
+        self._member_gauge(segment).inc(1 if direction == "enter" else -1)
 
     def alert(self, kind: str) -> None:
-        ALERTS.labels(kind).inc()
+        counter = self._alerts.get(kind)
+        if counter is None:
+            counter = self._alerts[kind] = ALERTS.labels(kind)
+        counter.inc()
 
     def late_event(self) -> None:
         LATE_EVENTS.inc()
 
     def opinion(self, event_type: str, polarity: float) -> None:
-        OPINION_POLARITY.labels(event_type).observe(polarity)
+        histogram = self._opinions.get(event_type)
+        if histogram is None:
+            histogram = self._opinions[event_type] = OPINION_POLARITY.labels(event_type)
+        histogram.observe(polarity)
 
     def expired(self) -> None:
         EXPIRED_USERS.inc()
+
+    def _member_gauge(self, segment: str) -> Gauge:
+        gauge = self._members.get(segment)
+        if gauge is None:
+            gauge = self._members[segment] = SEGMENT_MEMBERS.labels(segment)
+        return gauge

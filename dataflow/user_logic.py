@@ -9,7 +9,9 @@ pass it) and turns the machine's due times into the wake-up Bytewax asks for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +21,38 @@ from dataflow.clock import Clock, StepTime, WorkerTime, as_datetime
 from operators.ingest import Event, Progress
 from operators.text.embedding import TextBatcher
 from operators.user import MachineSettings, Ports, UserMachine, UserOutput, UserSnapshot, resumed
+
+
+@dataclass
+class WarmUsers:
+    """The users of each worker whose state stays decoded between deltas, the most recently
+    active ``limit``; the one longest idle rests as bytes when another comes in.
+
+    Decoding a state costs more than the rest of a typical event's step, so an active user
+    should not pay it at each batch; resting the idle ones bounds the memory. Per worker
+    thread (Bytewax's workers are threads): no locks.
+    """
+
+    limit: int
+    _by_thread: dict[int, OrderedDict[UserMachine, None]] = field(default_factory=dict)
+
+    def touch(self, machine: UserMachine) -> None:
+        """``machine`` was just used: keep it warm, rest the idlest if there are too many."""
+        ident = threading.get_ident()
+        warm = self._by_thread.get(ident)
+        if warm is None:
+            warm = self._by_thread[ident] = OrderedDict()
+        if machine.state is None:
+            return
+        warm[machine] = None
+        warm.move_to_end(machine)
+        if len(warm) > self.limit:
+            warm.popitem(last=False)[0].rest()
+
+    def forget(self, machine: UserMachine) -> None:
+        warm = self._by_thread.get(threading.get_ident())
+        if warm is not None:
+            warm.pop(machine, None)
 
 
 @dataclass(frozen=True)
@@ -31,6 +65,7 @@ class UserContext:
     batcher: TextBatcher
     clock: Clock
     time: StepTime  # the profile step's event time on each worker
+    warm: WarmUsers
 
 
 #: What the profile step emits: the machine's outputs and the watermark each worker
@@ -83,7 +118,11 @@ class UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         return self.machine.snapshot()
 
     def _finished(self) -> bool:
-        return StatefulBatchLogic.DISCARD if self.machine.finished() else StatefulBatchLogic.RETAIN
+        if self.machine.finished():
+            self.context.warm.forget(self.machine)
+            return StatefulBatchLogic.DISCARD
+        self.context.warm.touch(self.machine)
+        return StatefulBatchLogic.RETAIN
 
     def _note_waiting(self) -> None:
         oldest = self.machine.oldest_waiting_ms

@@ -62,12 +62,20 @@ def before_event(
 
 
 def after_event(
-    state: UserState, event: Event, apps: Applications
+    state: UserState, event: Event, apps: Applications, incremental: bool = False
 ) -> tuple[list[Alert], list[SegmentTransition], int]:
-    """React to an applied event (in place): (alerts, transitions, next check or 0)."""
+    """React to an applied event (in place): (alerts, transitions, next check or 0).
+
+    ``incremental``: the same segment book evaluated this profile before, so only the
+    segments the event's type can move are tested again
+    (:func:`~operators.apps.segments.update_memberships`).
+    """
     state.apps, alerts = assess(state.apps, event, apps.risk)
     profile = state.profile
     now = profile.last_seen_ms
-    transitions = update_memberships(profile, apps.segments, apps.windows, now, event.event_id)
+    kind = event.type if incremental and profile.version > 1 else None
+    transitions = update_memberships(
+        profile, apps.segments, apps.windows, now, event.event_id, kind
+    )
     due = next_check_ms(apps.segments, profile, apps.windows, now) or 0
     return alerts, transitions, due

@@ -48,7 +48,7 @@ from operators.apps import (
     before_event,
     decode_record,
 )
-from operators.apps.segments import SegmentTransition, exit_all
+from operators.apps.segments import SegmentBook, SegmentTransition, exit_all
 from operators.ingest import (
     DeadLetter,
     Event,
@@ -173,6 +173,7 @@ class UserMachine:
 
     __slots__ = (
         "before",
+        "book",
         "due",
         "emitted",
         "erased",
@@ -215,6 +216,9 @@ class UserMachine:
         self.oldest_waiting_ms = min((e.ts_ms for e in self.waiting or ()), default=0)
         self.before: Published | None = None  # what the last delta published, while pending
         self.registered = 0  # waiting events, from the first, whose texts joined a batch
+        #: The segment book that last evaluated the profile: while it stays the one in use,
+        #: an event tests only the segments its type can move.
+        self.book: SegmentBook | None = None
 
     # --- the inputs ---------------------------------------------------------------------
 
@@ -265,8 +269,6 @@ class UserMachine:
             self.oldest_waiting_ms = 0
         elif applied:
             self.oldest_waiting_ms = min(e.ts_ms for e in self.waiting)
-        if self.pending is None:
-            self.state = None  # nothing unsent: the state rests as bytes
         return out
 
     def on_time(self, now_ms: int, watermark_ms: int) -> list[UserOutput]:
@@ -300,6 +302,13 @@ class UserMachine:
         if self.pending is not None:
             out.append(self._emit(now_ms))
         return out
+
+    def rest(self) -> None:
+        """Keep the state only as the bytes of the last delta, if nothing is pending: how
+        a worker bounds its memory (see :class:`~dataflow.user_logic.WarmUsers`). A rested
+        state is decoded again when the user next needs it."""
+        if self.pending is None and self.emitted is not None:
+            self.state = self.before = None
 
     def next_due(self) -> Due:
         """When to wake the machine: wall time for deltas and text batches, event time for
@@ -346,12 +355,13 @@ class UserMachine:
         return vectors
 
     def _live(self) -> UserState | None:
-        """The user's state as objects (decoded from its resting bytes if need be)."""
+        """The user's state as objects (decoded from its resting bytes if need be), with what
+        the last delta published noted before a change makes it pending."""
         state = self.state
         if state is None and self.emitted is not None:
             state = decode_record(self.emitted)
-            if self.pending is None:
-                self.before = published(state)
+        if state is not None and self.pending is None and self.before is None:
+            self.before = published(state)
         return state
 
     def _apply(self, event: Event, vector: Any, now: int) -> list[UserOutput]:
@@ -393,7 +403,7 @@ class UserMachine:
             dropped=dropped,
         )
         if outcome is Outcome.DUPLICATE or outcome is Outcome.UNVERIFIABLE:
-            self.state = state if self.pending is not None else None
+            self.state = state
             refused = duplicate_of if outcome is Outcome.DUPLICATE else beyond_dedupe_memory
             out.append(refused(event))
             return out
@@ -412,7 +422,11 @@ class UserMachine:
             new.needs_full = True
         if settings.expire_after_ms:
             self.expires = new.profile.last_seen_ms + settings.expire_after_ms
-        alerts, transitions, self.due = after_event(new, event, settings.applications())
+        apps = settings.applications()
+        alerts, transitions, self.due = after_event(
+            new, event, apps, incremental=self.book is apps.segments
+        )
+        self.book = apps.segments
         for alert in alerts:
             ports.observer.alert(alert.kind)
         self._count(transitions)
@@ -441,8 +455,6 @@ class UserMachine:
         self.state = state
         out: list[UserOutput] = list(transitions)
         if state.profile.version == version:
-            if self.pending is None:
-                self.state = self.before = None  # nothing changed: back to resting bytes
             return out
         self._count(transitions)
         if self.pending is None:
@@ -476,7 +488,7 @@ class UserMachine:
         for segment in self.members:
             self.ports.observer.transition(segment, "exit")
         out.append(tombstone)
-        self.emitted = self.state = self.pending = self.before = None
+        self.emitted = self.state = self.pending = self.before = self.book = None
         self.due, self.members, self.expires, self.settle_at = 0, (), 0, 0
         return out
 
@@ -499,7 +511,7 @@ class UserMachine:
             before = published(decode_record(self.emitted))
         delta = emit(self.state, before, self.pending, self.settings.params, now)
         self.emitted = encode_state(self.state)
-        self.state = self.pending = self.before = None
+        self.pending = self.before = None  # the state stays live until it is rested
         settle = delta.kind == "patch" and self.settings.settle_full_ms > 0
         self.settle_at = now + self.settings.settle_full_ms if settle else 0
         return delta
@@ -508,4 +520,5 @@ class UserMachine:
         """The quiet user's last published profile as a full delta (see ``settled``)."""
         assert self.emitted is not None
         self.settle_at = 0
-        return settled(decode_record(self.emitted), self.settings.params, now)
+        state = self.state if self.state is not None else decode_record(self.emitted)
+        return settled(state, self.settings.params, now)

@@ -55,6 +55,8 @@ from operators.profile.windows import (
 )
 
 DAY_MS: Final = 86_400_000
+#: What an RFM score reads (the last purchase, purchases, spend) changes only on a purchase.
+RFM_READS: Final = frozenset({"purchase"})
 #: Where the default definitions ship.
 BUNDLED_SEGMENTS: Final = Path(__file__).resolve().parents[2] / "data" / "segments.json"
 #: RFM groups are published as segments named ``rfm:<group>``.
@@ -110,11 +112,35 @@ _OPS: Final = (*_FLIPPED, "between", "in")
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
+#: The event types that can change each field a condition reads (only these, besides time,
+#: which the condition's ``next_change`` follows); a field not here changes with any event.
+_CHANGED_BY: Final[dict[str, frozenset[str]]] = {
+    "spend": frozenset({"purchase"}),
+    "refunded": frozenset({"refund"}),
+    "last_purchase_ms": frozenset({"purchase"}),
+}
+ANY_EVENT: Final = frozenset({"*"})
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     test: Test
     next_change: NextChange | None = None  # None: time alone never changes it
     spans: frozenset[str] = frozenset()  # window spans it reads
+    #: The event types that can change its value, or ANY_EVENT: an event of another type
+    #: leaves it as it was (time aside), so it need not be tested again.
+    reads: frozenset[str] = ANY_EVENT
+
+
+def _union(parts: list[_Compiled]) -> frozenset[str]:
+    reads = frozenset().union(*(p.reads for p in parts))
+    return ANY_EVENT if "*" in reads else reads
+
+
+def _field_reads(root: str, key: str | None) -> frozenset[str]:
+    if root == "counts" and key is not None:
+        return frozenset({key})
+    return _CHANGED_BY.get(root, ANY_EVENT)
 
 
 class _Parser:
@@ -186,13 +212,17 @@ class _Parser:
                 return False
 
         timed = tuple(p.next_change for p in parts if p.next_change is not None)
-        return _Compiled(test, _earliest(timed), frozenset().union(*(p.spans for p in parts)))
+        spans = frozenset().union(*(p.spans for p in parts))
+        return _Compiled(test, _earliest(timed), spans, _union(parts))
 
     def _not(self, node: dict[str, Any], where: str) -> _Compiled:
         inner = self.compile(node["not"], where)
         test = inner.test
         return _Compiled(
-            lambda p, now, specs: not test(p, now, specs), inner.next_change, inner.spans
+            lambda p, now, specs: not test(p, now, specs),
+            inner.next_change,
+            inner.spans,
+            inner.reads,
         )
 
     # Fields.
@@ -224,7 +254,8 @@ class _Parser:
         )
 
     def _field(self, node: dict[str, Any], where: str) -> _Compiled:
-        get = _getter(*self._path(node["field"], where))
+        path = self._path(node["field"], where)
+        get = _getter(*path)
         compare, _ = self._comparison(node, where, self._plain)
 
         def test(p: UserProfile, now: int, specs: Specs) -> bool:
@@ -236,11 +267,12 @@ class _Parser:
             except TypeError:  # a string against a number, a map, ...: not comparable
                 return False
 
-        return _Compiled(test)
+        return _Compiled(test, reads=_field_reads(*path))
 
     def _exists(self, node: dict[str, Any], where: str) -> _Compiled:
-        get = _getter(*self._path(node["exists"], where))
-        return _Compiled(lambda p, now, specs: get(p) is not None)
+        path = self._path(node["exists"], where)
+        get = _getter(*path)
+        return _Compiled(lambda p, now, specs: get(p) is not None, reads=_field_reads(*path))
 
     def _top_category(self, node: dict[str, Any], where: str) -> _Compiled:
         categories = frozenset(self._names(node["top_category"], where, "category"))
@@ -268,7 +300,10 @@ class _Parser:
         # Scored here from the cuts rather than read from ``profile.rfm``, so evaluation does
         # not depend on the order of updates. Time moves it through the recency score, which
         # next_check_ms always watches when there are cuts.
-        return _Compiled(lambda p, now, specs: rfm_group(profile_rfm(p, cuts, now)) in groups)
+        return _Compiled(
+            lambda p, now, specs: rfm_group(profile_rfm(p, cuts, now)) in groups,
+            reads=RFM_READS,
+        )
 
     # Time.
 
@@ -294,7 +329,7 @@ class _Parser:
             i = bisect.bisect_right(offsets, now - ts)
             return ts + offsets[i] if i < len(offsets) else None
 
-        return _Compiled(test, next_change)
+        return _Compiled(test, next_change, reads=_field_reads(root, None))
 
     def _count(self, node: dict[str, Any], where: str) -> _Compiled:
         kind = node["count"]
@@ -310,7 +345,7 @@ class _Parser:
         def next_change(p: UserProfile, now: int, specs: Specs) -> int | None:
             return next_count_drop_ms(p.windows, specs, index(specs), kind, now)
 
-        return _Compiled(test, next_change, frozenset({span}))
+        return _Compiled(test, next_change, frozenset({span}), frozenset({kind}))
 
     def _window_spend(self, node: dict[str, Any], where: str) -> _Compiled:
         span = self._span(node["window_spend"], where)
@@ -323,7 +358,7 @@ class _Parser:
         def next_change(p: UserProfile, now: int, specs: Specs) -> int | None:
             return next_spend_drop_ms(p.windows, specs, index(specs), now)
 
-        return _Compiled(test, next_change, frozenset({span}))
+        return _Compiled(test, next_change, frozenset({span}), frozenset({"purchase"}))
 
     # Values.
 
@@ -454,6 +489,7 @@ class Segment:
     test: Test = field(repr=False, compare=False)
     next_change: NextChange | None = field(repr=False, compare=False)
     spans: frozenset[str] = field(repr=False, compare=False, default=frozenset())
+    reads: frozenset[str] = field(repr=False, compare=False, default=ANY_EVENT)
 
 
 @dataclass(frozen=True)
@@ -470,12 +506,23 @@ class SegmentBook:
     names: frozenset[str] = field(init=False, repr=False, compare=False)  # of the segments
     timed: tuple[NextChange, ...] = field(init=False, repr=False, compare=False)
     checks: tuple[tuple[str, Test], ...] = field(init=False, repr=False, compare=False)
+    #: The checks an event of each type can change the outcome of (the book's order).
+    checks_after: Mapping[str, tuple[tuple[str, Test], ...]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(s.name for s in self.segments))
         timed = tuple(s.next_change for s in self.segments if s.next_change is not None)
         object.__setattr__(self, "timed", timed)
         object.__setattr__(self, "checks", tuple((s.name, s.test) for s in self.segments))
+        after = {
+            kind: tuple(
+                (s.name, s.test) for s in self.segments if "*" in s.reads or kind in s.reads
+            )
+            for kind in EVENT_TYPES
+        }
+        object.__setattr__(self, "checks_after", after)
 
     def check_windows(self, specs: Specs) -> None:
         """Raise ``ValueError`` unless every window span a segment reads is among ``specs``."""
@@ -530,6 +577,7 @@ def parse_segment_book(text: bytes | str) -> SegmentBook:
                 compiled.test,
                 compiled.next_change,
                 compiled.spans,
+                compiled.reads,
             )
         )
     version = hashlib.blake2b(data, digest_size=6).hexdigest()

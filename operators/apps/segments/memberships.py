@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from operators.apps.segments.conditions import RFM_PREFIX, SegmentBook, Specs
+from operators.apps.segments.conditions import RFM_PREFIX, RFM_READS, SegmentBook, Specs
 from operators.apps.segments.rfm import next_rfm_change_ms, profile_rfm, rfm_group
 from operators.profile import UserProfile
 
@@ -78,7 +78,12 @@ def evaluate(book: SegmentBook, profile: UserProfile, specs: Specs, now_ms: int)
 
 
 def update_memberships(
-    profile: UserProfile, book: SegmentBook, specs: Specs, now_ms: int, event_id: str | None
+    profile: UserProfile,
+    book: SegmentBook,
+    specs: Specs,
+    now_ms: int,
+    event_id: str | None,
+    event_type: str | None = None,
 ) -> list[SegmentTransition]:
     """Bring ``profile.segments`` and ``profile.rfm`` up to ``now_ms``; return what changed.
 
@@ -87,11 +92,18 @@ def update_memberships(
     clamped to the user's newest event. Memberships of segments the book no longer defines
     are exited. Transitions come in the book's order, then exits of dropped segments and of
     the old RFM group, then the entry of the new one.
+
+    With ``event_type``, only the segments an event of that type can move are tested (see
+    ``SegmentBook.checks_after``), and the RFM score only after a purchase: the others
+    cannot have changed since the last full evaluation -- time alone moves them only at the
+    checks :func:`next_check_ms` schedules, which run before the event. Pass it only when
+    this book evaluated the profile before (not for a new profile or a reloaded book).
     """
     now = _clamped(now_ms, profile)
     members = profile.segments
     moves: list[SegmentTransition] = []
-    for name, test in book.checks:
+    checks = book.checks if event_type is None else book.checks_after[event_type]
+    for name, test in checks:
         if test(profile, now, specs):
             if name not in members:
                 members[name] = now
@@ -99,6 +111,8 @@ def update_memberships(
         elif name in members:
             del members[name]
             moves.append(_transition(profile, name, "exit", now, event_id, book))
+    if event_type is not None and event_type not in RFM_READS:
+        return moves
     score = "" if book.rfm is None else profile_rfm(profile, book.rfm, now)
     group = rfm_group(score)
     rfm_name = None if group is None else RFM_PREFIX + group

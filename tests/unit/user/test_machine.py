@@ -3,6 +3,7 @@ restarts, timers by the watermark only, and everything it does reported to its o
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from operators.apps import Applications, RiskParams, load_segment_book
-from operators.apps.segments import SegmentTransition
+from operators.apps.segments import SegmentTransition, evaluate, parse_segment_book
+from operators.apps.segments.rfm import profile_rfm
 from operators.ingest import Event
 from operators.profile import DAY_MS, ProfileDelta, ProfileParams
 from operators.user import MachineSettings, Ports, UserMachine, UserOutput
@@ -88,8 +90,9 @@ def events(seed: int, n: int = 120) -> list[Event]:
         item = None if kind in ("login", "search") else f"i{rng.randint(0, 9)}"
         price = 10.0 * rng.randint(1, 20) if kind in ("purchase", "refund") else None
         category = "shoes" if item else None
-        out.append(Event(f"e{i}", "u1", ts, kind, item_id=item, text=text, price=price,
-                         category=category))  # fmt: skip
+        out.append(
+            Event(f"e{i}", "u1", ts, kind, item_id=item, text=text, price=price, category=category)
+        )
     out.insert(n // 2, out[n // 3])  # a re-send: refused as a duplicate
     return out
 
@@ -196,3 +199,49 @@ def test_everything_it_does_is_reported_to_the_observer() -> None:
     ]
     erased.on_time(now_ms=0, watermark_ms=T0 + 7 * DAY_MS + 1)
     assert erased.finished()  # ... for erased_memory_ms of event time, then goes
+
+
+BOOK = parse_segment_book(
+    json.dumps(
+        {
+            "segments": {
+                "never_bought": {"when": {"not": {"exists": "last_purchase_ms"}}},
+                "no_views": {"when": {"field": "counts.view", "op": "==", "value": 0}},
+                "carted_today": {
+                    "when": {"count": "add_to_cart", "window": "24h", "op": ">", "value": 0}
+                },
+                "spender": {"when": {"window_spend": "7d", "op": ">=", "value": 100}},
+                "refunder": {"when": {"field": "refunded", "op": ">", "value": 0}},
+                "recent": {"when": {"since": "last_seen_ms", "op": "<", "value": "1h"}},
+                "shoes": {"when": {"top_category": "shoes"}},
+            },
+            "rfm": {
+                "recency_days": [1, 2, 4, 8],
+                "frequency": [1, 2, 3, 4],
+                "monetary": [10, 50, 100, 200],
+            },
+        }
+    )
+)
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10])
+def test_testing_only_what_an_event_can_move_gives_the_full_evaluation(seed: int) -> None:
+    apps = Applications(BOOK, PARAMS.windows, RiskParams())
+    machine = UserMachine(MachineSettings(PARAMS, lambda: apps, dim=4), Ports(vectors=_Ready()))
+    for event in events(seed, 300):
+        machine.receive([event], now_ms=0)
+        state = machine.state
+        assert state is not None
+        profile = state.profile
+        full = evaluate(BOOK, profile, PARAMS.windows, profile.last_seen_ms)
+        assert set(profile.segments) == full, event
+        assert profile.rfm == profile_rfm(profile, BOOK.rfm, profile.last_seen_ms)  # type: ignore[arg-type]
+
+
+class _Ready:
+    def vector(self, text: str, now_ms: int) -> np.ndarray:
+        return np.ones(4, np.float32)
+
+    def due_ms(self) -> int | None:
+        return None
