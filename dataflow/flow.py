@@ -156,8 +156,8 @@ def build_flow(
     flow = Dataflow("profilestream")
     op.input("cluster", flow, ClusterSource(cluster))  # first: each worker learns its place
     items = read_inputs(flow, config, source, clock, on_partitions=_replace_with(partitions))
-    valid = op.branch("valid", items, lambda item: type(item) is not DeadLetter)
-    by_user = op.flat_map_batch("by_user", valid.trues, lambda b: route_users(b, cluster))
+    invalid = op.flat_map_batch("invalid", items, _only(DeadLetter))
+    by_user = op.flat_map_batch("by_user", items, lambda b: route_users(b, cluster))
     results: Stream[Output] = op.key_rm(
         "drop_key",
         op.stateful_batch(
@@ -168,15 +168,15 @@ def build_flow(
             ),
         ),
     )
-    duplicates = op.filter_map("duplicates", results, _only(DeadLetter))
-    dead = op.merge("dead_letters", cast(Stream[DeadLetter], valid.falses), duplicates)
+    duplicates = op.flat_map_batch("duplicates", results, _only(DeadLetter))
+    dead = op.merge("dead_letters", invalid, duplicates)
     outputs = Outputs(
-        deltas=op.filter_map("deltas", results, _only(ProfileDelta)),
+        deltas=op.flat_map_batch("deltas", results, _only(ProfileDelta)),
         dead=op.inspect(
             "count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc()
         ),
-        segments=op.filter_map("transitions", results, _only(SegmentTransition)),
-        alerts=op.filter_map("alerts", results, _only(Alert)),
+        segments=op.flat_map_batch("transitions", results, _only(SegmentTransition)),
+        alerts=op.flat_map_batch("alerts", results, _only(Alert)),
         demand=demand_stream(config, results, cluster, demand_time),
     )
     route_outputs(config, outputs, clock, sinks or {})
@@ -192,9 +192,10 @@ def _replace_with(names: list[str]) -> Callable[[list[str]], None]:
     return replace
 
 
-def _only(kind: type[T]) -> Callable[[object], T | None]:
-    """Pick one kind of output out of a mixed stream (``filter_map``'s function)."""
-    return lambda item: item if isinstance(item, kind) else None
+def _only(kind: type[T]) -> Callable[[list[Any]], list[T]]:
+    """Pick one kind of output out of a mixed stream, a batch at a time (a comprehension per
+    batch costs a fraction of a function call per item)."""
+    return lambda batch: [item for item in batch if type(item) is kind]
 
 
 def flow_from_env() -> Dataflow:

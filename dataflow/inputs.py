@@ -94,11 +94,12 @@ def _kafka_in(step_id: str, flow: Dataflow, source: Source) -> Stream[SourceItem
 
 
 def route_users(items: list[SourceItem], cluster: Cluster) -> list[tuple[str, Any]]:
-    """Key events by user; send each marker to every worker, under its clock key."""
+    """Key events by user; send each marker to every worker, under its clock key (dead
+    letters go their own way)."""
     routed: list[tuple[str, Any]] = []
     for item in items:
         if type(item) is Event:
             routed.append((item.user_id, item))
-        else:
+        elif type(item) is not DeadLetter:
             routed += broadcast(cast(Progress, item), cluster)
     return routed

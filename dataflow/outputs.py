@@ -104,8 +104,10 @@ def route_outputs(
         }
         deltas_topic = config.deltas_topic
         messages = [
-            op.flat_map(
-                "delta_msg", outputs.deltas, lambda d: _delta_messages(d, deltas_topic, clock)
+            op.flat_map_batch(
+                "delta_msg",
+                outputs.deltas,
+                lambda ds: [m for d in ds for m in _delta_messages(d, deltas_topic, clock)],
             ),
             op.map("dlq_msg", outputs.dead, lambda d: dead_letter_message(d, config.dlq_topic)),
         ]
@@ -130,8 +132,10 @@ def route_outputs(
             (config.output_dir / file_name).touch()
             chosen[name] = FileSink(config.output_dir / file_name)
     if "deltas" in chosen:
-        as_lines = op.map(
-            "delta_json", outputs.deltas, lambda d: (d.user_id, delta_json(d, clock).decode())
+        as_lines = op.flat_map_batch(
+            "delta_json",
+            outputs.deltas,
+            lambda ds: [(d.user_id, delta_json(d, clock).decode()) for d in ds],
         )
         op.output("deltas_out", as_lines, chosen["deltas"])
     if "dead_letters" in chosen:
