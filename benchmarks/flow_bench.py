@@ -7,6 +7,9 @@ searches or reviews) -- file to file and Kafka to Kafka, one worker:
 * ``trivial item`` / ``trivial batch``: the trivial keyed Bytewax flow on the same events
   (parse, key by user, count, write a line per event; :mod:`benchmarks.trivial_flow`), per
   item and with batched steps: the speed of light of a keyed Bytewax job here;
+* ``quix count``: Quix Streams 3.28.1 counting each user's events in RocksDB state, JSON out
+  (:mod:`benchmarks.quix_count`, in its own virtualenv under the cache folder): the peer a
+  user would otherwise pick, Kafka to Kafka;
 * ``profilestream``: ``python -m dataflow run`` at its defaults (windows, coalescing), with
   the generator's catalog embedded beforehand (``profilestream embed-items``, outside the
   timing) and served through ``--item-vectors-dir``, as a deployment runs it: item events
@@ -26,7 +29,8 @@ How the numbers are made:
 
 * events/s = events covered by the outputs / (last output - first output), wall clock; it
   leaves out process start-up, which is reported apart (process start to the first output);
-* ratio = events/s / the trivial per-item flow's events/s, same I/O, same run;
+* ratio = events/s / the trivial per-item flow's events/s, same I/O, same run; ``quix_ratio``
+  likewise over Quix Streams' count, Kafka to Kafka;
 * bytes/event = bytes of delta values / events; deltas/event likewise;
 * latency = ``processed_ms - ingest_ms`` of each delta (its earliest event's file read time or
   Kafka CreateTime), p50 and p99;
@@ -73,7 +77,7 @@ from operators.ingest import Event, parse_event
 from operators.profile import delta_from_json
 from operators.recsys import CatalogEntry, ItemVectors, embed_catalog, save_item_vectors
 from operators.text.embedding import Embedder, embedding_text, typed_text
-from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, send
+from tests.support.kafka_broker import KafkaBroker, cache_dir, free_port, kafka_flow_args, send
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_TYPES = frozenset({"search", "review"})
@@ -81,6 +85,19 @@ RESULTS = dated_result("flow_bench")
 TIMEOUT_S = 900.0
 PROFILE_FLOW = [sys.executable, "-m", "dataflow", "run"]
 TRIVIAL_FLOW = [sys.executable, str(ROOT / "benchmarks" / "trivial_flow.py")]
+#: The peer's pins: Quix Streams needs a confluent-kafka older than ours, so it gets its own
+#: virtualenv under the cache folder (made once, reused).
+QUIX_PINS = ("quixstreams==3.28.1", "confluent-kafka<2.13")
+
+
+def quix_python() -> Path:
+    """The Python of the Quix Streams virtualenv, made on first use."""
+    venv = cache_dir() / "peers" / "quix-3.28.1"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *QUIX_PINS], check=True)
+    return python
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +159,7 @@ def build_streams(n_no_text: int, n_text: int, n_users: int, seed: int) -> list[
 
 @dataclass
 class CaseResult:
-    flow: str  # "trivial item", "trivial batch" or "profilestream"
+    flow: str  # "trivial item", "trivial batch", "quix count" or "profilestream"
     stream: str
     io: str
     lines: int
@@ -157,6 +174,7 @@ class CaseResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     ratio: float | None = None  # events/s over the trivial per-item flow's, same I/O
+    quix_ratio: float | None = None  # events/s over Quix Streams' bare count's (Kafka)
     return_code: int = 0
     log_problems: list[str] = field(default_factory=list)
 
@@ -176,8 +194,12 @@ def run_process(command: list[str], log: Path) -> tuple[int, int, float]:
 
 
 def measure_trivial(result: CaseResult, values: list[bytes], started_ms: int) -> CaseResult:
-    """Fill a trivial flow's rate from its output lines ``user count ms``."""
-    stamps = np.array([int(v.rsplit(b" ", 1)[1]) for v in values], dtype=np.int64)
+    """Fill a counting flow's rate from its outputs: lines ``user count ms`` (Bytewax) or
+    JSON ``{"count": n, "ms": ms}`` (Quix)."""
+    stamps = np.array(
+        [json.loads(v)["ms"] if v[:1] == b"{" else int(v.rsplit(b" ", 1)[1]) for v in values],
+        dtype=np.int64,
+    )
     result.outputs = result.events = len(values)
     if len(stamps):
         result.span_s = float(stamps.max() - stamps.min()) / 1000
@@ -246,6 +268,11 @@ def kafka_case(
     if flow == "profilestream":
         command = [*PROFILE_FLOW, *flow_args, "--no-kafka-tail"]
         command += kafka_flow_args(broker.bootstrap, events_topic, out_topic, dlq, 1, free_port())
+    elif flow == "quix count":
+        command = [str(quix_python()), str(ROOT / "benchmarks" / "quix_count.py")]
+        command += ["--brokers", broker.bootstrap, "--topic", events_topic]
+        command += ["--out-topic", out_topic, "--count", str(len(stream.events))]
+        command += ["--state-dir", str(workdir / f"quix-state-{tag}")]
     else:
         command = [*TRIVIAL_FLOW, "--mode", flow.split()[1], "--brokers", broker.bootstrap]
         command += ["--topic", events_topic, "--out-topic", out_topic]
@@ -452,6 +479,9 @@ def add_ratios(cases: list[CaseResult]) -> None:
         trivial = next((c for c in cases if c.flow == "trivial item" and c.io == case.io), None)
         if trivial and trivial.events_per_s and case.events_per_s:
             case.ratio = case.events_per_s / trivial.events_per_s
+        quix = next((c for c in cases if c.flow == "quix count" and c.io == case.io), None)
+        if quix and quix.events_per_s and case.events_per_s:
+            case.quix_ratio = case.events_per_s / quix.events_per_s
 
 
 def print_report(
@@ -459,23 +489,26 @@ def print_report(
 ) -> None:
     header = (
         f"{'flow':<14} {'stream':<9} {'io':<6} {'events':>8} {'events/s':>9} {'ratio':>6} "
-        f"{'start s':>7} {'deltas/ev':>9} {'B/event':>8} {'p50 ms':>7} {'p99 ms':>7}"
+        f"{'/quix':>6} {'start s':>7} {'deltas/ev':>9} {'B/event':>8} {'p50 ms':>7} {'p99 ms':>7}"
     )
     print_header(header)
     for c in cases:
         print(
             f"{c.flow:<14} {c.stream:<9} {c.io:<6} {c.events:>8,} {fmt(c.events_per_s):>9} "
-            f"{fmt(c.ratio, 2):>6} {fmt(c.startup_s, 1):>7} {fmt(c.deltas_per_event, 3):>9} "
+            f"{fmt(c.ratio, 2):>6} {fmt(c.quix_ratio, 2):>6} {fmt(c.startup_s, 1):>7} "
+            f"{fmt(c.deltas_per_event, 3):>9} "
             f"{fmt(c.bytes_per_event):>8} {fmt(c.p50_ms):>7} {fmt(c.p99_ms):>7}"
         )
     for loop in loops:
         print(
             f"{'profilestream':<14} {loop.stream:<9} {'kafka':<6} {loop.events_covered:>8,} "
-            f"{fmt(loop.achieved_rate):>9} {'':>6} {'':>7} {fmt(loop.deltas_per_event, 3):>9} "
+            f"{fmt(loop.achieved_rate):>9} {'':>6} {'':>6} {'':>7} "
+            f"{fmt(loop.deltas_per_event, 3):>9} "
             f"{fmt(loop.bytes_per_event):>8} {fmt(loop.p50_ms):>7} {fmt(loop.p99_ms):>7}"
             f"  <- open loop, {loop.target_rate:,.0f} events/s offered"
         )
-    print("\nratio = events/s over the trivial per-item flow's, same I/O. Closed-loop latency is")
+    print("\nratio = events/s over the trivial per-item flow's, same I/O; /quix = over Quix")
+    print("Streams' bare count per user (Kafka, same broker, same run). Closed-loop latency is")
     print("time in the backlog (every event was there before the flow started); see the open loop.")
     if ceiling is not None:
         rates = [c.events_per_s for c in cases if c.stream == ceiling.stream and c.events_per_s]
@@ -508,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--open-seconds", type=float, default=30.0, help="open-loop duration")
     parser.add_argument("--no-kafka", action="store_true", help="file cases only (no JDK)")
+    parser.add_argument(
+        "--no-open-loop", dest="open_loop", action="store_false", help="closed loops only"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -548,14 +584,16 @@ def main(argv: list[str] | None = None) -> int:
                 for e in stream.events:
                     send(producer, topics[stream.name], e.user_id.encode(), e.line)
                 producer.flush(60)
-            cases.append(kafka_case("trivial item", no_text, broker, topics["no-text"], workdir))
+            for peer in ("trivial item", "quix count"):
+                cases.append(kafka_case(peer, no_text, broker, topics["no-text"], workdir))
             for stream in streams:
                 cases.append(
                     kafka_case(
                         "profilestream", stream, broker, topics[stream.name], workdir, flow_args
                     )
                 )
-            for stream, closed in zip(streams, cases[-2:], strict=True):
+            closed_loops = cases[-2:] if args.open_loop else []
+            for stream, closed in zip(streams, closed_loops, strict=False):
                 rate = (closed.events_per_s or 2_000.0) / 2  # half the closed loop's maximum
                 seconds = args.open_seconds / scale
                 loops.append(open_loop(broker, stream, rate, seconds, workdir, flow_args))

@@ -177,7 +177,11 @@ def user_context(
             f"embeds with {model.name}: train it again with the flow's model"
         )
     batcher = TextBatcher(
-        model, config.embed_batch_size, config.embed_max_wait_ms, metrics.observe_batch
+        model,
+        config.embed_batch_size,
+        config.embed_max_wait_ms,
+        metrics.observe_batch,
+        background={"on": True, "off": False}.get(config.embed_thread),
     )
     settings = MachineSettings(
         params=profile_params(config, model.name),

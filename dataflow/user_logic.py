@@ -108,7 +108,7 @@ class UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         return out, self._finished()
 
     def notify_at(self) -> datetime | None:
-        wall, event = self.machine.next_due()
+        wall, event = self.machine.next_due(self.context.clock())
         if event:
             at = self.context.time.wall_due(self.time, event)
             return at if not wall else min(as_datetime(wall), at)

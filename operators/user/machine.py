@@ -310,12 +310,13 @@ class UserMachine:
         if self.pending is None and self.emitted is not None:
             self.state = self.before = None
 
-    def next_due(self) -> Due:
-        """When to wake the machine: wall time for deltas and text batches, event time for
-        segment checks, expiry and the erased marker (0: not at all)."""
+    def next_due(self, now_ms: int = 0) -> Due:
+        """When to wake the machine (the wall clock reading ``now_ms``): wall time for deltas
+        and text batches, event time for segment checks, expiry and the erased marker (0: not
+        at all)."""
         wall = 0
         if self.waiting:
-            batch = self._vectors().due_ms() if self.ports.vectors is not None else None
+            batch = self._vectors().due_ms(now_ms) if self.ports.vectors is not None else None
             wall = batch or 1  # a batch closed but not yet read: wake at once
         pending = self.pending.due_ms if self.pending is not None else self.settle_at
         if pending and (not wall or pending < wall):

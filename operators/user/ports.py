@@ -22,8 +22,9 @@ class TextVectors(Protocol):
 
     def vector(self, text: str, now_ms: int) -> np.ndarray | None: ...
 
-    def due_ms(self) -> int | None:
-        """The wall time the open batch will be embedded at, if one is open."""
+    def due_ms(self, now_ms: int = 0) -> int | None:
+        """When the texts asked for should be ready (the open batch is due, or the batch
+        in flight done), if any wait; not before ``now_ms`` while one is late."""
         ...
 
 

@@ -102,13 +102,14 @@ def reference(lines: list[str]) -> dict:
     return reference_states(lines, HashEncoder(), PARAMS, WordListSentiment())
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_flow_matches_the_pure_reference(workers: int) -> None:
+@pytest.mark.parametrize(("workers", "embed_thread"), [(1, "off"), (2, "off"), (2, "on")])
+def test_flow_matches_the_pure_reference(workers: int, embed_thread: str) -> None:
+    """The same profiles whether the model embeds on the workers' threads or its own."""
     lines = stream(300, late_every=7)
     lines.insert(40, BAD[0])
     lines.insert(90, BAD[1])
     lines.insert(120, lines[30])  # a duplicate of an earlier valid event
-    deltas, dead = run_flow(lines, workers)
+    deltas, dead = run_flow(lines, workers, config=CONFIG.replace(embed_thread=embed_thread))
     assert_profiles_match(materialize(deltas), reference(lines), PARAMS, atol=0)
     assert sorted((d["reason"], d["original"]) for d in dead) == sorted(
         [("invalid_json", BAD[0]), ("bad_timestamp", BAD[1]), ("duplicate_event", lines[30])]

@@ -75,7 +75,7 @@ class _Embedded:
     def vector(self, text: str, now_ms: int) -> np.ndarray | None:
         return self.vectors[text]
 
-    def due_ms(self) -> int | None:
+    def due_ms(self, now_ms: int = 0) -> int | None:
         return None
 
 

@@ -12,6 +12,12 @@ While the model is still loading (:meth:`TextEncoder.ready` is false) batches ar
 texts keep joining the waiting one, its users wait, and everyone else goes on; the batch is
 tried again every ``max_wait_ms``. Only the end of the input waits for the model.
 
+With ``background=True`` (as the flow runs it) a closed batch goes to the batcher's own
+thread, and the worker threads go on with other users while the model works (torch releases
+the GIL); texts asked for meanwhile fill the next batch, which starts as soon as the model is
+free. :meth:`TextBatcher.due_ms` then says when the batch in flight should be done (from how
+long the last ones took), so its waiting users are woken about when their vectors are there.
+
 The batcher holds no state worth recovering: the waiting events live in the users'
 snapshots, and after a restart their texts are simply registered again. Time is passed in
 (``now_ms``), so the logic is tested without sleeping.
@@ -42,6 +48,9 @@ import numpy as np
 
 from operators.text.embedding.encoder import TextEncoder
 
+#: How often users waiting on a batch that takes longer than the last ones look again.
+OVERDUE_POLL_MS = 2
+
 
 @dataclass(frozen=True)
 class BatchReport:
@@ -60,9 +69,11 @@ class TextBatcher:
         max_batch: Distinct waiting texts that close a batch at once.
         max_wait_ms: Longest time the first text of a batch waits.
         on_batch: Called with a :class:`BatchReport` after each batch (metrics).
+        background: Embed on the batcher's own thread instead of the caller's; ``None``:
+            when the model runs on a GPU (on a CPU it needs the cores the callers use).
 
-    Worker threads share one batcher; a batch is embedded under its lock. Vectors of the
-    last few batches are kept until asked for, even with the encoder's cache turned off.
+    Worker threads share one batcher. Vectors of the last few batches are kept until asked
+    for, even with the encoder's cache turned off.
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class TextBatcher:
         max_batch: int,
         max_wait_ms: int,
         on_batch: Callable[[BatchReport], None] | None = None,
+        background: bool | None = False,
     ) -> None:
         self.encoder = encoder
         self.max_batch = max_batch
@@ -82,6 +94,18 @@ class TextBatcher:
         self._ready: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = max(4 * max_batch, 256)
         self._lock = threading.Lock()
+        self._background = background
+        self._model_free = threading.Condition(self._lock)
+        #: The batch handed to the thread, with the time it was closed, until it is done.
+        self._in_flight: tuple[list[str], int, int] | None = None  # texts, opened, closed
+        self._submitted: frozenset[str] = frozenset()  # its texts: not registered again
+        self._embed_ms = max_wait_ms  # how long a batch takes, smoothed: when to look again
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError("the embedding model failed on its thread") from self._failure
 
     def vector(self, text: str, now_ms: int) -> np.ndarray | None:
         """The text's vector if it is cached or was just embedded; else register it: ``None``."""
@@ -91,7 +115,8 @@ class TextBatcher:
         if vector is not None:
             return vector
         with self._lock:
-            if text not in self._ready:
+            self._raise_failure()
+            if text not in self._ready and text not in self._submitted:
                 self._waiting[text] = None
                 if self._opened_ms is None:
                     self._opened_ms = now_ms
@@ -100,15 +125,22 @@ class TextBatcher:
                     self._flush(now_ms)
             return self._ready.get(text)
 
-    def due_ms(self) -> int | None:
-        """When the waiting batch must be embedded, or ``None`` if no text waits."""
+    def due_ms(self, now_ms: int = 0) -> int | None:
+        """When to look again: the waiting batch is due, or the batch in flight should be
+        done (from ``now_ms`` on, while it is late); ``None`` if no text waits."""
+        flight = self._in_flight
+        if flight is not None:  # nothing else can start before it is done
+            return max(flight[2] + self._embed_ms, now_ms + OVERDUE_POLL_MS)
         opened = self._opened_ms
         return None if opened is None else max(opened + self.max_wait_ms, self._retry_ms)
 
     def flush_due(self, now_ms: int) -> bool:
         """Embed the waiting batch if it is due; whether it was."""
         with self._lock:
-            due = self.due_ms()
+            self._raise_failure()
+            if self._in_flight is not None:
+                return False
+            due = self.due_ms(now_ms)
             if due is None or now_ms < due:
                 return False
             if not self.encoder.ready():
@@ -118,21 +150,79 @@ class TextBatcher:
             return True
 
     def flush(self, now_ms: int) -> None:
-        """Embed whatever waits now (at the end of the input)."""
+        """Embed whatever waits now, on this thread, once the batch in flight is done (at
+        the end of the input)."""
         with self._lock:
-            self._flush(now_ms)
+            while self._in_flight is not None:
+                self._model_free.wait()
+            self._raise_failure()
+            texts, opened = self._take(now_ms)
+            if texts:
+                self._embed(texts, opened, now_ms)
 
     def _flush(self, now_ms: int) -> None:
+        """Close the waiting batch (under the lock): embed it here, or hand it to the
+        thread if the model is free (else it keeps filling until it is)."""
         if not self._waiting:
             return
+        if self._background is None:  # the model is ready: its device is known
+            self._background = getattr(self.encoder, "device", "cpu") != "cpu"
+        if not self._background:
+            texts, opened = self._take(now_ms)
+            self._embed(texts, opened, now_ms)
+        elif self._in_flight is None:
+            texts, opened = self._take(now_ms)
+            self._in_flight = (texts, opened, now_ms)
+            self._submitted = frozenset(texts)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="embedder", daemon=True)
+                self._thread.start()
+            self._model_free.notify_all()
+
+    def _take(self, now_ms: int) -> tuple[list[str], int]:
         texts = list(self._waiting)
+        opened = self._opened_ms if self._opened_ms is not None else now_ms
+        self._waiting.clear()
+        self._opened_ms = None
+        return texts, opened
+
+    def _embed(self, texts: list[str], opened_ms: int, closed_ms: int) -> float:
+        """Embed ``texts`` (under the lock: only the thread lets go of it meanwhile) and
+        keep their vectors; the seconds it took."""
         started = time.perf_counter()
         vectors = self.encoder.encode(texts)
-        if self.on_batch is not None:
-            opened = self._opened_ms if self._opened_ms is not None else now_ms
-            self.on_batch(BatchReport(len(texts), now_ms - opened, time.perf_counter() - started))
+        took = time.perf_counter() - started
         self._ready.update(zip(texts, vectors, strict=True))
         while len(self._ready) > self._keep:
             self._ready.popitem(last=False)
-        self._waiting.clear()
-        self._opened_ms = None
+        if self.on_batch is not None:
+            self.on_batch(BatchReport(len(texts), closed_ms - opened_ms, took))
+        return took
+
+    def _work(self) -> None:
+        """The embedding thread: one batch at a time, the lock released while the model runs."""
+        with self._lock:
+            while True:
+                while self._in_flight is None:
+                    self._model_free.wait()
+                texts, opened, closed = self._in_flight
+                self._lock.release()
+                try:
+                    started = time.perf_counter()
+                    vectors = self.encoder.encode(texts)
+                    took = time.perf_counter() - started
+                except BaseException as exc:  # the workers raise it: the flow restarts
+                    self._lock.acquire()
+                    self._failure = exc
+                    self._in_flight = None
+                    self._model_free.notify_all()
+                    return
+                self._lock.acquire()
+                self._ready.update(zip(texts, vectors, strict=True))
+                while len(self._ready) > self._keep:
+                    self._ready.popitem(last=False)
+                self._embed_ms = round(0.7 * self._embed_ms + 0.3 * took * 1000) + 1
+                self._in_flight, self._submitted = None, frozenset()
+                if self.on_batch is not None:
+                    self.on_batch(BatchReport(len(texts), closed - opened, took))
+                self._model_free.notify_all()

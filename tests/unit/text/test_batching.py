@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import pytest
 
 from operators.text.embedding import BatchReport, TextBatcher
+from operators.text.embedding.batching import OVERDUE_POLL_MS
 from tests.support.fakes import HashEncoder
 
 
@@ -92,3 +96,47 @@ def test_results_outlive_the_batch_even_without_a_cache() -> None:
     assert batcher.vector("t299", 3) is not None
     assert batcher.vector("a", 3) is None  # long gone: registered again
     assert batcher.due_ms() == 53
+
+
+class GatedEncoder(HashEncoder):
+    """A hash encoder that holds each batch until the test opens the gate."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.fail = fail
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.started.set()
+        assert self.gate.wait(10)
+        if self.fail:
+            raise ValueError("out of memory")
+        return super().encode(texts)
+
+
+def test_in_the_background_the_model_works_while_the_next_batch_fills() -> None:
+    encoder, reports = GatedEncoder(), list[BatchReport]()
+    batcher = TextBatcher(encoder, 2, max_wait_ms=50, on_batch=reports.append, background=True)
+    assert batcher.vector("a", 0) is None
+    assert batcher.vector("b", 1) is None  # full: handed to the thread, the caller goes on
+    assert encoder.started.wait(10)
+    assert batcher.vector("a", 2) is None  # in flight: not registered again ...
+    assert batcher.vector("c", 3) is None  # ... while new texts fill the next batch
+    assert batcher.vector("d", 4) is None
+    assert batcher.due_ms(now_ms=5) == max(1 + 50, 5 + OVERDUE_POLL_MS)  # when it should be done
+    assert not batcher.flush_due(1_000)  # the model is busy: the next batch waits for it
+    encoder.gate.set()
+    batcher.flush(2_000)  # waits for the batch in flight, then embeds the rest here
+    assert encoder.calls == [["a", "b"], ["c", "d"]]
+    assert all(batcher.vector(t, 2_001) is not None for t in "abcd")
+    assert [r.size for r in reports] == [2, 2] and batcher.due_ms() is None
+
+
+def test_a_model_that_fails_on_its_thread_fails_the_workers() -> None:
+    encoder = GatedEncoder(fail=True)
+    batcher = TextBatcher(encoder, 1, max_wait_ms=50, background=True)
+    batcher.vector("a", 0)
+    encoder.gate.set()
+    with pytest.raises(RuntimeError, match="failed on its thread"):
+        batcher.flush(1)

@@ -36,7 +36,7 @@ class Batches:
         self.open.add(text)
         return None
 
-    def due_ms(self) -> int | None:
+    def due_ms(self, now_ms: int = 0) -> int | None:
         return 5 if self.open else None
 
     def flush(self) -> None:
@@ -243,5 +243,5 @@ class _Ready:
     def vector(self, text: str, now_ms: int) -> np.ndarray:
         return np.ones(4, np.float32)
 
-    def due_ms(self) -> int | None:
+    def due_ms(self, now_ms: int = 0) -> int | None:
         return None
