@@ -1,7 +1,8 @@
 """The peer a user would otherwise pick: Quix Streams counting each user's events.
 
 A bare stateful count per message key (the user id the events are keyed by), in Quix's
-RocksDB state, with JSON out -- one message per event, like the trivial Bytewax flow -- each
+RocksDB state, JSON in (Quix's default deserializer: each event parsed, as every other flow
+here parses it) and JSON out -- one message per event, like the trivial Bytewax flow -- each
 stamped with the wall-clock millisecond it was made, so :mod:`benchmarks.flow_bench`
 measures it as it measures the others: events over the span from the first output to the
 last. It runs in its own virtualenv (Quix Streams pins a confluent-kafka older than ours:
@@ -41,7 +42,7 @@ def main() -> None:
         auto_offset_reset="earliest",
         state_dir=args.state_dir,
     )
-    events = app.topic(args.topic, key_deserializer="str", value_deserializer="bytes")
+    events = app.topic(args.topic, key_deserializer="str", value_deserializer="json")
     out = app.topic(args.out_topic, key_serializer="str", value_serializer="json")
     sdf = app.dataframe(events)
     sdf = sdf.apply(count, stateful=True)
