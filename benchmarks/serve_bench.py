@@ -47,6 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, dated_result, fmt, machine_info, package_version, print_header
+from dataflow.serve.auth import Scope, new_key, write_keys
 from dataflow.serve.store import Batch, ProfileStore, open_store
 from operators.profile import ProfileDelta, delta_to_json, encode_vector, materialize
 
@@ -121,21 +122,27 @@ def fill(store: ProfileStore, templates: list[ProfileDelta], users: int) -> floa
 
 
 class Serve:
-    """``python -m dataflow serve`` as a process on a free port."""
+    """``python -m dataflow serve`` as a process on free ports, with API keys on (as
+    deployed): every request carries ``Authorization: Bearer <key>``."""
 
     def __init__(self, store: str, log: Path, *extra: str) -> None:
         from tests.support.kafka_broker import free_port
 
-        self.port = free_port()
+        self.port, ops_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ops = f"http://127.0.0.1:{ops_port}"
+        self.key, entry = new_key("bench", frozenset(Scope))
+        keys = log.with_suffix(".keys.json")
+        write_keys(keys, [entry])
         command = [sys.executable, "-m", "dataflow", "serve", "--serve-store", store,
-                   "--serve-http-port", str(self.port), *extra]  # fmt: skip
+                   "--serve-http-port", str(self.port), "--serve-ops-port", str(ops_port),
+                   "--serve-keys-file", str(keys), *extra]  # fmt: skip
         with log.open("ab") as out:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=out)
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
+                with urllib.request.urlopen(f"{self.ops}/healthz", timeout=2):
                     return
             except Exception:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -145,6 +152,11 @@ class Serve:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
+
+    def get(self, path: str) -> urllib.request.Request:
+        return urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {self.key}"}
+        )
 
 
 def attack(
@@ -177,9 +189,14 @@ def attack(
     }
 
 
-def write_targets(path: Path, url: str, users: int, n: int = 20_000) -> Path:
+def write_targets(path: Path, serve: Serve, users: int, n: int = 20_000) -> Path:
     rng = random.Random(1)
-    path.write_text("".join(f"GET {url}/users/b{rng.randrange(users):07d}\n" for _ in range(n)))
+    header = f"Authorization: Bearer {serve.key}"
+    path.write_text(
+        "".join(
+            f"GET {serve.url}/users/b{rng.randrange(users):07d}\n{header}\n\n" for _ in range(n)
+        )
+    )
     return path
 
 
@@ -188,7 +205,7 @@ def latency_case(
 ) -> dict[str, Any]:
     serve = Serve(store_url, work / f"serve-{name}.log", "--no-serve-consume")
     try:
-        targets = write_targets(work / f"targets-{name}.txt", serve.url, users)
+        targets = write_targets(work / f"targets-{name}.txt", serve, users)
         attack(vegeta, targets, 500, 3)  # warm-up: connections, page cache
         fixed = attack(vegeta, targets, 1000, seconds)
         steps = []
@@ -258,7 +275,7 @@ def freshness_case(
     stalls = [0]
     feeder = threading.Thread(target=feed, daemon=True)
     try:
-        targets = write_targets(work / f"targets-ingest-{name}.txt", serve.url, users)
+        targets = write_targets(work / f"targets-ingest-{name}.txt", serve, users)
         feeder.start()
         reads: dict[str, Any] = {}
         reader = threading.Thread(
@@ -274,7 +291,7 @@ def freshness_case(
             producer.poll(0)
             while True:
                 try:
-                    with urllib.request.urlopen(f"{serve.url}/users/{probe}", timeout=2) as r:
+                    with urllib.request.urlopen(serve.get(f"/users/{probe}"), timeout=2) as r:
                         if json.loads(r.read())["version"] >= version:
                             break
                 except (urllib.error.URLError, TimeoutError, ConnectionError):
@@ -285,9 +302,9 @@ def freshness_case(
             delays_ms.append((time.perf_counter() - sent) * 1000)
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - sent)))
         reader.join(seconds + 30)
-        with urllib.request.urlopen(f"{serve.url}/healthz", timeout=5) as r:
+        with urllib.request.urlopen(f"{serve.ops}/healthz", timeout=5) as r:
             health = json.loads(r.read())
-        with urllib.request.urlopen(f"{serve.url}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"{serve.ops}/metrics", timeout=5) as r:
             metrics = r.read().decode()
     finally:
         stop.set()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
 from operators.profile import DEFAULT_WINDOWS, parse_windows
 
@@ -165,8 +165,8 @@ class Config:
         default="",
         repr=False,  # never in logs or reprs
         metadata=_opt(
-            "secret of the keyed hashes that replace IPs and device ids; set it through the "
-            "environment (a Kubernetes Secret), not a flag (empty: a public development secret)"
+            "secret of the keyed hashes that replace IPs and device ids; from the environment "
+            "only (a Kubernetes Secret), never a flag (empty: a public development secret)"
         ),
     )
     segments_file: Path | None = field(
@@ -215,8 +215,38 @@ class Config:
         default="sqlite://profiles.db",
         metadata=_opt("serve: sqlite:///path/profiles.db (embedded) or redis://host:6379/0"),
     )
-    serve_http_host: str = field(default="127.0.0.1", metadata=_opt("serve: API address"))
+    serve_http_host: str = field(
+        default="127.0.0.1",
+        metadata=_opt(
+            "serve: API address; any but a loopback one needs --serve-keys-file (or "
+            "--serve-insecure)"
+        ),
+    )
     serve_http_port: int = field(default=8080, metadata=_opt("serve: API port"))
+    serve_keys_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "serve: the API keys (JSON, hashed; `profilestream api-key`), read again when it "
+            "changes; every API request then needs a key with the route's scope"
+        ),
+    )
+    serve_insecure: bool = field(
+        default=False,
+        metadata=_opt("serve: allow an API without keys on a non-loopback address"),
+    )
+    serve_tls_cert: Path | None = field(
+        default=None, metadata=_opt("serve: TLS certificate (PEM) for the API; needs the key")
+    )
+    serve_tls_key: Path | None = field(
+        default=None, metadata=_opt("serve: TLS private key (PEM) of --serve-tls-cert")
+    )
+    serve_ops_host: str = field(
+        default="127.0.0.1",
+        metadata=_opt("serve: address of /healthz, /readyz and /metrics (no profile data)"),
+    )
+    serve_ops_port: int = field(
+        default=9108, metadata=_opt("serve: port of /healthz, /readyz and /metrics")
+    )
     serve_consume: bool = field(
         default=True,
         metadata=_opt("serve: consume the topics; --no-serve-consume only reads a shared store"),
@@ -281,12 +311,15 @@ class Config:
             "serve_batch_size": 1,
             "serve_batch_wait_ms": 0,
             "serve_http_port": 0,
+            "serve_ops_port": 0,
             "erased_memory_days": 0.0,
             "demand_horizon": 1,
         }
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}, not {getattr(self, name)}")
+        if (self.serve_tls_cert is None) != (self.serve_tls_key is None):
+            raise ValueError("serve_tls_cert and serve_tls_key go together")
         parse_windows(self.windows)  # a bad spec fails here, not in the flow
 
     def replace(self, **changes: Any) -> Config:
@@ -338,10 +371,37 @@ def _choices(name: str) -> tuple[str, ...] | None:
     return get_args(hint) if get_origin(hint) is Literal else None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`Config` field (defaults are resolved later, with the env)."""
+#: The fields both the flow and ``serve`` read; every other field is one job's: ``serve_*``
+#: fields are the service's, the rest the flow's.
+SHARED_FIELDS: Final = frozenset(
+    {
+        "brokers",
+        "deltas_topic",
+        "segments_topic",
+        "kafka_config_file",
+        "item_model_dir",
+        "model_poll_s",
+        "segments_file",
+    }
+)
+
+
+def job_of(name: str) -> Literal["flow", "serve", "both"]:
+    """Which job reads a :class:`Config` field."""
+    if name in SHARED_FIELDS:
+        return "both"
+    return "serve" if name.startswith("serve_") else "flow"
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, job: Literal["flow", "serve"] = "flow"
+) -> None:
+    """Add a flag for each :class:`Config` field ``job`` reads (defaults are resolved later,
+    with the env). Secrets get none: they come from the environment only."""
     hints = {f.name: f for f in fields(Config)}
     for name, f in hints.items():
+        if not f.repr or job_of(name) not in (job, "both"):
+            continue
         kind = str(f.type)
         help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{name.upper()}; default {f.default}]"
         if "bool" in kind:
@@ -403,25 +463,30 @@ def config_reference() -> str:
         "<!-- Generated from dataflow.config.Config by `profilestream config-docs > "
         "docs/configuration.md`: edit the field there, not this page. -->",
         "",
-        "One object, `dataflow.config.Config`. Every field is a flag of `profilestream run` "
-        "(and `profilestream serve`, `demo`, `embed-items`) and an environment variable "
-        f"`{ENV_PREFIX}<FIELD>`; a flag wins over the variable, the variable over the default. "
-        "`python -m bytewax.run dataflow.flow:flow_from_env` reads only the variables.",
+        "One object, `dataflow.config.Config`. Every field is an environment variable "
+        f"`{ENV_PREFIX}<FIELD>` and, but for secrets, a flag of the commands of its job: "
+        "`profilestream run` (and `demo`, `embed-items`) for the flow's, `profilestream serve` "
+        "for the `serve_*` ones, both for the shared ones. A flag wins over the variable, the "
+        "variable over the default. `python -m bytewax.run dataflow.flow:flow_from_env` reads "
+        "only the variables.",
         "",
-        "| flag | variable | default | meaning |",
-        "|---|---|---|---|",
+        "| flag | variable | job | default | meaning |",
+        "|---|---|---|---|---|",
     ]
     for f in fields(Config):
         default: object = f.default
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         shown = "(secret)" if not f.repr else ("–" if default in (None, "") else f"`{default}`")
-        if str(f.type).startswith("bool"):
+        if not f.repr:
+            flag = "(environment only)"
+        elif str(f.type).startswith("bool"):
             flag = f"`{_flag(f.name)}` / `--no-{_flag(f.name)[2:]}`"
         else:
             flag = f"`{_flag(f.name)}`"
         choices = _choices(f.name)
         meaning = f.metadata["help"] + (f" (one of {', '.join(choices)})" if choices else "")
         meaning = meaning.replace("|", "\\|")
-        lines.append(f"| {flag} | `{ENV_PREFIX}{f.name.upper()}` | {shown} | {meaning} |")
+        variable = f"`{ENV_PREFIX}{f.name.upper()}`"
+        lines.append(f"| {flag} | {variable} | {job_of(f.name)} | {shown} | {meaning} |")
     return "\n".join(lines) + "\n"

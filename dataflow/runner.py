@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from datetime import timedelta
 
@@ -14,8 +15,17 @@ def run_flow(config: Config) -> None:
 
     With ``recovery_dir`` set, state is snapshotted every ``snapshot_interval_s`` and a
     restarted process resumes from the last snapshot (the folder is initialised on first use).
-    The Bytewax API server (``/metrics``) listens on ``metrics_port``.
+    The Bytewax API server (``/metrics``) listens on ``metrics_port``; a port in use is a
+    ``ValueError`` before anything starts.
     """
+    if config.metrics_port:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", config.metrics_port))
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot serve metrics on port {config.metrics_port}: {exc.strerror}"
+                ) from None
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 

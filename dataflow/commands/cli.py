@@ -33,6 +33,7 @@ COMMANDS = (
     "eval_risk",
     "eval_demand",
     "serve",
+    "api_key",
     "config_docs",
 )
 
@@ -52,11 +53,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        args.handler(args)
+        code = args.handler(args)
     except ValueError as exc:
         print(f"profilestream {args.command}: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

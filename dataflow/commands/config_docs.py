@@ -6,7 +6,6 @@ profilestream config-docs > docs/configuration.md
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from dataflow.config import config_reference
@@ -20,4 +19,4 @@ def add_command(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(handler=lambda args: sys.stdout.write(config_reference()))
+    parser.set_defaults(handler=lambda args: print(config_reference(), end=""))

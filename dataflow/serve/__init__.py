@@ -12,13 +12,19 @@ share one store between replicas -- and answers HTTP:
 ``GET /users/{id}/recommendations``    top ``?k=`` (1-100, default 10) items of the item model
                                        in ``--item-model-dir`` (hot-reloaded), skipping the
                                        user's recent items; popularity for unknown users
+``GET /users/{id}/export``             everything held about the user (access requests);
+                                       every read is logged
 ``GET /segments/{name}/size``          members of a segment (``GET /segments``: all of them)
-``GET /healthz``                       store, consumer (lag, assignment), item model; 503 when
-                                       the consumer died or the store is unreachable
-``GET /metrics``                       Prometheus: request latency, store size, consumer lag,
-                                       deltas applied / stale / gap / invalid, delta delay
 ``GET /openapi.json``                  the API's OpenAPI 3.1 description
 =====================================  ===================================================
+
+A user id is one percent-encoded path segment (``team%2Falice``). Every route but the
+description needs ``Authorization: Bearer <key>`` with its scope (:mod:`dataflow.serve.auth`);
+every error is a JSON ``{"detail": ...}``. Health and metrics answer on a port of their own
+(``--serve-ops-port``), with no profile data: ``/healthz`` (503 when the consumer died or the
+store is unreachable: restart me), ``/readyz`` (200 only once the store has caught up with
+the topics), ``/metrics`` (request latency by route and status, store size, consumer lag,
+deltas applied / stale / gap / invalid, delta delay).
 
 The consumer runs in a child process of its own (decoding and applying deltas would
 otherwise take turns with requests for the GIL); the API process only reads the store.
@@ -34,8 +40,8 @@ Redis share the group and split the partitions (``--serve-assignment``), or run 
 and any number of ``--no-serve-consume`` readers.
 """
 
-from dataflow.serve.app import build_app, health_of
+from dataflow.serve.app import ServeApps, build_app, health_of
 from dataflow.serve.openapi import openapi
 from dataflow.serve.service import make_service, serve
 
-__all__ = ["build_app", "health_of", "make_service", "openapi", "serve"]
+__all__ = ["ServeApps", "build_app", "health_of", "make_service", "openapi", "serve"]

@@ -20,11 +20,6 @@ from dataflow.serve.store import (
 log = logging.getLogger(__name__)
 disable_created_metrics()
 
-ENV_PREFIX = "PROFILESTREAM_"
-#: Item models with at least this many items are served through an ANN index (faiss HNSW).
-ANN_MIN_ITEMS = 20_000
-MAX_K = 100
-
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -39,8 +34,8 @@ class ServeMetrics:
         self.registry = r = CollectorRegistry()
         self.request_seconds = Histogram(
             "profilestream_serve_request_seconds",
-            "HTTP request latency, by route",
-            ["route"],
+            "HTTP request latency, by route and status code",
+            ["route", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -24,10 +24,8 @@ from operators.recsys import ItemIndex, ItemModel, load_item_model, recommend, u
 log = logging.getLogger(__name__)
 disable_created_metrics()
 
-ENV_PREFIX = "PROFILESTREAM_"
 #: Item models with at least this many items are served through an ANN index (faiss HNSW).
 ANN_MIN_ITEMS = 20_000
-MAX_K = 100
 
 
 # -- the item model --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from dataflow.serve.schemas import Health, Problem, Recommendations, SegmentSize
+from dataflow.serve.schemas import MAX_K, Problem, Recommendations, SegmentSize
 from dataflow.serve.store import (
     StoredProfile,
 )
@@ -18,16 +18,11 @@ from dataflow.serve.store import (
 log = logging.getLogger(__name__)
 disable_created_metrics()
 
-ENV_PREFIX = "PROFILESTREAM_"
-#: Item models with at least this many items are served through an ANN index (faiss HNSW).
-ANN_MIN_ITEMS = 20_000
-MAX_K = 100
-
 
 def openapi() -> dict[str, Any]:
     """The API's OpenAPI 3.1 description; schemas come from the response types themselves."""
     _, schemas = msgspec.json.schema_components(
-        [StoredProfile, Recommendations, SegmentSize, Health, Problem],
+        [StoredProfile, Recommendations, SegmentSize, Problem],
         ref_template="#/components/schemas/{name}",
     )
     schemas["StoredProfile"]["description"] = (
@@ -47,39 +42,46 @@ def openapi() -> dict[str, Any]:
             {"description": text} if text else {}
         )
 
-    def get(op: str, summary: str, responses: dict[str, Any], *params: Any) -> dict[str, Any]:
+    def get(
+        op: str, summary: str, scope: str, responses: dict[str, Any], *params: Any
+    ) -> dict[str, Any]:
+        denied = {"401": body("Problem", "no valid API key"),
+                  "403": body("Problem", f"the key lacks {scope}")}  # fmt: skip
         return {"get": {"operationId": op, "summary": summary, "parameters": list(params),
-                        "responses": responses}}  # fmt: skip
+                        "responses": responses | denied,
+                        "security": [{"apiKey": [scope]}]}}  # fmt: skip
 
-    user = param("user_id", "path", {"type": "string"})
+    user = param("user_id", "path", {"type": "string"}, "percent-encoded ('/' as %2F)")
     problem = body("Problem", "error")
     interest = param("interest", "query", {"type": "boolean", "default": False}, "add the vector")
     k = param("k", "query", {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10})
-    text = {"description": "text format 0.0.4", "content": {"text/plain": {"schema": {}}}}
     paths = {
         "/users/{user_id}": get(
-            "getUser", "A user's newest profile",
-            {"200": body("StoredProfile", "the profile"), "404": problem}, user, interest,
+            "getUser", "A user's newest profile", "profiles:read",
+            {"200": body("StoredProfile", "the profile"), "404": problem, "422": problem},
+            user, interest,
         ),
         "/users/{user_id}/recommendations": get(
             "getRecommendations", "Top items for a user from the served item model",
+            "recommendations:read",
             {"200": body("Recommendations", "best first"), "422": problem, "503": problem},
             user, k,
         ),
+        "/users/{user_id}/export": get(
+            "exportUser", "Everything held about a user, vector included (access requests; "
+            "every read is logged)", "privacy:admin",
+            {"200": body("StoredProfile", "all of it"), "404": problem}, user,
+        ),
         "/segments": get(
-            "listSegments", "Every segment seen, and its size",
+            "listSegments", "Every defined or seen segment, and its size", "segments:read",
             {"200": body({"type": "array", "items": {"$ref": "#/components/schemas/SegmentSize"}},
                          "sizes")},
         ),
         "/segments/{name}/size": get(
-            "getSegmentSize", "How many users are in a segment now (0 for an unknown name)",
-            {"200": body("SegmentSize", "the size")}, param("name", "path", {"type": "string"}),
+            "getSegmentSize", "How many users are in a segment now", "segments:read",
+            {"200": body("SegmentSize", "the size"), "404": problem},
+            param("name", "path", {"type": "string"}),
         ),
-        "/healthz": get(
-            "health", "Store, consumer lag and item model",
-            {"200": body("Health", "serving"), "503": body("Health", "store or consumer down")},
-        ),
-        "/metrics": get("metrics", "Prometheus metrics", {"200": text}),
     }  # fmt: skip
     return {
         "openapi": "3.1.0",
@@ -87,8 +89,13 @@ def openapi() -> dict[str, Any]:
             "title": "profilestream serve",
             "version": "1",
             "description": "Profiles, segment sizes and recommendations materialised from the "
-            "profile deltas topic.",
+            "profile deltas topic. Every route but this description needs an API key with its "
+            "scope. Health (/healthz, /readyz) and metrics (/metrics) answer on the operations "
+            "port, not here.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
     }

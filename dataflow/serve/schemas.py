@@ -9,6 +9,9 @@ import msgspec
 
 from dataflow.serve.feeder import ConsumerStatus
 
+#: The most recommendations one request may ask for.
+MAX_K = 100
+
 
 class RecommendedItem(msgspec.Struct):
     item_id: str

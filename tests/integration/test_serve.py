@@ -150,7 +150,9 @@ def shopper_delta(root: Path) -> ProfileDelta:
 @pytest.fixture
 def api(
     flow_output: tuple[list[ProfileDelta], list[SegmentTransition]], tmp_path: Path
-) -> Iterator[tuple[str, ProfileStore, Path]]:
+) -> Iterator[tuple[str, ProfileStore, Path, str]]:
+    """The API (no keys: tests/integration/test_serve_access.py has them) and its
+    operations app: (API URL, store, item model folder, operations URL)."""
     deltas, transitions = flow_output
     models_root = tmp_path / "models"
     tiny_model(models_root, "v1")
@@ -158,16 +160,17 @@ def api(
     store.apply(Batch([*deltas, *transitions, shopper_delta(models_root)]))
     metrics = ServeMetrics(store)
     models = ItemModels(models_root, 0.05, metrics)
-    with running_app(build_app(store, metrics, None, models)) as url:
-        yield url, store, models_root
+    apps = build_app(store, metrics, None, models)
+    with running_app(apps.api) as url, running_app(apps.ops) as ops:
+        yield url, store, models_root, ops
     store.close()
 
 
 def test_a_profile_is_served_as_the_deltas_materialise(
-    api: tuple[str, ProfileStore, Path],
+    api: tuple[str, ProfileStore, Path, str],
     flow_output: tuple[list[ProfileDelta], list[SegmentTransition]],
 ) -> None:
-    url, _, _ = api
+    url, *_ = api
     expected = materialize(flow_output[0])
     for user, profile in expected.items():
         status, body = fetch(f"{url}/users/{user}")
@@ -182,19 +185,19 @@ def test_a_profile_is_served_as_the_deltas_materialise(
 
 
 def test_a_deleted_user_is_served_in_their_new_incarnation_and_unknown_ones_are_404(
-    api: tuple[str, ProfileStore, Path],
+    api: tuple[str, ProfileStore, Path, str],
 ) -> None:
-    url, _, _ = api
+    url, *_ = api
     status, body = fetch(f"{url}/users/{DELETED}")
     assert status == 200 and body["incarnation"].startswith("back")
-    assert fetch(f"{url}/users/nobody") == (404, {"detail": "no profile for user 'nobody'"})
+    assert fetch(f"{url}/users/nobody") == (404, {"detail": "no profile for this user"})
 
 
 def test_segment_sizes_follow_the_transitions(
-    api: tuple[str, ProfileStore, Path],
+    api: tuple[str, ProfileStore, Path, str],
     flow_output: tuple[list[ProfileDelta], list[SegmentTransition]],
 ) -> None:
-    url, _, _ = api
+    url, *_ = api
     members = memberships_from_transitions(flow_output[1])
     sizes: dict[str, int] = {}
     for segments in members.values():
@@ -209,9 +212,9 @@ def test_segment_sizes_follow_the_transitions(
 
 
 def test_recommendations_come_from_the_served_model_and_follow_a_new_version(
-    api: tuple[str, ProfileStore, Path],
+    api: tuple[str, ProfileStore, Path, str],
 ) -> None:
-    url, _, models_root = api
+    url, _, models_root, ops = api
     status, body = fetch(f"{url}/users/shopper/recommendations?k=2")
     assert status == 200
     assert (body["model_version"], body["profile_version"], body["cold"]) == ("v1", 1, False)
@@ -225,22 +228,24 @@ def test_recommendations_come_from_the_served_model_and_follow_a_new_version(
     while fetch(f"{url}/users/shopper/recommendations")[1]["model_version"] != "v2":
         assert time.monotonic() < deadline, "the new item model version was not picked up"
         time.sleep(0.05)
-    assert fetch(f"{url}/healthz")[1]["item_model"] == "v2"
+    assert fetch(f"{ops}/healthz")[1]["item_model"] == "v2"
 
 
-def test_health_metrics_and_openapi(api: tuple[str, ProfileStore, Path]) -> None:
-    url, store, _ = api
-    status, health = fetch(f"{url}/healthz")
+def test_health_metrics_and_openapi(api: tuple[str, ProfileStore, Path, str]) -> None:
+    url, store, _, ops = api
+    status, health = fetch(f"{ops}/healthz")
     assert status == 200
     assert health["status"] == "ok" and health["store"] == "sqlite"
     assert health["users"] == store.size() and health["consumer"] is None
     fetch(f"{url}/users/u1")
-    status, text = fetch(f"{url}/metrics")
-    assert 'profilestream_serve_request_seconds_count{route="/users/{user_id}"}' in text
+    status, text = fetch(f"{ops}/metrics")
+    assert (
+        'profilestream_serve_request_seconds_count{route="/users/{user_id}",status="200"}' in text
+    )
     assert f"profilestream_serve_store_users {float(store.size())}" in text
     status, spec = fetch(f"{url}/openapi.json")
     assert status == 200 and spec == json.loads(json.dumps(openapi()))
-    assert set(spec["paths"]) >= {"/users/{user_id}", "/segments/{name}/size", "/healthz"}
+    assert set(spec["paths"]) >= {"/users/{user_id}", "/users/{user_id}/export", "/segments"}
 
 
 class StuckFeeder:
@@ -274,12 +279,13 @@ def test_health_follows_the_consumer(
 ) -> None:
     store = SqliteStore(tmp_path / "p.db")
     feeder = StuckFeeder(ConsumerStatus(running, "all", 6, 7, {"d/0": 7}, caught_up, 0.1, error))
-    with running_app(build_app(store, ServeMetrics(store), feeder)) as url:
-        got, health = fetch(f"{url}/healthz")
+    with running_app(build_app(store, ServeMetrics(store), feeder).ops) as ops:
+        got, health = fetch(f"{ops}/healthz")
         assert (got, health["status"], health["consumer"]["lag"]) == (code, status, 7)
+        assert fetch(f"{ops}/readyz")[0] == (200 if status == "ok" else 503)
         assert (
             'profilestream_serve_consumer_lag{topic="d",partition="0"} 7.0'
-            in fetch(f"{url}/metrics")[1]
+            in fetch(f"{ops}/metrics")[1]
         )
     store.close()
 
@@ -322,12 +328,14 @@ class ServeProcess:
     def __init__(
         self, store: str, kafka: KafkaBroker, deltas: str, segments: str, log: Path, *extra: str
     ):
-        self.port = free_port()
+        self.port, ops_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ops = f"http://127.0.0.1:{ops_port}"
         command = [
             sys.executable, "-m", "dataflow", "serve", "--serve-store", store, "--brokers",
             kafka.bootstrap, "--deltas-topic", deltas, "--segments-topic", segments,
-            "--serve-http-port", str(self.port), "--serve-batch-wait-ms", "10", *extra,
+            "--serve-http-port", str(self.port), "--serve-ops-port", str(ops_port),
+            "--serve-batch-wait-ms", "10", *extra,
         ]  # fmt: skip
         self.log = log
         with log.open("ab") as out:
@@ -339,7 +347,7 @@ class ServeProcess:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"serve exited:\n{self.log.read_text()[-3000:]}"
             try:
-                _, health = fetch(f"{self.url}/healthz")
+                _, health = fetch(f"{self.ops}/healthz")
                 if ready(health):
                     return health
             except (urllib.error.URLError, ConnectionError):
@@ -348,7 +356,7 @@ class ServeProcess:
         raise AssertionError(f"serve not ready: {health}\n{self.log.read_text()[-3000:]}")
 
     def messages_read(self) -> dict[str, float]:
-        _, text = fetch(f"{self.url}/metrics")
+        _, text = fetch(f"{self.ops}/metrics")
         read = {}
         for line in text.splitlines():
             if line.startswith("profilestream_serve_messages_read_total{"):
@@ -441,7 +449,7 @@ def test_serve_on_kafka_resumes_from_its_store_after_a_restart(
             deltas_topic: len(rest_msgs),
             segments_topic: len(t_msgs) - len(t_msgs) // 2,
         }
-        _, text = fetch(f"{again.url}/metrics")
+        _, text = fetch(f"{again.ops}/metrics")
         assert 'profilestream_serve_deltas_total{result="stale"} 15.0' in text
         assert 'profilestream_serve_kafka_tombstones_total{result="absent"}' in text
         assert health["consumer"]["partitions"] == 6

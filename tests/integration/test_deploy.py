@@ -1,0 +1,115 @@
+"""The deployment files, read as a cluster and an operator would: no container engine or
+cluster runs here, so the image definition and the manifests are checked statically.
+
+- The Dockerfile installs what ``make test`` installs (the same constraints, every package
+  the project ships), runs as a non-root user and has ``profilestream`` as its entry point.
+- Every workload in ``deploy/k8s`` passes the "restricted" Pod Security Standard's checks
+  (non-root, ``seccompProfile``, no privilege escalation, all capabilities dropped), has a
+  memory limit, a PodDisruptionBudget, and probes and a scrape port that exist; ``serve``
+  is scraped by the shipped Prometheus config, mounts its API keys and the Kafka settings.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+
+
+def objects() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [o for o in objects() if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def test_the_image_installs_what_the_tests_install_and_runs_as_nobody() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt" in makefile and "-c constraints.txt" in dockerfile
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in shipped["packages"]["find"]["include"]:
+        name = package.rstrip("*")
+        assert re.search(rf"^COPY {name} \./{name}$", dockerfile, re.M), name
+    assert re.search(r"^COPY pyproject.toml constraints.txt README.md \./$", dockerfile, re.M)
+    final = dockerfile.rsplit("\nFROM ", 1)[1]  # the runtime stage
+    user = re.search(r"^USER (\d+)", final, re.M)
+    assert user is not None and int(user.group(1)) != 0
+    assert '\nENTRYPOINT ["profilestream"]' in final
+    assert "ARG TORCH_INDEX=" in dockerfile  # CPU by default, CUDA as a build argument
+
+
+def test_every_workload_meets_the_restricted_pod_security_standard() -> None:
+    assert {w["metadata"]["name"] for w in workloads()} == {"profilestream", "profilestream-serve"}
+    for workload in workloads():
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0, name
+        assert security["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert "memory" in container["resources"]["limits"], where
+
+
+def test_every_workload_has_a_disruption_budget_and_real_probe_and_scrape_ports() -> None:
+    budgets = [o for o in objects() if o["kind"] == "PodDisruptionBudget"]
+    for workload in workloads():
+        name = workload["metadata"]["name"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            b["spec"]["selector"]["matchLabels"].items() <= labels.items() for b in budgets
+        ), name
+        pod = workload["spec"]["template"]["spec"]
+        ports = {
+            p.get("name", str(p["containerPort"])): p["containerPort"]
+            for c in pod["containers"]
+            for p in c.get("ports", [])
+        }
+        scrape = workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        assert int(scrape) in ports.values(), name
+        for container in pod["containers"]:
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe in container and "httpGet" in container[probe]:
+                    port = container[probe]["httpGet"]["port"]
+                    assert port in ports or port in ports.values(), (name, probe)
+
+
+def test_serve_is_scraped_and_has_its_keys_and_kafka_settings() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "profilestream-k8s")
+    keep = next(
+        r["regex"]
+        for r in job["relabel_configs"]
+        if r["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    )
+    for workload in workloads():  # Prometheus anchors the regex
+        assert re.fullmatch(keep, workload["metadata"]["labels"]["app.kubernetes.io/name"])
+    serve = next(w for w in workloads() if w["metadata"]["name"] == "profilestream-serve")
+    pod = serve["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert Path(env["PROFILESTREAM_SERVE_KEYS_FILE"]).parent.as_posix() in mounts
+    assert Path(env["PROFILESTREAM_KAFKA_CONFIG_FILE"]).parent.as_posix() in mounts
+    kafka = next(v for v in pod["volumes"] if v["name"] == "kafka")
+    assert {i["path"] for i in kafka["secret"]["items"]} == {"kafka.properties", "ca.pem"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
