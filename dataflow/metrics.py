@@ -52,6 +52,13 @@ EVENTS_PER_DELTA = Histogram(
     "Events a delta covers (coalescing within the emit interval)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+USERS_HELD = Gauge(
+    "profilestream_users_held", "Users whose state this process holds (profile step)"
+)
+STATE_BYTES = Gauge(
+    "profilestream_state_bytes",
+    "Bytes of the users' stored state (as of their last delta) this process holds",
+)
 EXPIRED_USERS = Counter(
     "profilestream_expired_users",
     "Users erased after being inactive for --expire-after-days (a tombstone each)",
@@ -256,6 +263,12 @@ class UserMetrics:
 
     def expired(self) -> None:
         EXPIRED_USERS.inc()
+
+    def held(self, users: int, state_bytes: int) -> None:
+        if users:
+            USERS_HELD.inc(users)
+        if state_bytes:
+            STATE_BYTES.inc(state_bytes)
 
     def _member_gauge(self, segment: str) -> Gauge:
         gauge = self._members.get(segment)

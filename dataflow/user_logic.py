@@ -120,6 +120,7 @@ class UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
     def _finished(self) -> bool:
         if self.machine.finished():
             self.context.warm.forget(self.machine)
+            self.machine.release()
             return StatefulBatchLogic.DISCARD
         self.context.warm.touch(self.machine)
         return StatefulBatchLogic.RETAIN

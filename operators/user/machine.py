@@ -202,6 +202,7 @@ class UserMachine:
         self.erased = snap.erased_ms  # newest event time of an erased user: older re-sends fail
         if self.members:
             ports.observer.resumed(self.members)
+        ports.observer.held(1, len(snap.emitted or b""))
         self.emitted = snap.emitted  # the state as of the last delta, as bytes
         current, pending = snap.current, snap.pending
         self.state: UserState | None = None if current is None else decode_record(current)
@@ -324,6 +325,10 @@ class UserMachine:
         erased = self.erased and self.erased + self.settings.erased_memory_ms
         timed = [t for t in (self.due, self.expires, erased) if t]
         return Due(wall, min(timed) if timed else 0)
+
+    def release(self) -> None:
+        """The machine is discarded: what it held no longer counts."""
+        self.ports.observer.held(-1, -len(self.emitted or b""))
 
     def finished(self) -> bool:
         """The user is erased and nothing of theirs is left (the marker that refuses their
@@ -489,6 +494,7 @@ class UserMachine:
         for segment in self.members:
             self.ports.observer.transition(segment, "exit")
         out.append(tombstone)
+        self.ports.observer.held(0, -len(self.emitted or b""))
         self.emitted = self.state = self.pending = self.before = self.book = None
         self.due, self.members, self.expires, self.settle_at = 0, (), 0, 0
         return out
@@ -511,7 +517,9 @@ class UserMachine:
         if before is None and self.emitted is not None:  # resumed from a snapshot
             before = published(decode_record(self.emitted))
         delta = emit(self.state, before, self.pending, self.settings.params, now)
-        self.emitted = encode_state(self.state)
+        stored = encode_state(self.state)
+        self.ports.observer.held(0, len(stored) - len(self.emitted or b""))
+        self.emitted = stored
         self.pending = self.before = None  # the state stays live until it is rested
         settle = delta.kind == "patch" and self.settings.settle_full_ms > 0
         self.settle_at = now + self.settings.settle_full_ms if settle else 0

@@ -63,6 +63,9 @@ class UserObserver(Protocol):
     def expired(self) -> None:
         """The user was erased for inactivity."""
 
+    def held(self, users: int, state_bytes: int) -> None:
+        """The users held and the bytes of their stored state changed by these amounts."""
+
 
 class NullObserver:
     """An observer that counts nothing: for tests and replays."""
@@ -83,4 +86,7 @@ class NullObserver:
         pass
 
     def expired(self) -> None:
+        pass
+
+    def held(self, users: int, state_bytes: int) -> None:
         pass

@@ -49,6 +49,7 @@ class Batches:
 class Recorder:
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, ...]] = Counter()
+        self.users = self.state_bytes = 0
 
     def resumed(self, segments: tuple[str, ...]) -> None:
         self.calls["resumed", *segments] += 1
@@ -67,6 +68,10 @@ class Recorder:
 
     def expired(self) -> None:
         self.calls["expired",] += 1
+
+    def held(self, users: int, state_bytes: int) -> None:
+        self.users += users
+        self.state_bytes += state_bytes
 
 
 def settings(emit_interval_ms: int = 0) -> MachineSettings:
@@ -199,6 +204,21 @@ def test_everything_it_does_is_reported_to_the_observer() -> None:
     ]
     erased.on_time(now_ms=0, watermark_ms=T0 + 7 * DAY_MS + 1)
     assert erased.finished()  # ... for erased_memory_ms of event time, then goes
+
+
+def test_the_users_held_and_their_state_bytes_add_up() -> None:
+    recorder = Recorder()
+    ports = Ports(vectors=None, observer=recorder)
+    machines = [UserMachine(settings(), ports) for _ in range(3)]
+    for i, machine in enumerate(machines):
+        machine.receive([Event(f"e{i}", f"u{i}", T0, "login")], now_ms=0)
+    assert recorder.users == 3
+    assert recorder.state_bytes == sum(len(m.emitted or b"") for m in machines) > 0
+    restored = UserMachine(settings(), ports, machines[0].snapshot())  # after a restart
+    machines[0].release()
+    machines[1].receive([Event("d", "u1", T0 + 1, "delete_user")], now_ms=0)  # erased
+    assert recorder.users == 3
+    assert recorder.state_bytes == len(restored.emitted or b"") + len(machines[2].emitted or b"")
 
 
 BOOK = parse_segment_book(
