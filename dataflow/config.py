@@ -198,13 +198,6 @@ class Config:
     max_seen_event_ids: int = field(
         default=512, metadata=_opt("recent event ids kept per user to drop duplicates")
     )
-    warm_users: int = field(
-        default=25_000,
-        metadata=_opt(
-            "users per worker whose state stays decoded between deltas (the most recently "
-            "active); the others rest as bytes: more is faster, fewer uses less memory"
-        ),
-    )
     interest_half_life_days: float = field(
         default=14.0, metadata=_opt("half-life of the interest vector, in event-time days")
     )
@@ -298,7 +291,6 @@ class Config:
             "keywords_per_text": 1,
             "max_keywords": 1,
             "max_seen_event_ids": 1,
-            "warm_users": 0,
             "workers": 1,
             "interest_half_life_days": 1e-6,
             "affinity_half_life_days": 1e-6,

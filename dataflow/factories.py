@@ -12,7 +12,7 @@ from dataflow import metrics
 from dataflow.clock import Clock, StepTime
 from dataflow.config import Config
 from dataflow.model_watch import ItemModelFeed, ModelWatcher
-from dataflow.user_logic import UserContext, WarmUsers
+from dataflow.user_logic import UserContext
 from operators.apps import (
     Applications,
     DemandParams,
@@ -201,4 +201,4 @@ def user_context(
         feed=item_model_feed(config),
         observer=metrics.UserMetrics(),
     )
-    return UserContext(settings, ports, batcher, clock, time, WarmUsers(config.warm_users))
+    return UserContext(settings, ports, batcher, clock, time)

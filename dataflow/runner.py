@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import tempfile
@@ -41,9 +42,21 @@ def run_flow(config: Config) -> None:
             config.recovery_dir.mkdir(parents=True, exist_ok=True)
             init_db_dir(config.recovery_dir, 1)
         recovery = RecoveryConfig(str(config.recovery_dir))
-    cli_main(
-        build_flow(config),
-        workers_per_process=config.workers,
-        epoch_interval=timedelta(seconds=config.snapshot_interval_s),
-        recovery_config=recovery,
-    )
+    flow = build_flow(config)
+    # The flow allocates and drops millions of small objects; at the collector's default
+    # thresholds full collections kept traversing every live one (the models, the modules,
+    # the users' queues). Measured file to file, 240k events: 12,118-13,084 events/s at the
+    # defaults, 14,384 with these; startup objects are frozen out of the collections.
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1_000)
+    try:
+        cli_main(
+            flow,
+            workers_per_process=config.workers,
+            epoch_interval=timedelta(seconds=config.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    finally:  # as it was: a caller (the demo, a test) goes on with the usual collector
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -306,8 +306,7 @@ class UserMachine:
 
     def rest(self) -> None:
         """Keep the state only as the bytes of the last delta, if nothing is pending: how
-        a worker bounds its memory (see :class:`~dataflow.user_logic.WarmUsers`). A rested
-        state is decoded again when the user next needs it."""
+        a worker bounds its memory. A rested state is decoded again when next needed."""
         if self.pending is None and self.emitted is not None:
             self.state = self.before = None
 
