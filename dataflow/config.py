@@ -13,7 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
@@ -274,9 +274,8 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        choice_fields = ("source", "sink", "embed_precision", "embed_thread", "embed_model")
-        for name in (*choice_fields, "serve_assignment"):
-            allowed = _choices(name)
+        for f in fields(self):
+            name, allowed = f.name, _choices(f.name)
             if allowed and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
         at_least = {
@@ -358,6 +357,7 @@ def _parse_value(kind: str, raw: str) -> Any:
     return raw
 
 
+@cache
 def _choices(name: str) -> tuple[str, ...] | None:
     hint = get_type_hints(Config)[name]
     return get_args(hint) if get_origin(hint) is Literal else None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 import tempfile
 from datetime import timedelta
 
 from dataflow.config import Config
+from dataflow.ports import ensure_free
 
 
 def run_flow(config: Config) -> None:
@@ -20,13 +20,7 @@ def run_flow(config: Config) -> None:
     ``ValueError`` before anything starts.
     """
     if config.metrics_port:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", config.metrics_port))
-            except OSError as exc:
-                raise ValueError(
-                    f"cannot serve metrics on port {config.metrics_port}: {exc.strerror}"
-                ) from None
+        ensure_free("0.0.0.0", config.metrics_port, "serve metrics")
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 

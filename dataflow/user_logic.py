@@ -73,7 +73,9 @@ class UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         return out, self._finished()
 
     def notify_at(self) -> datetime | None:
-        wall, event = self.machine.next_due(self.context.clock())
+        # The wall clock matters only to events waiting for a batch that is late.
+        now = self.context.clock() if self.machine.waiting else 0
+        wall, event = self.machine.next_due(now)
         if event:
             at = self.context.time.wall_due(self.time, event)
             return at if not wall else min(as_datetime(wall), at)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import threading
 from typing import Any
 
@@ -13,6 +12,7 @@ from prometheus_client import (
 )
 
 from dataflow.config import Config
+from dataflow.ports import ensure_free
 from dataflow.serve.app import ServeApps, build_app
 from dataflow.serve.auth import KeyRing
 from dataflow.serve.feeder import FeederProcess, FeederSettings
@@ -91,11 +91,8 @@ def serve(config: Config) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for host, port in (
-        (config.serve_http_host, config.serve_http_port),
-        (config.serve_ops_host, config.serve_ops_port),
-    ):
-        _check_free(host, port)
+    ensure_free(config.serve_http_host, config.serve_http_port, "serve the API")
+    ensure_free(config.serve_ops_host, config.serve_ops_port, "serve health and metrics")
     apps, store, _ = make_service(config)
     common: dict[str, Any] = {"access_log": False, "log_level": "warning"}
     tls: dict[str, Any] = {}
@@ -139,12 +136,3 @@ def serve(config: Config) -> None:
         ops.should_exit = True
         ops_thread.join(5)
         store.close()
-
-
-def _check_free(host: str, port: int) -> None:
-    """A port in use is a clear error at start-up, before anything is opened."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise SystemExit(f"serve: cannot listen on {host}:{port}: {exc.strerror}") from None

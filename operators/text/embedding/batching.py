@@ -186,18 +186,25 @@ class TextBatcher:
         self._opened_ms = None
         return texts, opened
 
-    def _embed(self, texts: list[str], opened_ms: int, closed_ms: int) -> float:
-        """Embed ``texts`` (under the lock: only the thread lets go of it meanwhile) and
-        keep their vectors; the seconds it took."""
+    def _embed(self, texts: list[str], opened_ms: int, closed_ms: int) -> None:
+        """Embed ``texts`` on this thread (under the lock) and keep their vectors."""
+        self._keep_vectors(texts, *self._encode(texts), opened_ms, closed_ms)
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        """The texts' vectors, and the seconds the model took."""
         started = time.perf_counter()
         vectors = self.encoder.encode(texts)
-        took = time.perf_counter() - started
+        return vectors, time.perf_counter() - started
+
+    def _keep_vectors(
+        self, texts: list[str], vectors: np.ndarray, took: float, opened_ms: int, closed_ms: int
+    ) -> None:
+        """Keep a batch's vectors until asked for (under the lock), and report the batch."""
         self._ready.update(zip(texts, vectors, strict=True))
         while len(self._ready) > self._keep:
             self._ready.popitem(last=False)
         if self.on_batch is not None:
             self.on_batch(BatchReport(len(texts), closed_ms - opened_ms, took))
-        return took
 
     def _work(self) -> None:
         """The embedding thread: one batch at a time, the lock released while the model runs."""
@@ -208,9 +215,7 @@ class TextBatcher:
                 texts, opened, closed = self._in_flight
                 self._lock.release()
                 try:
-                    started = time.perf_counter()
-                    vectors = self.encoder.encode(texts)
-                    took = time.perf_counter() - started
+                    vectors, took = self._encode(texts)
                 except BaseException as exc:  # the workers raise it: the flow restarts
                     self._lock.acquire()
                     self._failure = exc
@@ -218,11 +223,7 @@ class TextBatcher:
                     self._model_free.notify_all()
                     return
                 self._lock.acquire()
-                self._ready.update(zip(texts, vectors, strict=True))
-                while len(self._ready) > self._keep:
-                    self._ready.popitem(last=False)
+                self._keep_vectors(texts, vectors, took, opened, closed)
                 self._embed_ms = round(0.7 * self._embed_ms + 0.3 * took * 1000) + 1
                 self._in_flight, self._submitted = None, frozenset()
-                if self.on_batch is not None:
-                    self.on_batch(BatchReport(len(texts), closed - opened, took))
                 self._model_free.notify_all()
