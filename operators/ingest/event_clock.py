@@ -253,8 +253,13 @@ class EventTimeSpeed:
     About 1x for a live stream, thousands of times faster for a replay of a year-old log.
     It never assumes slower than 1x, so a live stream's timer fires no later than its event
     time falls due; a timer waits at least ``min_wait_ms`` (timers cannot spin) and at most
-    ``max_wait_ms`` (a timer set before a replay's speed was known is not stuck for hours).
-    A timer that fires early finds the watermark short of its due time and sets itself again.
+    ``max_wait_ms``. A timer that fires early finds the watermark short of its due time and
+    sets itself again; one that fires late delays its output, so the speed is remembered
+    through a pause: a broker outage, a rebalance or a restart's reconnection stops the
+    watermark for seconds, and the stream then resumes as fast as before or faster. The
+    speed remembered halves for every ``half_life_ms`` the watermark stands still (and
+    fades the same way towards a slower measured speed), so after a replay ends the timers
+    settle to real time within minutes instead of waking every second.
 
     A due time the input has already reached somewhere (``reached_ms``: the newest event
     time read, less the lateness) waits for the slowest input to catch up or go idle, which
@@ -267,38 +272,45 @@ class EventTimeSpeed:
     10000
     >>> speed.wall_due(600_000, watermark_ms=60_000, reached_ms=900_000, wall_ms=1_000)
     3000
+    >>> # a minute's pause: the speed remembered is halved, not forgotten
+    >>> speed.wall_due(600_000, watermark_ms=60_000, reached_ms=60_000, wall_ms=61_000)
+    79000
     """
 
     min_wait_ms: int = 1_000
     max_wait_ms: int = 600_000
     held_wait_ms: int = 2_000
-    _mark: tuple[int, int] | None = None  # (wall, watermark) where the rate was last read
+    half_life_ms: int = 60_000
+    _mark: tuple[int, int] | None = None  # (wall, watermark) where the speed was last read
+    _moved_ms: int = 0  # wall time the watermark last moved
     _rate: float | None = None  # event ms per wall ms (at least 1); None: not yet known
 
     def note(self, watermark_ms: int, wall_ms: int) -> None:
-        """The watermark moved to ``watermark_ms``; re-measure the rate once a second."""
+        """The watermark moved to ``watermark_ms``; re-measure the speed once a second."""
+        self._moved_ms = wall_ms
         if self._mark is None:
             self._mark = (wall_ms, watermark_ms)
             return
         wall_then, event_then = self._mark
-        if wall_ms - wall_then >= 1_000:
-            self._rate = max((watermark_ms - event_then) / (wall_ms - wall_then), 1.0)
+        elapsed = wall_ms - wall_then
+        if elapsed >= 1_000:
+            measured = max((watermark_ms - event_then) / elapsed, 1.0)
+            self._rate = max(measured, self._faded(elapsed))
             self._mark = (wall_ms, watermark_ms)
 
     def wall_due(self, due_event_ms: int, watermark_ms: int, reached_ms: int, wall_ms: int) -> int:
         """The wall time (ms) to look again for something due at watermark ``due_event_ms``.
 
-        Before the speed is known (the first second of a run), look again soon. The speed
-        slows towards 1x while the watermark stands still with nothing read beyond it (a
-        replay that has ended, a quiet night), so timers do not wake every second for nothing.
+        Before the speed is known (the first second of a run), look again soon.
         """
-        rate = self._rate
-        if rate is None or self._mark is None:
+        if self._rate is None:
             return wall_ms + self.min_wait_ms
         ahead = max(due_event_ms - watermark_ms, 0)
-        if due_event_ms <= reached_ms:
-            return wall_ms + int(min(max(ahead / rate, self.min_wait_ms), self.held_wait_ms))
-        since = wall_ms - self._mark[0]
-        if since > 1_000:
-            rate = max(min(rate, (watermark_ms - self._mark[1]) / since), 1.0)
-        return wall_ms + int(min(max(ahead / rate, self.min_wait_ms), self.max_wait_ms))
+        rate = self._faded(wall_ms - self._moved_ms)
+        longest = self.held_wait_ms if due_event_ms <= reached_ms else self.max_wait_ms
+        return wall_ms + int(min(max(ahead / rate, self.min_wait_ms), longest))
+
+    def _faded(self, standing_ms: int) -> float:
+        """The speed remembered after ``standing_ms`` of wall time (at least 1x)."""
+        rate = self._rate or 1.0
+        return max(rate * 0.5 ** (max(standing_ms, 0) / self.half_life_ms), 1.0)

@@ -127,12 +127,19 @@ def test_a_due_time_some_input_has_passed_is_looked_at_again_soon() -> None:
     assert speed.wall_due(2 * HOUR, 1_000, HOUR, wall_ms=5_000) == 5_000 + 300_000 * 2
 
 
-def test_a_standing_watermark_slows_the_timers_down_to_real_time() -> None:
-    speed = EventTimeSpeed(max_wait_ms=10**9)
+def test_a_pause_keeps_the_speed_and_a_standing_watermark_slows_to_real_time() -> None:
+    speed = EventTimeSpeed(max_wait_ms=10**9, half_life_ms=60_000)
     speed.note(0, wall_ms=0)
     speed.note(HOUR, wall_ms=1_000)  # a replay: an hour a second
-    # Ten seconds later nothing moved (the replay ended): wait in real time, not replay time.
-    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=11_000) == 11_000 + HOUR
+    # An 8-second broker outage: the stream resumes as fast as before, so a check due an
+    # hour of event time ahead still looks again within about a second, not in an hour.
+    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=9_000) - 9_000 == 1_096
+    # The outage's slow second does not pull the speed down either.
+    speed.note(HOUR + 1_000, wall_ms=9_000)
+    speed.note(HOUR + 2_000, wall_ms=10_000)
+    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=10_000) - 10_000 == 1_109
+    # Twenty minutes later nothing moved (the replay ended): wait in real time.
+    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=1_210_000) == 1_210_000 + HOUR
 
 
 def test_an_idle_partition_repeats_its_marker_while_it_stays_idle() -> None:
