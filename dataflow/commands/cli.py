@@ -34,6 +34,7 @@ COMMANDS = (
     "eval_demand",
     "serve",
     "api_key",
+    "cluster_init",
     "config_docs",
 )
 

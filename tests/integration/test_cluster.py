@@ -1,11 +1,12 @@
 """The flow as a 2-process Bytewax cluster, as the StatefulSet runs it, on real Kafka.
 
 Two ``python -m bytewax.run dataflow.flow:flow_from_env -w 1 -i 0/1 -a "a;b"`` processes
-read a 3-partition events topic, each with its own API port and recovery directory: all
-recovery partitions on process 0's directory, process 1's empty, as on the pods' volumes
-(deploy/README.md, "Scaling out and recovery"). The first half of the events is read,
-then process 1 is SIGKILLed in the middle of a second burst, process 0 stops with it (a
-Bytewax cluster needs every process), and both restart on the same directories. Every
+read a 3-partition events topic, each with its own API port and recovery directory: the
+recovery partitions spread over the two directories by ``profilestream cluster-init``'s
+code, as on the pods' volumes (deploy/README.md, "Scaling out and recovery"). The first
+half of the events is read, then process 1 is SIGKILLed in the middle of a second burst,
+process 0 stops with it (a Bytewax cluster needs every process), and both restart on the
+same directories. Every
 output topic must then equal what one uninterrupted process sent for the same events:
 watermarks travel with the data and are part of the snapshots, so segment checks, expiry
 and demand buckets see the same events however the input was split and interrupted.

@@ -12,6 +12,10 @@ cluster runs here, so the image definition and the manifests are checked statica
 from __future__ import annotations
 
 import re
+import shutil
+import sqlite3
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -113,3 +117,47 @@ def test_serve_is_scraped_and_has_its_keys_and_kafka_settings() -> None:
     assert {i["path"] for i in kafka["secret"]["items"]} == {"kafka.properties", "ca.pem"}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_cluster_init_spreads_the_recovery_partitions_and_never_refills_a_lost_volume(
+    tmp_path: Path,
+) -> None:
+    def init(pod: int, *extra: str) -> subprocess.CompletedProcess[str]:
+        command = [
+            sys.executable, "-m", "dataflow", "cluster-init", "--pod", f"profilestream-{pod}",
+            "--replicas", "3", "--spread-over", "2", "--partitions", "5", "--namespace", "prod",
+            "--hostfile", str(tmp_path / f"hostfile-{pod}"),
+            "--recovery-dir", str(tmp_path / f"recovery-{pod}"), *extra,
+        ]  # fmt: skip
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    # The first start: pods 0 and 1 hold every partition once; pod 2 (scaled out) none.
+    for pod in range(3):
+        assert init(pod, "--init-recovery", "empty").returncode == 0
+    held = [
+        sorted(bytewax_partitions(tmp_path / f"recovery-{pod}")) for pod in range(3)
+    ]  # fmt: skip
+    assert held == [[0, 2, 4], [1, 3], []]
+    assert (tmp_path / "hostfile-1").read_text().splitlines() == [
+        f"profilestream-{i}.profilestream.prod.svc.cluster.local:9999" for i in range(3)
+    ]
+    # A restart keeps what is there, with or without the first start's permission.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "recovery-0").iterdir()}
+    assert init(0).returncode == 0 and init(0, "--init-recovery", "empty").returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "recovery-0").iterdir()} == before
+    # Pod 1's volume is lost: it does not start, and says why and what to do.
+    shutil.rmtree(tmp_path / "recovery-1")
+    lost = init(1)
+    assert lost.returncode == 1 and "RECOVERY_INIT=empty" in lost.stderr, lost.stderr
+    assert not any((tmp_path / "recovery-1").iterdir())
+    # A pod that is not one of the replicas is refused before it touches anything.
+    assert init(3).returncode == 1
+
+
+def bytewax_partitions(directory: Path) -> list[int]:
+    """The partition indices Bytewax reads from the files in ``directory`` (not their names)."""
+    found = []
+    for path in directory.glob("*.sqlite3"):
+        with sqlite3.connect(path) as db:
+            found += [index for (index,) in db.execute("SELECT part_index FROM parts")]
+    return found

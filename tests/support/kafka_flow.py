@@ -16,9 +16,9 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from bytewax.recovery import init_db_dir
 from confluent_kafka import Consumer, Message
 
+from dataflow.commands.cluster_init import prepare_recovery
 from dataflow.config import Config
 from dataflow.factories import profile_params, shared_embedder
 from dataflow.sim import GeneratedEvent
@@ -358,9 +358,9 @@ def assert_demand_equals_recount(
 
 class BytewaxCluster:
     """Bytewax processes of one worker each on loopback, as the StatefulSet runs them:
-    ``python -m bytewax.run dataflow.flow:flow_from_env -w 1 -i N -a "a;b"``, with all
-    recovery partitions on process 0's directory (deploy/README.md, "Scaling out and
-    recovery")."""
+    ``python -m bytewax.run dataflow.flow:flow_from_env -w 1 -i N -a "a;b"``, with the
+    recovery partitions spread over the processes' directories by the StatefulSet's init
+    container's own code (deploy/README.md, "Scaling out and recovery")."""
 
     def __init__(
         self,
@@ -374,9 +374,8 @@ class BytewaxCluster:
         self.kafka, self.topics, self.workdir = kafka, topics, workdir
         self.settings = {f"PROFILESTREAM_{k}": v for k, v in (env or {}).items()}
         self.recovery = [workdir / f"recovery-{i}" for i in range(processes)]
-        for folder in self.recovery:
-            folder.mkdir()
-        init_db_dir(self.recovery[0], recovery_partitions)
+        for ordinal, folder in enumerate(self.recovery):
+            prepare_recovery(folder, recovery_partitions, processes, ordinal, init=True)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.runs = 0
 
