@@ -269,8 +269,14 @@ class Config:
         default=5.0, metadata=_opt("seconds between state snapshots (Bytewax epochs)")
     )
     workers: int = field(default=1, metadata=_opt("worker threads in this process"))
-    metrics_port: int = field(
-        default=3030, metadata=_opt("port of the Bytewax API server that serves /metrics")
+    metrics_port: int = field(default=3030, metadata=_opt("port that serves /metrics"))
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata=_opt(
+            "address /metrics listens on: loopback unless a Prometheus on another host must "
+            "reach it; 0.0.0.0 serves it from Bytewax's API server on every interface, with "
+            "Bytewax's own operator timings besides (its server binds every interface)"
+        ),
     )
 
     def __post_init__(self) -> None:

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the dataflow, served on Bytewax's API server at ``/metrics``.
+"""Prometheus metrics of the dataflow, in prometheus-client's default registry.
 
-Bytewax's webserver renders prometheus-client's default registry next to its own metrics,
-so these appear at ``http://HOST:PORT/metrics`` (``--metrics-port``, default 3030) of every
-process. Counters are per process; sum them across processes in Grafana.
+``profilestream run`` serves the registry at ``http://HOST:PORT/metrics`` (``--metrics-host``,
+loopback by default, and ``--metrics-port``, 3030); under ``bytewax.run``, and with
+``--metrics-host 0.0.0.0``, Bytewax's API server renders it next to its own metrics. Counters
+are per process; sum them across processes in Grafana.
 """
 
 from __future__ import annotations
@@ -207,6 +208,19 @@ PARTITION_IDLE = Gauge(
     ["partition"],
 )
 
+INPUT_LAG_SECONDS = Gauge(
+    "profilestream_input_lag_seconds",
+    "How long the last message read from each input partition waited in Kafka (now less its "
+    "Kafka timestamp); 0 once the partition is read to its end",
+    ["topic", "partition"],
+)
+
+SINK_QUEUE_MESSAGES = Gauge(
+    "profilestream_sink_queue_messages",
+    "Output messages in the Kafka producer's queue when a batch has been handed to it (before "
+    "the flush that waits for the broker), per worker",
+    ["worker"],
+)
 SINK_QUEUE_FULL_SECONDS = Counter(
     "profilestream_sink_queue_full_seconds",
     "Seconds the Kafka sink waited because the producer's queue was full (a slow broker)",
@@ -220,6 +234,37 @@ SINK_DELIVERY_FAILURES = Counter(
     "profilestream_sink_delivery_failures",
     "Output messages Kafka refused for good (the flow then stops and resumes from its snapshot)",
 )
+
+
+MEMORY_LIMIT = Gauge(
+    "profilestream_memory_limit_bytes",
+    "The memory this process may use: its cgroup's limit (a container's), else the machine's",
+)
+
+
+def memory_limit_bytes(
+    cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")
+) -> int | None:
+    """The process's memory limit: cgroup v2's ``memory.max`` or v1's ``limit_in_bytes``
+    when set, else the machine's total memory (``None`` if neither can be read)."""
+    for path in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" as a huge number
+            return int(text)
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+if (_limit := memory_limit_bytes()) is not None:
+    MEMORY_LIMIT.set(_limit)
 
 
 class UserMetrics:

@@ -7,6 +7,8 @@ import os
 import tempfile
 from datetime import timedelta
 
+from prometheus_client import start_http_server
+
 from dataflow.config import Config
 from dataflow.ports import ensure_free
 
@@ -16,20 +18,30 @@ def run_flow(config: Config) -> None:
 
     With ``recovery_dir`` set, state is snapshotted every ``snapshot_interval_s`` and a
     restarted process resumes from the last snapshot (the folder is initialised on first use).
-    The Bytewax API server (``/metrics``) listens on ``metrics_port``; a port in use is a
-    ``ValueError`` before anything starts.
+    ``/metrics`` listens on ``metrics_host:metrics_port``; a port in use is a ``ValueError``
+    before anything starts.
     """
+    every_interface = config.metrics_host == "0.0.0.0"
     if config.metrics_port:
-        ensure_free("0.0.0.0", config.metrics_port, "serve metrics")
+        ensure_free(config.metrics_host, config.metrics_port, "serve metrics")
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
     from dataflow.flow import build_flow
 
-    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
-    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics_port)
-    # The API server also writes the rendered dataflow (dataflow.json); keep it out of the cwd.
-    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", tempfile.gettempdir())
+    metrics_server = None
+    if every_interface:
+        # Bytewax's API server (it binds 0.0.0.0, always) adds its operators' own timings.
+        os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
+        os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics_port)
+        # It also writes the rendered dataflow (dataflow.json); keep it out of the cwd.
+        os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", tempfile.gettempdir())
+    else:
+        os.environ.pop("BYTEWAX_DATAFLOW_API_ENABLED", None)
+        if config.metrics_port:
+            # Every series the dashboard and alerts use lives in the Python registry
+            # (profilestream_*, and Bytewax's bytewax_kafka_consumer_lag).
+            metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host)
     recovery = None
     if config.recovery_dir is not None:
         if not config.recovery_dir.exists() or not any(config.recovery_dir.iterdir()):
@@ -54,3 +66,6 @@ def run_flow(config: Config) -> None:
     finally:  # as it was: a caller (the demo, a test) goes on with the usual collector
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()

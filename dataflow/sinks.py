@@ -17,6 +17,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Gauge
 
 from dataflow import metrics
 from operators.ingest import DeadLetter
@@ -73,7 +74,8 @@ class KafkaOutput(DynamicSink[OutputMessage]):
         self.config = {"bootstrap.servers": brokers, "enable.idempotence": "true", **properties}
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
-        return _ProducerPartition(Producer(self.config))
+        queue = metrics.SINK_QUEUE_MESSAGES.labels(str(worker_index))
+        return _ProducerPartition(Producer(self.config), queue)
 
 
 class _ProducerPartition(StatelessSinkPartition[OutputMessage]):
@@ -82,8 +84,9 @@ class _ProducerPartition(StatelessSinkPartition[OutputMessage]):
     #: How often a flush that is still waiting logs how much is left.
     REPORT_S = 10.0
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, queue: Gauge) -> None:
         self._producer = producer
+        self._queue = queue
         self._failures: list[str] = []
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
@@ -94,6 +97,7 @@ class _ProducerPartition(StatelessSinkPartition[OutputMessage]):
     def write_batch(self, items: list[OutputMessage]) -> None:
         for item in items:
             self._produce(item)
+        self._queue.set(len(self._producer))
         self.flush()
 
     def _produce(self, item: OutputMessage) -> None:

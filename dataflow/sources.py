@@ -23,6 +23,7 @@ and the partition's newest event time together, so a restarted partition resumes
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -109,6 +110,8 @@ class _KafkaPartition(StatefulSourcePartition[KafkaRecord | DeadLetter, int]):
         self._ended = False
         self.caught_up = False
         self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(step_id, topic, str(partition))
+        self._lag_seconds = metrics.INPUT_LAG_SECONDS.labels(topic, str(partition))
+        self._last_stamp_ms = 0  # Kafka timestamp of the last message read (0: none)
 
     def next_batch(self) -> list[KafkaRecord | DeadLetter]:
         if self._ended:
@@ -123,6 +126,7 @@ class _KafkaPartition(StatefulSourcePartition[KafkaRecord | DeadLetter, int]):
                 value = message.value() or b""
                 stamp = stamp if kind and stamp > 0 else 0
                 batch.append(KafkaRecord(value, message.key(), origin, stamp))
+                self._last_stamp_ms = stamp or self._last_stamp_ms
                 self._offset = offset + 1
                 self.caught_up = False
             elif error.code() == KafkaError._PARTITION_EOF:
@@ -167,6 +171,10 @@ class _KafkaPartition(StatefulSourcePartition[KafkaRecord | DeadLetter, int]):
         _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
         if high >= 0 and self._offset >= 0:
             self._lag.set(max(high - self._offset, 0))
+        if self.caught_up or not self._last_stamp_ms:
+            self._lag_seconds.set(0)
+        else:
+            self._lag_seconds.set(max(time.time() - self._last_stamp_ms / 1000, 0.0))
 
     def snapshot(self) -> int:
         return self._offset

@@ -314,7 +314,7 @@ def health_of(store: ProfileStore, feeder: Feeder | None, models: ItemModels | N
         error = None
     except Exception as exc:
         users, error = None, f"store: {type(exc).__name__}: {exc}"
-    status: Literal["ok", "starting", "down"] = "ok"
+    status: Literal["ok", "starting", "unreachable", "down"] = "ok"
     if error is not None or (consumer is not None and not consumer.running):
         status = "down"
         error = error or (consumer.error if consumer else None) or "the consumer is not running"
@@ -322,6 +322,10 @@ def health_of(store: ProfileStore, feeder: Feeder | None, models: ItemModels | N
         status, error = "down", consumer.error
     elif consumer is not None and not consumer.caught_up:
         status = "starting"
+    elif consumer is not None and not consumer.broker_reachable:
+        status = "unreachable"
+        silent = consumer.broker_silent_s
+        error = f"no broker has answered for {silent:.0f} s" if silent else "no broker answers"
     served = models.served if models is not None else None
     version = served.model.version if served is not None else None
     return Health(status, store.kind, users, consumer, version, error)

@@ -40,6 +40,9 @@ ENV_PREFIX = "PROFILESTREAM_"
 #: Item models with at least this many items are served through an ANN index (faiss HNSW).
 ANN_MIN_ITEMS = 20_000
 MAX_K = 100
+#: How long the brokers may not answer before a caught-up ``serve`` turns unready. The lag is
+#: asked for every second; librdkafka reconnects within a few.
+BROKER_SILENCE_S = 10.0
 
 
 # -- Kafka -> store --------------------------------------------------------------------------
@@ -56,6 +59,13 @@ class ConsumerStatus(msgspec.Struct):
     caught_up: bool  # the lag has been 0 since the start (the store is complete)
     last_batch_age_s: float | None
     error: str | None = None
+    #: Seconds since a broker last answered (``None``: none has yet); over
+    #: :data:`BROKER_SILENCE_S`, the store can fall behind unseen: serve is not ready.
+    broker_silent_s: float | None = None
+
+    @property
+    def broker_reachable(self) -> bool:
+        return self.broker_silent_s is not None and self.broker_silent_s <= BROKER_SILENCE_S
 
 
 @dataclass
@@ -92,6 +102,7 @@ class StoreFeeder:
         self._last_batch: float | None = None
         self._next_lag_check = 0.0
         self._next_metadata_check = 0.0
+        self._broker_answered: float | None = None
         self.error: str | None = None
 
     def start(self) -> None:
@@ -108,7 +119,7 @@ class StoreFeeder:
         return generate_latest(self.metrics.registry)
 
     def status(self) -> ConsumerStatus:
-        lag = dict(self._lag)
+        lag, answered = dict(self._lag), self._broker_answered
         return ConsumerStatus(
             running=self._running,
             assignment=self.assignment,
@@ -118,6 +129,7 @@ class StoreFeeder:
             caught_up=self._caught_up,
             last_batch_age_s=None if self._last_batch is None else self.clock() - self._last_batch,
             error=self.error,
+            broker_silent_s=None if answered is None else self.clock() - answered,
         )
 
     def run(
@@ -174,6 +186,7 @@ class StoreFeeder:
             log.warning("serve: no topic metadata yet (%s)", exc)
             self._next_metadata_check = self.clock() + 1.0
             return
+        self._broker_answered = self.clock()
         wanted = {
             (name, p)
             for name in topics
@@ -269,6 +282,10 @@ class StoreFeeder:
         watermarks after each batch; the brokers' own once a second)."""
         if not cached_only:
             self._next_lag_check = self.clock() + 1.0
+            if not self._assigned:  # nothing to ask the lag of: is a broker there at all?
+                with contextlib.suppress(Exception):
+                    consumer.list_topics(timeout=1)
+                    self._broker_answered = self.clock()
         stored: dict[tuple[str, int], int] | None = None
         for topic, partition in list(self._assigned):
             tp = TopicPartition(topic, partition)
@@ -276,6 +293,8 @@ class StoreFeeder:
                 _low, high = consumer.get_watermark_offsets(tp, timeout=1, cached=cached_only)
             except Exception:
                 continue
+            if not cached_only:
+                self._broker_answered = self.clock()
             if high < 0:
                 continue
             position = self._positions.get((topic, partition))

@@ -36,10 +36,12 @@ class SegmentSize(msgspec.Struct):
 
 
 class Health(msgspec.Struct):
-    """``status``: ``ok``; ``starting`` until the consumer has caught up once; ``down`` (HTTP
-    503) when the store does not answer or the consumer has stopped."""
+    """``status``: ``ok``; ``starting`` until the consumer has caught up once;
+    ``unreachable`` while no broker has answered for 10 s (the store may be falling behind
+    unseen); ``down`` when the store does not answer or the consumer has stopped.
+    ``/readyz`` is 200 only when ``ok``; ``/healthz`` is 503 (restart me) only when ``down``."""
 
-    status: Literal["ok", "starting", "down"]
+    status: Literal["ok", "starting", "unreachable", "down"]
     store: str
     users: int | None
     consumer: ConsumerStatus | None

@@ -266,19 +266,29 @@ class StuckFeeder:
 
 
 @pytest.mark.parametrize(
-    ("running", "caught_up", "error", "status", "code"),
+    ("running", "caught_up", "silent_s", "error", "status", "code"),
     [
-        (True, True, None, "ok", 200),
-        (True, False, None, "starting", 200),
-        (True, True, "store: ConnectionError: down", "down", 503),
-        (False, True, None, "down", 503),
+        (True, True, 0.5, None, "ok", 200),
+        (True, False, 0.5, None, "starting", 200),
+        (True, True, 30.0, None, "unreachable", 200),  # alive, but not to be routed to
+        (True, True, None, None, "unreachable", 200),
+        (True, True, 0.5, "store: ConnectionError: down", "down", 503),
+        (False, True, 0.5, None, "down", 503),
     ],
 )
 def test_health_follows_the_consumer(
-    tmp_path: Path, running: bool, caught_up: bool, error: str | None, status: str, code: int
+    tmp_path: Path,
+    running: bool,
+    caught_up: bool,
+    silent_s: float | None,
+    error: str | None,
+    status: str,
+    code: int,
 ) -> None:
     store = SqliteStore(tmp_path / "p.db")
-    feeder = StuckFeeder(ConsumerStatus(running, "all", 6, 7, {"d/0": 7}, caught_up, 0.1, error))
+    feeder = StuckFeeder(
+        ConsumerStatus(running, "all", 6, 7, {"d/0": 7}, caught_up, 0.1, error, silent_s)
+    )
     with running_app(build_app(store, ServeMetrics(store), feeder).ops) as ops:
         got, health = fetch(f"{ops}/healthz")
         assert (got, health["status"], health["consumer"]["lag"]) == (code, status, 7)

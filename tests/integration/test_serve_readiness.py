@@ -1,0 +1,96 @@
+"""``serve`` as an orchestrator sees it while its broker goes away and comes back.
+
+A running ``profilestream serve`` that has caught up with its topics is ready; when the
+broker stops, it turns unready within the documented bound (no broker answer for 10 s)
+but stays live (a restart would not bring the broker back), and it is ready again once
+the broker is back. The module has a broker of its own: stopping it must not disturb the
+other tests.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from operators.profile import ProfileDelta, encode_vector
+from tests.integration.test_serve import ServeProcess, fetch, kafka_messages
+from tests.support.kafka_broker import KafkaBroker, produce_all
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("readiness-broker"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def probes(serve: ServeProcess) -> tuple[int, int, str]:
+    """(``/healthz`` status code, ``/readyz`` status code, the health's status)."""
+    live, health = fetch(f"{serve.ops}/healthz")
+    ready, _ = fetch(f"{serve.ops}/readyz")
+    return live, ready, health["status"]
+
+
+def wait_for(serve: ServeProcess, want: tuple[int, int, str], timeout_s: float) -> float:
+    """Seconds until the probes answer ``want``."""
+    started = time.monotonic()
+    seen: tuple[int, int, str] | None = None
+    while time.monotonic() - started < timeout_s:
+        assert serve.process.poll() is None, serve.log.read_text()[-3000:]
+        try:
+            seen = probes(serve)
+        except (urllib.error.URLError, ConnectionError):
+            seen = None
+        if seen == want:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"probes {seen}, not {want}, after {timeout_s} s")
+
+
+def test_serve_is_unready_but_alive_while_the_broker_is_away(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    broker.create_topic("deltas", partitions=2)
+    broker.create_topic("segments", partitions=1)
+    deltas = [
+        ProfileDelta(
+            f"u{i}",
+            1,
+            "full",
+            f"u{i}-1",
+            T0,
+            [f"e{i}"],
+            "m",
+            changed={"spend": float(i)},
+            interest=encode_vector(np.zeros(4, np.float16)),
+        )
+        for i in range(20)
+    ]
+    produce_all(broker.bootstrap, "deltas", kafka_messages(deltas))  # type: ignore[arg-type]
+    serve = ServeProcess(
+        f"sqlite://{tmp_path / 'p.db'}", broker, "deltas", "segments", tmp_path / "serve.log"
+    )
+    try:
+        wait_for(serve, (200, 200, "ok"), 60)
+        assert fetch(f"{serve.url}/users/u7")[1]["fields"]["spend"] == 7.0
+        broker.stop()
+        # Unready within the bound (10 s without an answer, the lag asked every second
+        # with a 1 s timeout per partition), never restarted meanwhile.
+        took = wait_for(serve, (200, 503, "unreachable"), 40)
+        assert took >= 9, took
+        assert fetch(f"{serve.url}/users/u7")[0] == 200  # what it holds is still served
+        broker.start(fresh=False)
+        wait_for(serve, (200, 200, "ok"), 90)
+    finally:
+        serve.stop(signal.SIGTERM)
