@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from dataflow.memory import memory_limit_bytes
 from operators.text.embedding import BatchReport
 
 disable_created_metrics()  # the *_created series double the scrape size and nobody graphs them
@@ -240,27 +241,6 @@ MEMORY_LIMIT = Gauge(
     "profilestream_memory_limit_bytes",
     "The memory this process may use: its cgroup's limit (a container's), else the machine's",
 )
-
-
-def memory_limit_bytes(
-    cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")
-) -> int | None:
-    """The process's memory limit: cgroup v2's ``memory.max`` or v1's ``limit_in_bytes``
-    when set, else the machine's total memory (``None`` if neither can be read)."""
-    for path in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" as a huge number
-            return int(text)
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 if (_limit := memory_limit_bytes()) is not None:

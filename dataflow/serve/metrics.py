@@ -9,9 +9,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 
+from dataflow.memory import memory_limit_bytes
 from dataflow.serve.store import (
     BatchResult,
     ProfileStore,
@@ -32,6 +34,15 @@ class ServeMetrics:
 
     def __init__(self, store: ProfileStore) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU, open files
+        limit = Gauge(
+            "profilestream_memory_limit_bytes",
+            "The memory this process may use: its cgroup's limit (a container's), else the "
+            "machine's",
+            registry=r,
+        )
+        if (bytes_ := memory_limit_bytes()) is not None:
+            limit.set(bytes_)
         self.request_seconds = Histogram(
             "profilestream_serve_request_seconds",
             "HTTP request latency, by route and status code",
