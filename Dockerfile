@@ -2,8 +2,8 @@
 # `profilestream serve`, as deploy/k8s runs them. CPU torch by default; a CUDA build with
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
 # Installs exactly what `make test` installs (constraints.txt), runs as a non-root user.
-# Checked without a container engine by tests/integration/test_deploy.py (the install steps
-# must match the Makefile's); docs/operations.md says how to build and scan it.
+# Checked without a container engine by tests/integration/test_deploy.py (hadolint, and the
+# install steps must match the Makefile's); deploy/README.md ("Image") says how to build it.
 ARG PYTHON=3.11
 FROM python:${PYTHON}-slim AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu

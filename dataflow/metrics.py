@@ -152,6 +152,11 @@ SEGMENT_DEFINITIONS_LOADS = Counter(
     "Segment definition files loaded by the running flow, by result (ok, error)",
     ["result"],
 )
+# Both results exist from the start, at 0: a panel or rate() needs the series before the
+# first reload, which may never come.
+for _loads in (ITEM_MODEL_LOADS, ITEM_VECTORS_LOADS, SEGMENT_DEFINITIONS_LOADS):
+    for _result in ("ok", "error"):
+        _loads.labels(_result)
 SEGMENT_DEFINITIONS_INFO = Gauge(
     "profilestream_segment_definitions_info",
     "1 for the segment definitions version in use",

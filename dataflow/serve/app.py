@@ -110,12 +110,22 @@ class _Authorized:
             scope["profilestream.key"] = key_id
             await self.app(scope, receive, send)
             return
+        scope["profilestream.route"] = _REFUSED_ROUTE[needed]  # counted under its route
         if verdict is Verdict.FORBIDDEN:
             response = _problem(403, f"this key may not use {needed.value}")
         else:
             challenge = {"WWW-Authenticate": 'Bearer realm="profilestream"'}
             response = _problem(401, "a valid API key is needed (Authorization: Bearer)", challenge)
         await response(scope, receive, send)
+
+
+#: The route a refused request is counted under, by the scope it lacked.
+_REFUSED_ROUTE = {
+    Scope.PROFILES: "/users/{user_id}",
+    Scope.RECOMMENDATIONS: "/users/{user_id}/recommendations",
+    Scope.PRIVACY: "/users/{user_id}/export",
+    Scope.SEGMENTS: "/segments",
+}
 
 
 def _scope_of(path: str) -> Scope | None:
@@ -288,8 +298,9 @@ def build_app(
         ],
         exception_handlers=handlers,
     )
-    timed = _Timed(api, metrics.request_seconds)
-    return ServeApps(timed if keys is None else _Authorized(timed, keys), ops)
+    # Refused requests (401, 403) are timed and counted too: error rates need them.
+    guarded = api if keys is None else _Authorized(api, keys)
+    return ServeApps(_Timed(guarded, metrics.request_seconds), ops)
 
 
 def _problem_handlers() -> dict[Any, Any]:

@@ -66,6 +66,8 @@ class ServeMetrics:
             ["result"],
             registry=r,
         )
+        for result in ("ok", "error"):  # at 0 from the start: graphs need the series
+            self.item_model_loads.labels(result)
 
 
 class ConsumerMetrics:

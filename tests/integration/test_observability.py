@@ -1,14 +1,16 @@
 """The flow operated as its users will: scraped by a real Prometheus, graphed, and alerted on.
 
 One run of the real flow (a separate process, the real model, 2 workers) reads generated
-events from the real Kafka broker while a real Prometheus (Debian's package, see
-``tests/prometheus_server.py``) scrapes its ``/metrics`` every second with the deployed
-``profilestream`` job and evaluates the deployed alert rules, their ``for:`` shortened to
-seconds. The run sends steady traffic in phases (see :class:`Traffic`: card testing, so that
-risk alerts are raised; more days of events, so that demand buckets close; views days late);
-then a burst of malformed messages, which must fire ProfilestreamDeadLetterRateHigh; then the
-flow is stopped, which must fire ProfilestreamTargetDown. The tests ask Prometheus's HTTP API
-about the run: the target, every series the Grafana dashboard uses, every panel's queries
+events from the real Kafka broker, and a real ``profilestream serve`` (API keys on) consumes
+its deltas and answers requests, while a real Prometheus (Debian's package, see
+``tests/prometheus_server.py``) scrapes both every second with the deployed
+``profilestream`` and ``profilestream-serve`` jobs and evaluates the deployed alert rules,
+their ``for:`` shortened to seconds. The run sends steady traffic in phases (see
+:class:`Traffic`: card testing, so that risk alerts are raised; more days of events, so that
+demand buckets close; views days late); then a burst of malformed messages, which must fire
+ProfilestreamDeadLetterRateHigh; then the flow is stopped, which must fire
+ProfilestreamTargetDown. The tests ask Prometheus's HTTP API about the run: the targets,
+every series the Grafana dashboard uses, every panel's queries
 (read with the Grafana Foundation SDK, Grafana's variables substituted as Grafana would), the
 alerts and rules; and ``promtool`` judges the flow's ``/metrics`` and runs the rules' unit
 tests.
@@ -22,7 +24,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 import warnings
@@ -38,6 +42,7 @@ from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from dataflow import metrics
+from dataflow.serve.auth import Scope, new_key, write_keys
 from dataflow.sim import (
     DEFAULT_END_MS,
     AnomalyConfig,
@@ -49,6 +54,7 @@ from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, 
 from tests.support.prometheus_server import (
     ALERT_RULES,
     JOB,
+    SERVE_JOB,
     PrometheusServer,
     prometheus_scraping,
     promtool,
@@ -72,6 +78,8 @@ SCRAPE_INTERVAL_S = 1.0  # the test config's; Grafana's "scrape interval" of the
 class Run:
     prometheus: PrometheusServer
     instance: str  # host:port of the flow's /metrics, as Prometheus labels it
+    serve_instance: str  # host:port of serve's ops port (/metrics), as Prometheus labels it
+    flow_listens_on: set[str]  # the addresses the flow's /metrics port listens on
     start: float  # unix seconds: the flow started
     end: float  # unix seconds: the burst was alerted on; the flow stopped after
     targets_while_up: dict[str, Any]
@@ -149,6 +157,63 @@ def start_flow(kafka: KafkaBroker, tag: str, port: int, log: Path) -> subprocess
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def start_serve(
+    kafka: KafkaBroker, tag: str, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """``profilestream serve`` over the flow's deltas and segments, with an API key file:
+    (the process, the API's URL, the ops port's host:port, a key that reads profiles)."""
+    secret, key = new_key("dashboards", frozenset({Scope.PROFILES, Scope.SEGMENTS}))
+    keys = workdir / "keys.json"
+    write_keys(keys, [key])
+    api_port, ops_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "dataflow", "serve", "--brokers", kafka.bootstrap,
+        "--deltas-topic", f"deltas-{tag}", "--segments-topic", f"segments-{tag}",
+        "--serve-store", f"sqlite://{workdir / 'profiles.db'}", "--serve-keys-file", str(keys),
+        "--serve-http-port", str(api_port), "--serve-ops-port", str(ops_port),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with (workdir / "serve.log").open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    return process, f"http://127.0.0.1:{api_port}", f"127.0.0.1:{ops_port}", secret
+
+
+class Clients(threading.Thread):
+    """Dashboards' traffic to serve, five requests a second: a profile, an unknown user, a
+    request without a key (200, 404 and 401 in the request metrics)."""
+
+    def __init__(self, api: str, secret: str, user: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.secret, self.user = api, secret, user
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        paths = [(f"/users/{self.user}", True), ("/users/nobody-here", True), ("/segments", False)]
+        n = 0
+        while not self.done.wait(0.2):
+            path, keyed = paths[n % len(paths)]
+            n += 1
+            headers = {"Authorization": f"Bearer {self.secret}"} if keyed else {}
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(self.api + path, headers=headers), timeout=5
+                ) as answer:
+                    answer.read()
+            except (urllib.error.URLError, ConnectionError):
+                pass  # 4xx are HTTPErrors; a serve not up yet refuses the connection
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
 def firing(prometheus: PrometheusServer, name: str) -> list[dict[str, Any]]:
     return [a for a in prometheus.alerts(name) if a["state"] == "firing"]
 
@@ -174,77 +239,117 @@ def run(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tag = uuid.uuid4().hex[:8]
     port = free_port()
     instance = f"127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("observability") / "flow.log"
-    with prometheus_scraping([instance]) as prom:
-        start = time.time()
-        flow = start_flow(kafka, tag, port, log)
-        try:
+    workdir = tmp_path_factory.mktemp("observability")
+    log = workdir / "flow.log"
+    serve, api, serve_instance, secret = start_serve(kafka, tag, workdir)
+    some_user = next(g.user_id for g in traffic.first if g.expected_reason is None)
+    clients = Clients(api, secret, some_user)
+    try:
+        with prometheus_scraping({JOB: [instance], SERVE_JOB: [serve_instance]}) as prom:
+            start = time.time()
+            flow = start_flow(kafka, tag, port, log)
+            clients.start()
+            try:
 
-            def flow_alive() -> None:
-                assert flow.poll() is None, f"the flow exited: {log.read_text()[-3000:]}"
+                def flow_alive() -> None:
+                    assert flow.poll() is None, f"the flow exited: {log.read_text()[-3000:]}"
 
-            def scraped() -> bool:
-                flow_alive()
-                return prom.value(f'up{{job="{JOB}"}}') == 1
-
-            prom.wait_for(scraped, "successful scrape of the flow", 120)
-            sent: list[GeneratedEvent] = []
-
-            def phase(events: list[GeneratedEvent], also: str = "") -> None:
-                """Send ``events`` steadily; wait until a scrape has counted every one (and,
-                if given, until ``also`` returns something)."""
-                produce_steadily(kafka, f"events-{tag}", events)
-                sent.extend(events)
-                valid = sum(g.expected_reason is None for g in sent)
-
-                def counted() -> bool:
+                def scraped() -> bool:
                     flow_alive()
-                    in_deltas = prom.value("sum(profilestream_events_per_delta_sum)") or 0
-                    dead = prom.value("sum(profilestream_dead_letters_total)") or 0
-                    done = in_deltas >= valid and dead >= len(sent) - valid
-                    return done and (not also or bool(prom.query(also)))
+                    return prom.value(f'up{{job="{JOB}"}}') == 1
 
-                prom.wait_for(counted, f"{len(sent)} events counted (and {also or '-'})", 240)
+                prom.wait_for(scraped, "successful scrape of the flow", 120)
+                prom.wait_for(
+                    lambda: prom.value(f'up{{job="{SERVE_JOB}"}}') == 1, "a scrape of serve", 60
+                )
+                flow_listens_on = listening_addresses(port)
+                sent: list[GeneratedEvent] = []
 
-            phase(traffic.first, also="profilestream_demand_forecasts_scored_total")
-            phase(traffic.second)
-            phase(traffic.late)
-            targets = prom.api("targets", state="active")
-            before = prom.alerts("ProfilestreamDeadLetterRateHigh")
-            with urllib.request.urlopen(f"http://{instance}/metrics", timeout=10) as answer:
-                metrics_text = answer.read()
+                def phase(events: list[GeneratedEvent], also: str = "") -> None:
+                    """Send ``events`` steadily; wait until a scrape has counted every one (and,
+                    if given, until ``also`` returns something)."""
+                    produce_steadily(kafka, f"events-{tag}", events)
+                    sent.extend(events)
+                    valid = sum(g.expected_reason is None for g in sent)
 
-            produce_all(
-                kafka.bootstrap,
-                f"events-{tag}",
-                ((f"u-burst-{i % 50}".encode(), b'{"event_id": ') for i in range(BURST)),
+                    def counted() -> bool:
+                        flow_alive()
+                        in_deltas = prom.value("sum(profilestream_events_per_delta_sum)") or 0
+                        dead = prom.value("sum(profilestream_dead_letters_total)") or 0
+                        done = in_deltas >= valid and dead >= len(sent) - valid
+                        return done and (not also or bool(prom.query(also)))
+
+                    prom.wait_for(counted, f"{len(sent)} events counted (and {also or '-'})", 240)
+
+                phase(traffic.first, also="profilestream_demand_forecasts_scored_total")
+                phase(traffic.second)
+                phase(traffic.late)
+                targets = prom.api("targets", state="active")
+                before = prom.alerts("ProfilestreamDeadLetterRateHigh")
+                with urllib.request.urlopen(f"http://{instance}/metrics", timeout=10) as answer:
+                    metrics_text = answer.read()
+
+                produce_all(
+                    kafka.bootstrap,
+                    f"events-{tag}",
+                    ((f"u-burst-{i % 50}".encode(), b'{"event_id": ') for i in range(BURST)),
+                )
+
+                def dead_letters_alerted() -> list[dict[str, Any]]:
+                    flow_alive()
+                    return firing(prom, "ProfilestreamDeadLetterRateHigh")
+
+                after = prom.wait_for(dead_letters_alerted, "dead-letter alert firing", 60)
+                end = time.time()
+            finally:
+                stop_processes(flow)
+            down = prom.wait_for(
+                lambda: firing(prom, "ProfilestreamTargetDown"), "target-down alert firing", 30
             )
+            yield Run(
+                prom, instance, serve_instance, flow_listens_on, start, end, targets, before,
+                after, down, metrics_text,
+            )  # fmt: skip
+    finally:
+        clients.done.set()
+        stop_processes(serve)
 
-            def dead_letters_alerted() -> list[dict[str, Any]]:
-                flow_alive()
-                return firing(prom, "ProfilestreamDeadLetterRateHigh")
 
-            after = prom.wait_for(dead_letters_alerted, "dead-letter alert firing", 60)
-            end = time.time()
-        finally:
-            stop_processes(flow)
-        down = prom.wait_for(
-            lambda: firing(prom, "ProfilestreamTargetDown"), "target-down alert firing", 30
-        )
-        yield Run(prom, instance, start, end, targets, before, after, down, metrics_text)
+def scraped_target(run: Run, job: str) -> dict[str, Any]:
+    [target] = [t for t in run.targets_while_up["activeTargets"] if t["labels"]["job"] == job]
+    assert target["health"] == "up", target
+    assert target["lastError"] == ""
+    return target
 
 
 def test_prometheus_scrapes_the_flow_with_the_deployed_job(run: Run) -> None:
-    [target] = run.targets_while_up["activeTargets"]
-    assert target["health"] == "up", target
-    assert target["lastError"] == ""
-    assert target["labels"] == {"instance": run.instance, "job": JOB, "deployment": "vm"}
+    target = scraped_target(run, JOB)
+    # Hosts carry the labels the dashboard's variables select by, as pods do.
+    assert target["labels"] == {
+        "instance": run.instance, "job": JOB, "deployment": "vm", "namespace": "vm",
+        "pod": "127.0.0.1",
+    }  # fmt: skip
     assert target["scrapeUrl"] == f"http://{run.instance}/metrics"
     # Up through the run. (A scrape can time out now and then while the model has both cores:
     # the test's scrape timeout is its 1 s interval.)
     [up] = run.prometheus.query_range(f'up{{job="{JOB}"}}', run.start, run.end, 1)
     values = [v for _, v in up["values"]]
     assert values.count("1") > 0.5 * len(values[values.index("1") :]), values
+
+
+def test_prometheus_scrapes_serve_with_the_deployed_job(run: Run) -> None:
+    target = scraped_target(run, SERVE_JOB)
+    assert target["labels"]["namespace"] == "vm" and target["labels"]["pod"] == "127.0.0.1"
+    assert target["scrapeUrl"] == f"http://{run.serve_instance}/metrics"
+    requests = run.prometheus.query(
+        f'sum by (status) (profilestream_serve_request_seconds_count{{job="{SERVE_JOB}"}})'
+    )
+    statuses = {r["metric"]["status"] for r in requests if float(r["value"][1]) > 0}
+    assert {"200", "401", "404"} <= statuses, statuses
+
+
+def test_the_flow_serves_metrics_on_loopback_only(run: Run) -> None:
+    assert run.flow_listens_on == {"127.0.0.1"}
 
 
 # --- the Grafana dashboard -------------------------------------------------------------------
@@ -305,7 +410,10 @@ def dashboard_metrics(dashboard: Any) -> set[str]:
     return names
 
 
-LABEL_VALUES = re.compile(r"label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*(\w+)\s*\)")
+#: ``label_values(metric, label)`` or ``label_values(metric{matchers}, label)``.
+LABEL_VALUES = re.compile(
+    r"label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?\s*,\s*(\w+)\s*\)"
+)
 
 
 def query_of(variable: Any) -> str:
@@ -315,18 +423,20 @@ def query_of(variable: Any) -> str:
 
 def template_values(dashboard: Any, run: Run) -> dict[str, str]:
     """Each template variable as Grafana would interpolate it into a PromQL regex matcher:
-    a query variable's values (looked up as Grafana does) all selected, escaped and, if more
-    than one, joined as ``(a|b)``."""
-    values = {}
+    a query variable's values (looked up as Grafana does, the variables before it
+    substituted into its selector) all selected, escaped and, if more than one, joined as
+    ``(a|b)``."""
+    values: dict[str, str] = {}
     for variable in dashboard.templating.list_val:
         if variable.type_val == "datasource":
             continue  # chooses where the queries go; not in any expression
         assert variable.type_val == "query", f"no substitution for {variable.type_val} variables"
         found = LABEL_VALUES.fullmatch(query_of(variable))
         assert found, f"variable {variable.name}: cannot resolve {query_of(variable)!r}"
-        metric, label = found.groups()
+        metric, matchers, label = found.groups()
+        selector = interpolate(metric + (matchers or ""), values, SCRAPE_INTERVAL_S, 0)
         options = run.prometheus.api(
-            f"label/{label}/values", **{"match[]": [metric]}, start=run.start, end=run.end
+            f"label/{label}/values", **{"match[]": [selector]}, start=run.start, end=run.end
         )
         assert options, f"variable {variable.name} has no values"
         escaped = [grafana_regex_escape(o) for o in options]
@@ -383,7 +493,7 @@ def test_every_dashboard_panel_shows_data(run: Run) -> None:
     flow that keeps up, the units of a quiet hour.)"""
     dashboard = load_dashboard()
     variables = template_values(dashboard, run)
-    assert variables["instance"] == run.instance.replace(".", "\\\\.")
+    assert variables == {"namespace": "vm", "pod": "127\\\\.0\\\\.0\\\\.1"}
     interval_s, range_s = SCRAPE_INTERVAL_S, run.end - run.start
     empty = []
     for title, target in prometheus_targets(dashboard):
@@ -461,6 +571,8 @@ def test_a_stopped_flow_fires_target_down(run: Run) -> None:
         "job": JOB,
         "instance": run.instance,
         "deployment": "vm",
+        "namespace": "vm",
+        "pod": "127.0.0.1",
     }
     assert alert["annotations"]["summary"] == (
         f"profilestream process {run.instance} is not serving /metrics"

@@ -99,7 +99,7 @@ def served(tmp_path: Path, keys: tuple[Path, dict[str, str]]) -> Iterator[tuple[
 def test_every_route_needs_a_valid_key_with_its_scope(
     served: tuple[str, str], keys: tuple[Path, dict[str, str]]
 ) -> None:
-    api, _ = served
+    api, ops = served
     secrets = keys[1]
     for route, scope in ROUTES.items():
         for token in (None, "wrong", secrets["expired"], secrets["revoked"]):
@@ -114,6 +114,11 @@ def test_every_route_needs_a_valid_key_with_its_scope(
         assert status != 401 and status != 403, route
     assert request(api + "/users/u1", secrets["all"])[1]["fields"]["spend"] == 12.5
     assert request(api + "/openapi.json")[0] == 200  # the description is public
+    # Refusals count in the request metrics like any answer: error rates need them.
+    exposition = request(ops + "/metrics")[1].decode()
+    for route, status, times in [("/users/{user_id}", 401, 4), ("/segments", 403, 2)]:
+        series = f'profilestream_serve_request_seconds_count{{route="{route}",status="{status}"}}'
+        assert f"{series} {float(times)}" in exposition, series
 
 
 def test_a_revoked_key_stops_working_without_a_restart(

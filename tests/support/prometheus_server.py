@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -41,6 +41,7 @@ DEPLOY = ROOT / "deploy" / "prometheus"
 SCRAPE_CONFIG = DEPLOY / "prometheus.yml"
 ALERT_RULES = DEPLOY / "alerts.yml"
 JOB = "profilestream"
+SERVE_JOB = "profilestream-serve"
 #: What every ``for:`` of the alert rules becomes: pending for two evaluations, then firing.
 ALERT_FOR = "2s"
 
@@ -81,29 +82,37 @@ def shortened_alert_rules(for_: str = ALERT_FOR) -> str:
     return rewritten
 
 
-def scrape_config_for(targets: Sequence[str], rules_path: Path) -> dict[str, Any]:
-    """The deployed scrape config, reduced to its ``profilestream`` job, aimed at ``targets``."""
+def scrape_config_for(targets: Mapping[str, Sequence[str]], rules_path: Path) -> dict[str, Any]:
+    """The deployed scrape config, reduced to the static jobs named in ``targets`` (job name:
+    ``host:port`` list), each aimed at its targets with its own labels and relabelling."""
     deployed = yaml.safe_load(SCRAPE_CONFIG.read_text())
-    [job] = [j for j in deployed["scrape_configs"] if j["job_name"] == JOB]
-    labels = {k: v for c in job.get("static_configs", []) for k, v in c.get("labels", {}).items()}
-    static: dict[str, Any] = {"targets": list(targets)}
-    if labels:
-        static["labels"] = labels
+    jobs = {j["job_name"]: j for j in deployed["scrape_configs"]}
+    scrape = []
+    for name, addresses in targets.items():
+        job = jobs[name]
+        labels = {
+            k: v for c in job.get("static_configs", []) for k, v in c.get("labels", {}).items()
+        }
+        static: dict[str, Any] = {"targets": list(addresses)}
+        if labels:
+            static["labels"] = labels
+        scrape.append({**job, "static_configs": [static]})
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules_path)],
-        "scrape_configs": [{**job, "static_configs": [static]}],
+        "scrape_configs": scrape,
     }
 
 
 class PrometheusServer(ServerProcess):
-    """One Prometheus on loopback, in its own folder, scraping ``targets`` every second."""
+    """One Prometheus on loopback, in its own folder, scraping ``targets`` (deployed job name:
+    addresses) every second."""
 
     stop_timeout_s = 15.0
 
-    def __init__(self, workdir: Path, targets: Sequence[str]) -> None:
+    def __init__(self, workdir: Path, targets: Mapping[str, Sequence[str]]) -> None:
         self.workdir = workdir
-        self.targets = list(targets)
+        self.targets = dict(targets)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "prometheus.log"
@@ -198,8 +207,9 @@ class PrometheusServer(ServerProcess):
 
 
 @contextmanager
-def prometheus_scraping(targets: Sequence[str]) -> Iterator[PrometheusServer]:
-    """A started Prometheus scraping ``targets`` (``host:port``); stopped and removed after."""
+def prometheus_scraping(targets: Mapping[str, Sequence[str]]) -> Iterator[PrometheusServer]:
+    """A started Prometheus scraping ``targets`` (deployed job name: ``host:port`` list) with
+    the deployed jobs; stopped and removed after."""
     server = PrometheusServer(Path(tempfile.mkdtemp(prefix="prometheus-")), targets)
     try:
         try:
