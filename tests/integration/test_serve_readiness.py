@@ -1,14 +1,16 @@
-"""``serve`` as an orchestrator sees it while its broker goes away and comes back.
+"""``serve`` as an orchestrator sees it: catching up, losing its consumer, losing its broker.
 
-A running ``profilestream serve`` that has caught up with its topics is ready; when the
-broker stops, it turns unready within the documented bound (no broker answer for 10 s)
-but stays live (a restart would not bring the broker back), and it is ready again once
-the broker is back. The module has a broker of its own: stopping it must not disturb the
-other tests.
+A fresh ``profilestream serve`` is ready only once its store holds everything the topic
+did when it started; a serve whose consumer process is killed turns unready and not live
+(the pod is restarted); when the broker stops, it turns unready within the documented
+bound (no broker answer for 10 s) but stays live (a restart would not bring the broker
+back), and it is ready again once the broker is back. The module has a broker of its own:
+stopping it must not disturb the other tests.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import urllib.error
@@ -58,25 +60,91 @@ def wait_for(serve: ServeProcess, want: tuple[int, int, str], timeout_s: float) 
     raise AssertionError(f"probes {seen}, not {want}, after {timeout_s} s")
 
 
-def test_serve_is_unready_but_alive_while_the_broker_is_away(
-    broker: KafkaBroker, tmp_path: Path
-) -> None:
-    broker.create_topic("deltas", partitions=2)
-    broker.create_topic("segments", partitions=1)
-    deltas = [
+def deltas_for(users: int, prefix: str) -> list[ProfileDelta]:
+    return [
         ProfileDelta(
-            f"u{i}",
+            f"{prefix}{i}",
             1,
             "full",
-            f"u{i}-1",
+            f"{prefix}{i}-1",
             T0,
             [f"e{i}"],
             "m",
             changed={"spend": float(i)},
             interest=encode_vector(np.zeros(4, np.float16)),
         )
-        for i in range(20)
+        for i in range(users)
     ]
+
+
+def test_a_fresh_serve_is_ready_only_once_its_store_has_caught_up(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    users = 40_000
+    broker.create_topic("backlog", partitions=2)
+    broker.create_topic("backlog-segments", partitions=1)
+    produce_all(broker.bootstrap, "backlog", kafka_messages(deltas_for(users, "b")))  # type: ignore[arg-type]
+    serve = ServeProcess(
+        f"sqlite://{tmp_path / 'p.db'}", broker, "backlog", "backlog-segments",
+        tmp_path / "serve.log",
+    )  # fmt: skip
+    samples: list[tuple[int, int | None]] = []  # (/readyz status, profiles in the store)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                ready, _ = fetch(f"{serve.ops}/readyz")
+                _, health = fetch(f"{serve.ops}/healthz")
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+                continue
+            samples.append((ready, health["users"]))
+            if ready == 200:
+                break
+    finally:
+        serve.stop(signal.SIGTERM)
+    assert samples and samples[-1][0] == 200, samples[-5:]
+    # Ready only with every profile in the store; never ready before (the samples show
+    # the store filling while the answer was 503).
+    assert [users_held for ready, users_held in samples if ready == 200] == [users]
+    behind = [users_held for ready, users_held in samples if ready == 503]
+    assert behind and all(held is None or held <= users for held in behind), behind[-5:]
+
+
+def consumer_pid(serve: ServeProcess) -> int:
+    """The pid of serve's consumer: the child multiprocessing spawned (not its resource
+    tracker)."""
+    pid = serve.process.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        command = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        if "spawn_main" in command:
+            return int(child)
+    raise AssertionError("serve has no consumer process")
+
+
+def test_a_serve_whose_consumer_dies_turns_unready_and_not_live(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    broker.create_topic("few", partitions=1)
+    broker.create_topic("few-segments", partitions=1)
+    produce_all(broker.bootstrap, "few", kafka_messages(deltas_for(10, "f")))  # type: ignore[arg-type]
+    serve = ServeProcess(
+        f"sqlite://{tmp_path / 'p.db'}", broker, "few", "few-segments", tmp_path / "serve.log"
+    )
+    try:
+        wait_for(serve, (200, 200, "ok"), 60)
+        os.kill(consumer_pid(serve), signal.SIGKILL)
+        wait_for(serve, (503, 503, "down"), 10)  # the liveness probe restarts the pod
+    finally:
+        serve.stop(signal.SIGTERM)
+
+
+def test_serve_is_unready_but_alive_while_the_broker_is_away(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    broker.create_topic("deltas", partitions=2)
+    broker.create_topic("segments", partitions=1)
+    deltas = deltas_for(20, "u")
     produce_all(broker.bootstrap, "deltas", kafka_messages(deltas))  # type: ignore[arg-type]
     serve = ServeProcess(
         f"sqlite://{tmp_path / 'p.db'}", broker, "deltas", "segments", tmp_path / "serve.log"
