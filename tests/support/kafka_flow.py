@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Message
 
-from dataflow.commands.cluster_init import prepare_recovery
+from dataflow.cluster_layout import prepare_recovery
 from dataflow.config import Config
 from dataflow.factories import profile_params, shared_embedder
 from dataflow.sim import GeneratedEvent
