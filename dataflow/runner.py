@@ -60,6 +60,11 @@ def run_flow(config: Config) -> None:
         cli_main(
             flow,
             workers_per_process=config.workers,
+            # An empty address list runs even one worker on a thread of its own: Bytewax
+            # then takes Ctrl-C on the main thread and stops cleanly; running a lone worker
+            # on the main thread, the KeyboardInterrupt lands inside a source's next_batch
+            # and Bytewax panics (a Rust backtrace, exit 1).
+            addresses=[],
             epoch_interval=timedelta(seconds=config.snapshot_interval_s),
             recovery_config=recovery,
         )

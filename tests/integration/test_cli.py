@@ -1,17 +1,25 @@
 """The command line as a user meets it: each job shows only its own options, secrets are
-never flags, ``run`` ends with a summary and a busy port is a clear error, and API keys are
-made, listed and revoked by ``profilestream api-key``."""
+never flags, ``run`` ends with a summary and a busy port is a clear error, Ctrl-C stops a
+tailing flow cleanly, and API keys are made, listed and revoked by ``profilestream api-key``."""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from dataflow.serve.auth import KeyRing, Scope, Verdict, read_keys
+from dataflow.sim import generate_events
 from tests.support import ROOT
+from tests.support.kafka_broker import KafkaBroker, free_port
+from tests.support.kafka_flow import TopicReader, Topics, produce, start_flow
+from tests.support.server_process import stop_processes
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,3 +87,30 @@ def test_api_keys_are_made_listed_and_revoked(tmp_path: Path) -> None:
     assert cli("api-key", "revoke", "--keys-file", str(path), "--id", "crm").returncode == 0
     assert read_keys(path)[0].revoked
     assert KeyRing(path).verdict(f"Bearer {secret}", Scope.PROFILES)[0] is Verdict.UNAUTHENTICATED
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_a_tailing_flow_cleanly(
+    kafka: KafkaBroker, tmp_path: Path, workers: int
+) -> None:
+    """SIGINT while the flow tails Kafka (inside a source's read, most of the time): the
+    summary, exit status 130, and no traceback or Rust panic."""
+    topics = Topics.create(kafka)
+    produce(kafka, topics.events, list(generate_events(2000, 100, seed=4)))
+    log = tmp_path / "run.log"
+    flow = start_flow(kafka, topics, log, free_port(), "--workers", str(workers))
+    deltas = TopicReader(kafka, topics.deltas)
+    try:
+        deltas.read_until(lambda ms: len(ms) > 0, 120, flow)
+        assert deltas.messages, log.read_text()[-3000:]
+        time.sleep(1.0)  # tailing: reading an empty partition, a timer or two
+        flow.send_signal(signal.SIGINT)
+        code = flow.wait(60)
+    finally:
+        deltas.close()
+        stop_processes(flow)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "profilestream run interrupted after" in text
+    assert "panicked" not in text and "Traceback" not in text, text[-3000:]
