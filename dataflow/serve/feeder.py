@@ -4,6 +4,7 @@ applied in batches with their offsets, in a child process of its own."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -400,8 +401,23 @@ class FeederProcess:
         return self._exposition
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux's PR_SET_PDEATHSIG):
+    a killed ``serve`` must not leave its consumer writing to the store for another batch,
+    beside the consumer of the ``serve`` that replaces it. The store's transactions keep a
+    batch and its offsets together, so dying mid-batch loses nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _feeder_main(settings: FeederSettings, conn: Any, stop: Any, parent_pid: int) -> None:
     """The consumer process: feed the store until told to stop or orphaned."""
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     store = open_store(settings.store)

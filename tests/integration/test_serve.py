@@ -374,9 +374,27 @@ class ServeProcess:
                 read[topic] = float(line.rsplit(" ", 1)[1])
         return read
 
+    def consumer_pid(self) -> int:
+        """The pid of serve's consumer: the child multiprocessing spawned (not its resource
+        tracker)."""
+        pid = self.process.pid
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+            if "spawn_main" in command:
+                return int(child)
+        raise AssertionError("serve has no consumer process")
+
     def stop(self, sig: int) -> None:
         self.process.send_signal(sig)
         self.process.wait(30)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, not yet reaped (its parent is gone: init reaps it soon)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def caught_up_with(users: int) -> Any:
@@ -442,10 +460,16 @@ def test_serve_on_kafka_resumes_from_its_store_after_a_restart(
             deltas_topic: len(first_msgs),
             segments_topic: len(t_msgs) // 2,
         }
+        consumer = serve.consumer_pid()
     finally:
         # SQLite: killed outright; Redis: a clean stop (a killed group member holds its
         # partitions until the group's session times out, 45 s by default).
         serve.stop(signal.SIGKILL if backend == "sqlite" else signal.SIGTERM)
+    # Its consumer goes with it, at once: no second writer beside the next serve's.
+    deadline = time.monotonic() + 2
+    while Path(f"/proc/{consumer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{consumer}").exists() or _zombie(consumer), "an orphaned consumer"
 
     rest_msgs = kafka_messages(replayed + rest)
     produce_all(kafka.bootstrap, deltas_topic, rest_msgs)  # type: ignore[arg-type]

@@ -111,17 +111,6 @@ def test_a_fresh_serve_is_ready_only_once_its_store_has_caught_up(
     assert behind and all(held is None or held <= users for held in behind), behind[-5:]
 
 
-def consumer_pid(serve: ServeProcess) -> int:
-    """The pid of serve's consumer: the child multiprocessing spawned (not its resource
-    tracker)."""
-    pid = serve.process.pid
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        command = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
-        if "spawn_main" in command:
-            return int(child)
-    raise AssertionError("serve has no consumer process")
-
-
 def test_a_serve_whose_consumer_dies_turns_unready_and_not_live(
     broker: KafkaBroker, tmp_path: Path
 ) -> None:
@@ -133,7 +122,7 @@ def test_a_serve_whose_consumer_dies_turns_unready_and_not_live(
     )
     try:
         wait_for(serve, (200, 200, "ok"), 60)
-        os.kill(consumer_pid(serve), signal.SIGKILL)
+        os.kill(serve.consumer_pid(), signal.SIGKILL)
         wait_for(serve, (503, 503, "down"), 10)  # the liveness probe restarts the pod
     finally:
         serve.stop(signal.SIGTERM)
