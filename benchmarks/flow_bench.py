@@ -146,6 +146,16 @@ def remix(name: str, pool: Sequence[GeneratedEvent], n: int, text_share: float) 
     return BenchStream(name, [pool[i] for i in sorted(texts + others)])
 
 
+def served_catalog(model: Embedder, seed: int, folder: Path) -> ItemVectors:
+    """The generator's catalog for ``seed``, embedded once as ``profilestream embed-items``
+    does and saved to ``folder`` for ``--item-vectors-dir``."""
+    catalog = build_catalog(DEFAULT_CATALOG_ITEMS, np.random.default_rng(seed))
+    entries = [CatalogEntry(c.item_id, c.title, c.category, c.brand) for c in catalog]
+    items = embed_catalog(entries, model, batch_size=model.batch_size)
+    save_item_vectors(items, folder)
+    return items
+
+
 def build_streams(n_no_text: int, n_text: int, n_users: int, seed: int) -> list[BenchStream]:
     # The generator makes ~19% text lines; size the pool so both kinds have room to spare.
     pool_size = math.ceil(max(0.2 * n_text / 0.15, max(n_no_text, 0.8 * n_text) / 0.75))
@@ -558,13 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="flow-bench-"))
     files = {s.name: s.write(workdir / f"{slug(s.name)}.jsonl") for s in streams}
     no_text, text = streams
-    # The generator's catalog for this seed, embedded once as `profilestream embed-items` does.
-    config = Config()
-    model = Embedder(cache_size=0, batch_size=config.embed_batch_size)
-    catalog = build_catalog(DEFAULT_CATALOG_ITEMS, np.random.default_rng(args.seed))
-    entries = [CatalogEntry(c.item_id, c.title, c.category, c.brand) for c in catalog]
-    items = embed_catalog(entries, model, batch_size=config.embed_batch_size)
-    save_item_vectors(items, workdir / "item-vectors")
+    model = Embedder(cache_size=0, batch_size=Config().embed_batch_size)
+    items = served_catalog(model, args.seed, workdir / "item-vectors")
     flow_args = ["--item-vectors-dir", str(workdir / "item-vectors")]
 
     cases = [file_case(f, no_text, files[no_text.name], workdir, flow_args) for f in FLOWS]

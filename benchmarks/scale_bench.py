@@ -22,17 +22,14 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 from confluent_kafka import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import dated_result, fmt, machine_info, print_header
-from benchmarks.flow_bench import build_streams
+from benchmarks.flow_bench import build_streams, served_catalog
 from dataflow.config import Config
-from dataflow.sim import DEFAULT_CATALOG_ITEMS, build_catalog
 from operators.profile import delta_from_json
-from operators.recsys import CatalogEntry, embed_catalog, save_item_vectors
 from operators.text.embedding import Embedder
 from tests.support.kafka_broker import KafkaBroker, produce_all
 from tests.support.kafka_flow import BytewaxCluster, TopicReader, Topics, expected_events
@@ -103,11 +100,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     no_text, _ = build_streams(args.events, 0, args.users, args.seed)
-    config = Config()
-    model = Embedder(cache_size=0, batch_size=config.embed_batch_size)
-    catalog = build_catalog(DEFAULT_CATALOG_ITEMS, np.random.default_rng(args.seed))
-    entries = [CatalogEntry(c.item_id, c.title, c.category, c.brand) for c in catalog]
-    save_item_vectors(embed_catalog(entries, model, config.embed_batch_size), workdir / "items")
+    model = Embedder(cache_size=0, batch_size=Config().embed_batch_size)
+    served_catalog(model, args.seed, workdir / "items")
     valid = expected_events(no_text.events)  # duplicates and malformed lines cover nothing
     (workdir / "kafka").mkdir()
     broker = KafkaBroker(workdir / "kafka")

@@ -50,12 +50,24 @@ def hash_encoder() -> HashEncoder:
     return HashEncoder()
 
 
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(Path(tmp_path_factory.mktemp("kafka")))
+def _running_broker(folder: Path) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(folder)
     try:
         broker.start()
     except Exception as exc:
         unavailable("Kafka broker", str(exc), "these tests need a JDK and Maven")
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The session's broker, shared by every test that leaves it running."""
+    yield from _running_broker(Path(tmp_path_factory.mktemp("kafka")))
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A broker of the requesting module's own, for tests that stop and start it: that must
+    not disturb the tests on the session's broker."""
+    yield from _running_broker(Path(tmp_path_factory.mktemp("own-kafka")))

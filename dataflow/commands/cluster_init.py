@@ -49,8 +49,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+#: Each flag: the init container's variable it defaults to, that variable's default, the
+#: value's type and what it is. Defaults stay strings: argparse converts them only when
+#: this command runs, so a bad variable cannot break the other commands.
+_OPTIONS: tuple[tuple[str, str, str, type, str], ...] = (
+    ("--pod", "BYTEWAX_POD_NAME", "", str, "this pod's name"),
+    ("--replicas", "BYTEWAX_REPLICAS", "1", int, "the StatefulSet's spec.replicas"),
+    ("--statefulset", "BYTEWAX_STATEFULSET_NAME", "profilestream", str, "the StatefulSet"),
+    ("--service", "SERVICE_NAME", "profilestream", str, "the headless service"),
+    ("--namespace", "POD_NAMESPACE", "default", str, "the pods' namespace"),
+    ("--port", "TIMELY_PORT", "9999", int, "the processes' port"),
+    ("--hostfile", "BYTEWAX_HOSTFILE_PATH", "hostfile.txt", Path, "the hostfile to write"),
+    ("--recovery-dir", "BYTEWAX_RECOVERY_DIRECTORY", "recovery", Path, "this pod's folder"),
+    (
+        "--partitions", "RECOVERY_PARTITIONS", "16", int,
+        "recovery partitions of the whole cluster, fixed for the life of its state",
+    ),
+    (
+        "--spread-over", "RECOVERY_SPREAD_OVER", "0", int,
+        "the pods whose volumes hold the partitions: the replicas of the cluster's first "
+        "start, unchanged when scaling out (0: --replicas)",
+    ),
+    (
+        "--init-recovery", "RECOVERY_INIT", "never", str,
+        "'empty': create this pod's partitions if its directory has none; 'never': fail instead",
+    ),
+)  # fmt: skip
 
 
 def add_command(subparsers: Any) -> None:
@@ -61,65 +85,11 @@ def add_command(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--pod", default=_env("BYTEWAX_POD_NAME"), help="this pod's name (env BYTEWAX_POD_NAME)"
-    )
-    parser.add_argument(
-        "--replicas",
-        type=int,
-        default=int(_env("BYTEWAX_REPLICAS", "1")),
-        help="the StatefulSet's spec.replicas (env BYTEWAX_REPLICAS)",
-    )
-    parser.add_argument(
-        "--statefulset",
-        default=_env("BYTEWAX_STATEFULSET_NAME", "profilestream"),
-        help="env BYTEWAX_STATEFULSET_NAME",
-    )
-    parser.add_argument(
-        "--service",
-        default=_env("SERVICE_NAME", "profilestream"),
-        help="the headless service (env SERVICE_NAME)",
-    )
-    parser.add_argument(
-        "--namespace", default=_env("POD_NAMESPACE", "default"), help="env POD_NAMESPACE"
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(_env("TIMELY_PORT", "9999")),
-        help="the processes' port (env TIMELY_PORT)",
-    )
-    parser.add_argument(
-        "--hostfile",
-        type=Path,
-        default=Path(_env("BYTEWAX_HOSTFILE_PATH", "hostfile.txt")),
-        help="env BYTEWAX_HOSTFILE_PATH",
-    )
-    parser.add_argument(
-        "--recovery-dir",
-        type=Path,
-        default=Path(_env("BYTEWAX_RECOVERY_DIRECTORY", "recovery")),
-        help="env BYTEWAX_RECOVERY_DIRECTORY",
-    )
-    parser.add_argument(
-        "--partitions",
-        type=int,
-        default=int(_env("RECOVERY_PARTITIONS", "16")),
-        help="recovery partitions of the whole cluster, fixed for the life of its state "
-        "(env RECOVERY_PARTITIONS)",
-    )
-    parser.add_argument(
-        "--spread-over",
-        type=int,
-        default=int(_env("RECOVERY_SPREAD_OVER", "0")),
-        help="the pods whose volumes hold the partitions: the replicas of the cluster's first "
-        "start, unchanged when scaling out (default: --replicas; env RECOVERY_SPREAD_OVER)",
-    )
-    parser.add_argument(
-        "--init-recovery",
-        choices=("never", "empty"),
-        default=_env("RECOVERY_INIT", "never"),
-        help="'empty': create this pod's partitions if its directory has none; 'never': fail "
-        "instead (env RECOVERY_INIT)",
-    )
+    for flag, variable, default, kind, what in _OPTIONS:
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=os.environ.get(variable, default),
+            help=f"{what} (env {variable})",
+        )
     parser.set_defaults(handler=run)

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,15 +56,6 @@ PROGRESS = 100  # events a restarted process must have covered before it is kill
 # outage and the client's reconnection, so only the end of the stream makes them idle.
 IDLE_MS = 25_000
 OUTAGE_S = (4.0, 8.0)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A broker of this module's own: stopping it must not disturb the other tests."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("fault-broker"))
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,25 +107,25 @@ def produce_steadily(bootstrap: str, topic: str, events: list[GeneratedEvent], s
 
 
 def test_random_kills_and_a_broker_outage_change_no_output(
-    broker: KafkaBroker, generated: list[GeneratedEvent], tmp_path: Path
+    own_broker: KafkaBroker, generated: list[GeneratedEvent], tmp_path: Path
 ) -> None:
     seed = int(os.environ.get("PROFILESTREAM_FAULT_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
-    topics = Topics.create(broker)
+    topics = Topics.create(own_broker)
     recovery = ("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval-s", "0.5")
     produced = threading.Event()
     producer = threading.Thread(
         target=produce_steadily,
-        args=(broker.bootstrap, topics.events, generated, PRODUCE_SECONDS, produced),
+        args=(own_broker.bootstrap, topics.events, generated, PRODUCE_SECONDS, produced),
         daemon=True,
     )
-    deltas = TopicReader(broker, topics.deltas)
+    deltas = TopicReader(own_broker, topics.deltas)
     runs = 0
 
     def start() -> subprocess.Popen[bytes]:
         nonlocal runs
         runs += 1
-        return run_flow(broker, topics, tmp_path / f"run-{runs}.log", *recovery)
+        return run_flow(own_broker, topics, tmp_path / f"run-{runs}.log", *recovery)
 
     def progress(process: subprocess.Popen[bytes]) -> None:
         """Wait until the process has sent deltas covering PROGRESS new events (start-up,
@@ -160,15 +150,15 @@ def test_random_kills_and_a_broker_outage_change_no_output(
             process = start()
             if kill == outage_after:  # while the restarted flow runs
                 progress(process)
-                broker.stop()
+                own_broker.stop()
                 down = rng.uniform(*OUTAGE_S)
                 time.sleep(down)
-                broker.start(fresh=False)
+                own_broker.start(fresh=False)
                 faults.append(f"broker down {down:.1f} s under the running flow")
         producer.join(PRODUCE_SECONDS + 300)
         assert produced.is_set(), (seed, faults)
         alive = lambda: process.poll() is None  # noqa: E731
-        faulted = read_outputs(broker, topics, expected_events(generated), alive, IDLE_MS)
+        faulted = read_outputs(own_broker, topics, expected_events(generated), alive, IDLE_MS)
         assert alive(), (seed, faults, (tmp_path / f"run-{runs}.log").read_text()[-3000:])
     finally:
         stop_processes(process)
@@ -182,7 +172,7 @@ def test_random_kills_and_a_broker_outage_change_no_output(
     assert replays > 0, context  # the kills landed mid-stream: deltas were re-sent
     repeated = sum(len(r) - len(set(r)) for r in (faulted.segments, faulted.demand))
     print(f"{context}; {len(outcomes)} deltas, {replays} replayed; {repeated} records re-sent")
-    assert_same_outputs(faulted, uninterrupted(broker, topics.events, generated, tmp_path))
+    assert_same_outputs(faulted, uninterrupted(own_broker, topics.events, generated, tmp_path))
     assert_demand_equals_recount(faulted, generated)
 
 

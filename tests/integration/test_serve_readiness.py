@@ -14,7 +14,6 @@ import os
 import signal
 import time
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +26,6 @@ from tests.support.kafka_broker import KafkaBroker, produce_all
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path_factory.mktemp("readiness-broker"))
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def probes(serve: ServeProcess) -> tuple[int, int, str]:
@@ -78,14 +69,14 @@ def deltas_for(users: int, prefix: str) -> list[ProfileDelta]:
 
 
 def test_a_fresh_serve_is_ready_only_once_its_store_has_caught_up(
-    broker: KafkaBroker, tmp_path: Path
+    own_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     users = 40_000
-    broker.create_topic("backlog", partitions=2)
-    broker.create_topic("backlog-segments", partitions=1)
-    produce_all(broker.bootstrap, "backlog", kafka_messages(deltas_for(users, "b")))  # type: ignore[arg-type]
+    own_broker.create_topic("backlog", partitions=2)
+    own_broker.create_topic("backlog-segments", partitions=1)
+    produce_all(own_broker.bootstrap, "backlog", kafka_messages(deltas_for(users, "b")))  # type: ignore[arg-type]
     serve = ServeProcess(
-        f"sqlite://{tmp_path / 'p.db'}", broker, "backlog", "backlog-segments",
+        f"sqlite://{tmp_path / 'p.db'}", own_broker, "backlog", "backlog-segments",
         tmp_path / "serve.log",
     )  # fmt: skip
     samples: list[tuple[int, int | None]] = []  # (/readyz status, profiles in the store)
@@ -112,13 +103,13 @@ def test_a_fresh_serve_is_ready_only_once_its_store_has_caught_up(
 
 
 def test_a_serve_whose_consumer_dies_turns_unready_and_not_live(
-    broker: KafkaBroker, tmp_path: Path
+    own_broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    broker.create_topic("few", partitions=1)
-    broker.create_topic("few-segments", partitions=1)
-    produce_all(broker.bootstrap, "few", kafka_messages(deltas_for(10, "f")))  # type: ignore[arg-type]
+    own_broker.create_topic("few", partitions=1)
+    own_broker.create_topic("few-segments", partitions=1)
+    produce_all(own_broker.bootstrap, "few", kafka_messages(deltas_for(10, "f")))  # type: ignore[arg-type]
     serve = ServeProcess(
-        f"sqlite://{tmp_path / 'p.db'}", broker, "few", "few-segments", tmp_path / "serve.log"
+        f"sqlite://{tmp_path / 'p.db'}", own_broker, "few", "few-segments", tmp_path / "serve.log"
     )
     try:
         wait_for(serve, (200, 200, "ok"), 60)
@@ -129,25 +120,25 @@ def test_a_serve_whose_consumer_dies_turns_unready_and_not_live(
 
 
 def test_serve_is_unready_but_alive_while_the_broker_is_away(
-    broker: KafkaBroker, tmp_path: Path
+    own_broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    broker.create_topic("deltas", partitions=2)
-    broker.create_topic("segments", partitions=1)
+    own_broker.create_topic("deltas", partitions=2)
+    own_broker.create_topic("segments", partitions=1)
     deltas = deltas_for(20, "u")
-    produce_all(broker.bootstrap, "deltas", kafka_messages(deltas))  # type: ignore[arg-type]
+    produce_all(own_broker.bootstrap, "deltas", kafka_messages(deltas))  # type: ignore[arg-type]
     serve = ServeProcess(
-        f"sqlite://{tmp_path / 'p.db'}", broker, "deltas", "segments", tmp_path / "serve.log"
+        f"sqlite://{tmp_path / 'p.db'}", own_broker, "deltas", "segments", tmp_path / "serve.log"
     )
     try:
         wait_for(serve, (200, 200, "ok"), 60)
         assert fetch(f"{serve.url}/users/u7")[1]["fields"]["spend"] == 7.0
-        broker.stop()
+        own_broker.stop()
         # Unready within the bound (10 s without an answer, the lag asked every second
         # with a 1 s timeout per partition), never restarted meanwhile.
         took = wait_for(serve, (200, 503, "unreachable"), 40)
         assert took >= 9, took
         assert fetch(f"{serve.url}/users/u7")[0] == 200  # what it holds is still served
-        broker.start(fresh=False)
+        own_broker.start(fresh=False)
         wait_for(serve, (200, 200, "ok"), 90)
     finally:
         serve.stop(signal.SIGTERM)
