@@ -29,7 +29,14 @@ def run_flow(config: Config) -> None:
 
     from dataflow.flow import build_flow
 
-    metrics_server = None
+    recovery = None
+    if config.recovery_dir is not None:
+        if not config.recovery_dir.exists() or not any(config.recovery_dir.iterdir()):
+            config.recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(config.recovery_dir, 1)
+        recovery = RecoveryConfig(str(config.recovery_dir))
+    flow = build_flow(config)
+    metrics_server = None  # started once the flow is built: a failed build leaves none behind
     if every_interface:
         # Bytewax's API server (it binds 0.0.0.0, always) adds its operators' own timings.
         os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
@@ -42,13 +49,6 @@ def run_flow(config: Config) -> None:
             # Every series the dashboard and alerts use lives in the Python registry
             # (profilestream_*, and Bytewax's bytewax_kafka_consumer_lag).
             metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host)
-    recovery = None
-    if config.recovery_dir is not None:
-        if not config.recovery_dir.exists() or not any(config.recovery_dir.iterdir()):
-            config.recovery_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(config.recovery_dir, 1)
-        recovery = RecoveryConfig(str(config.recovery_dir))
-    flow = build_flow(config)
     # The flow allocates and drops millions of small objects; at the collector's default
     # thresholds full collections kept traversing every live one (the models, the modules,
     # the users' queues). Measured file to file, 240k events: 12,118-13,084 events/s at the
