@@ -133,6 +133,13 @@ class Config:
         ),
     )
     full_every: int = field(default=100, metadata=_opt("every N-th delta of a user is full"))
+    vector_encoding: Literal["int8", "float16"] = field(
+        default="int8",
+        metadata=_opt(
+            "how deltas carry the interest vector: int8 codes and a scale (half the bytes, "
+            "cosine to the profile's vector > 0.9999) or float16 (the profile's exact bits)"
+        ),
+    )
     settle_full_after_s: float = field(
         default=0.0,
         metadata=_opt(

@@ -75,6 +75,7 @@ def profile_params(config: Config, model_name: str) -> ProfileParams:
         model_version=f"{model_name}+profile-v1",
         windows=parse_windows(config.windows),
         allowed_lateness_ms=config.allowed_lateness_ms,
+        vector_encoding=config.vector_encoding,
     )
 
 

@@ -29,7 +29,8 @@ def openapi() -> dict[str, Any]:
         "A user's newest profile. `fields` holds the public profile fields of the deltas "
         "contract (counts, spend, affinities, keywords, windows, segments, rfm, item memory, "
         "...): see README, 'Profile delta'. `interest` (only with ?interest=true) is the "
-        "interest vector as base64 of little-endian float16."
+        "interest vector as the deltas carry it (docs/contracts.md: `q8:` and int8 codes, or "
+        "base64 of little-endian float16)."
     )
 
     def body(schema: str | dict[str, Any], description: str) -> dict[str, Any]:

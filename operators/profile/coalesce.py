@@ -116,6 +116,7 @@ def emit(
     profile = state.profile
     full = before is None or state.needs_full or state.deltas_since_full + 1 >= params.full_every
     moved = before is None or not np.array_equal(before.interest, profile.interest)
+    interest = encode_vector(profile.interest, params.vector_encoding) if full or moved else None
     if full:
         changed = public_fields(profile, params)
         state.deltas_since_full, state.needs_full = 0, False
@@ -136,7 +137,7 @@ def emit(
         model_version=profile.model_version,
         base_version=0 if full or before is None else before.version,
         changed=changed,
-        interest=encode_vector(profile.interest) if full or moved else None,
+        interest=interest,
         ingest_ms=pending.ingest_ms,
         processed_ms=now_ms,
     )
@@ -168,7 +169,7 @@ def settled(state: UserState, params: ProfileParams, now_ms: int) -> ProfileDelt
         event_ids=[],
         model_version=profile.model_version,
         changed=public_fields(profile, params),
-        interest=encode_vector(profile.interest),
+        interest=encode_vector(profile.interest, params.vector_encoding),
         processed_ms=now_ms,
     )
 

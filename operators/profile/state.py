@@ -22,6 +22,7 @@ import msgspec
 import numpy as np
 
 from operators.ingest import Event
+from operators.profile.deltas import VectorEncoding
 from operators.profile.items import UserItemMemory
 from operators.profile.windows import DEFAULT_WINDOWS, WindowSpec, WindowState, parse_windows
 
@@ -62,6 +63,8 @@ class ProfileParams:
     model_version: str = "profile-v1"
     windows: tuple[WindowSpec, ...] = parse_windows(DEFAULT_WINDOWS)
     allowed_lateness_ms: int = 600_000
+    #: How deltas carry the interest vector (not a model knob: the model keeps float16).
+    vector_encoding: VectorEncoding = "int8"
 
     def moves_interest(self, event: Event) -> bool:
         """Whether this event's vector changes the interest vector (its type has weight)."""

@@ -9,7 +9,14 @@ import numpy as np
 from operators.apps import Applications, RiskParams
 from operators.apps.segments import SegmentBook, load_segment_book
 from operators.ingest import Event, parse_event
-from operators.profile import MaterializedProfile, ProfileParams, UserState, public_fields
+from operators.profile import (
+    MaterializedProfile,
+    ProfileParams,
+    UserState,
+    decode_vector,
+    encode_vector,
+    public_fields,
+)
 from operators.recsys import ItemVectors
 from operators.text import SentimentScorer
 from operators.text.embedding import TextEncoder
@@ -111,7 +118,8 @@ def assert_profiles_match(
     atol: float,
     late_users: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Same users, versions and fields exactly; interest vectors within ``atol``.
+    """Same users, versions and fields exactly; interest vectors within ``atol`` of the
+    reference's as the deltas encode it.
 
     For ``late_users`` (see :func:`users_with_late_events`) the version and the fields the
     clock changes may differ with the arrival order, as in any watermark-driven system;
@@ -134,4 +142,6 @@ def assert_profiles_match(
             differ = {k: (fields.get(k), want.get(k)) for k in fields.keys() | want.keys()
                       if fields.get(k) != want.get(k)}  # fmt: skip
             raise AssertionError(f"{user}: {differ}")
-        assert np.allclose(got.interest, state.profile.interest, atol=atol, rtol=0), user
+        # What the deltas' encoding of the reference's vector carries (int8: not the bits).
+        carried = decode_vector(encode_vector(state.profile.interest, params.vector_encoding))
+        assert np.allclose(got.interest, carried, atol=atol, rtol=0), user

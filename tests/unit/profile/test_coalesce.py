@@ -19,8 +19,10 @@ from operators.profile import (
     UserState,
     apply_event,
     decode_state,
+    decode_vector,
     emit,
     encode_state,
+    encode_vector,
     erase,
     materialize,
     note,
@@ -131,7 +133,9 @@ def assert_equals_state(view: ProfileView, state: UserState) -> None:
     profile = view.profiles["u1"]
     assert profile.version == state.profile.version
     assert profile.fields == public_fields(state.profile, PARAMS)
-    assert np.array_equal(profile.interest, state.profile.interest)  # exact, not just close
+    # Exactly what the encoding carries, not just close to it.
+    carried = decode_vector(encode_vector(state.profile.interest, PARAMS.vector_encoding))
+    assert np.array_equal(profile.interest, carried)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -53,6 +53,45 @@ def test_vectors_travel_exactly_in_two_bytes_a_component(scale: float) -> None:
     assert len(text) == 1024  # 768 bytes of base64
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("scale", [1e-4, 0.05, 0.5, 3.0])
+def test_int8_vectors_keep_direction_and_each_value_within_half_a_step(scale: float) -> None:
+    rng = np.random.default_rng(1)
+    # Dense vectors, like the profiles' means of embeddings, keep their direction closely;
+    # where a few components dominate, the smallest fall below one step and are lost.
+    shapes = {
+        "normal": (rng.standard_normal((200, 384)), 0.9999),
+        "cauchy": (np.clip(rng.standard_cauchy((200, 384)), -1e3, 1e3), 0.998),
+        "spiky": (rng.standard_normal((200, 384)) * 0.01 + np.eye(200, 384) * 5, 0.999),
+    }
+    for vectors, cosine in shapes.values():
+        for vector in (vectors * scale).astype(np.float16):
+            text = encode_vector(vector, "int8")
+            assert text.startswith("q8:") and len(text) == 3 + 520  # 388 bytes of base64
+            decoded, exact = decode_vector(text), vector.astype(np.float32)
+            step = np.abs(exact).max() / 127
+            assert np.abs(decoded - exact).max() <= step / 2 * 1.001
+            assert _cosine(decoded, exact) > cosine
+
+
+def test_int8_zero_vector_decodes_to_zeros() -> None:
+    assert not decode_vector(encode_vector(np.zeros(4, np.float16), "int8")).any()
+
+
+def test_consumers_read_either_encoding() -> None:
+    vector = np.array([0.25, -0.5, 1.0], np.float16)
+    first = delta("full", 1, "e1", interest=encode_vector(vector, "int8"))
+    second = delta("patch", 2, "e1", 1, interest=encode_vector(vector * 2, "float16"))
+    view = ProfileView()
+    view.apply(first)
+    assert np.allclose(view.profiles["u"].interest, vector, atol=1 / 127)
+    view.apply(second)
+    assert np.array_equal(view.profiles["u"].interest, vector * 2)
+
+
 def test_json_round_trip() -> None:
     d = patch(2, 1)
     assert delta_from_json(delta_to_json(d)) == d
