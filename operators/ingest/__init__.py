@@ -40,6 +40,7 @@ from operators.ingest.events import (
     parse_event,
     parse_timestamp_ms,
     refused,
+    wire_form,
 )
 from operators.ingest.privacy import keyed_hash, pii_key, pseudonymise
 
@@ -70,4 +71,5 @@ __all__ = [
     "pii_key",
     "pseudonymise",
     "refused",
+    "wire_form",
 ]

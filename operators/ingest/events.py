@@ -311,8 +311,41 @@ def duplicate_of(event: Event) -> DeadLetter:
 
 def refused(event: Event, reason: RejectReason, error: str) -> DeadLetter:
     """Dead-letter a valid event the profile step refuses (a duplicate, a re-send after
-    erasure, an event too old to de-duplicate), keeping what identifies it."""
-    return DeadLetter(reason.value, error, event.raw, event.key, event.source)
+    erasure, an event too old to de-duplicate), keeping what identifies it: its original
+    message, or, where that was dropped (IPs hidden), the event re-encoded."""
+    raw = event.raw or wire_form(event)
+    return DeadLetter(reason.value, error, raw, event.key, event.source)
+
+
+_WIRE_FIELDS: Final = (
+    "event_id",
+    "user_id",
+    "type",
+    "item_id",
+    "category",
+    "brand",
+    "price",
+    "quantity",
+    "text",
+    "rating",
+    "session_id",
+    "device_id",
+    "ip",
+    "channel",
+)
+_wire_encoder = msgspec.json.Encoder()
+
+
+def wire_form(event: Event) -> bytes:
+    """The event as an input message again (its fields, ``ts`` in epoch ms; unset ones left
+    out): what a refused event's dead letter carries when its original bytes were dropped.
+
+    >>> wire_form(Event("e1", "u1", 1_700_000_000_000, "view", item_id="i1"))
+    b'{"event_id":"e1","user_id":"u1","type":"view","item_id":"i1","quantity":1,"ts":1700000000000}'
+    """
+    fields = {name: getattr(event, name) for name in _WIRE_FIELDS}
+    fields["ts"] = event.ts_ms
+    return _wire_encoder.encode({k: v for k, v in fields.items() if v is not None})
 
 
 def erased_user(event: Event) -> DeadLetter:

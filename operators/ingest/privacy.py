@@ -6,8 +6,9 @@ the flow never needs the values themselves. :func:`pseudonymise` replaces ``ip``
 ``h:``) before the event reaches any state, snapshot, delta, alert or dead letter: equal
 values still compare equal, but without the secret nobody can test a guess (an IPv4 address
 has only 2^32 values, so a plain hash would be reversible in minutes). The original message
-bytes the event carries for dead-lettering are replaced too, by the event re-encoded with
-the hashes, so a duplicate's dead letter holds no clear IP either.
+bytes the event carries for dead-lettering are dropped too: a later step that refuses the
+event (a duplicate, say) dead-letters it re-encoded with the hashes
+(:func:`operators.ingest.events.refused`), so its dead letter holds no clear IP either.
 
 The secret comes from configuration (``PROFILESTREAM_PII_SECRET``, from a Kubernetes
 Secret) and is never logged. Changing it makes every known device look new to the risk
@@ -20,8 +21,8 @@ rules until users have logged in again: rotate it with that in mind.
 >>> hidden = pseudonymise(event, key)
 >>> hidden.ip, hidden.device_id
 ('h:1cf8f1a057784e23d447741ca6e7e6f1', 'h:ce0b2ece8801987b968e60fbffdb3995')
->>> b"203.0.113.7" in hidden.raw, pseudonymise(event, key) == hidden
-(False, True)
+>>> hidden.raw, pseudonymise(event, key) == hidden
+(b'', True)
 """
 
 from __future__ import annotations
@@ -40,24 +41,6 @@ PREFIX: Final = "h:"
 #: Used when no secret is configured (development and the demo only: it is public).
 DEVELOPMENT_SECRET: Final = "profilestream-development-secret"
 
-_encoder = msgspec.json.Encoder()
-_RAW_FIELDS: Final = (
-    "event_id",
-    "user_id",
-    "type",
-    "item_id",
-    "category",
-    "brand",
-    "price",
-    "quantity",
-    "text",
-    "rating",
-    "session_id",
-    "device_id",
-    "ip",
-    "channel",
-)
-
 
 def pii_key(secret: str) -> bytes:
     """The HMAC key of a configured secret (an empty one means the development secret)."""
@@ -70,16 +53,13 @@ def keyed_hash(value: str, key: bytes) -> str:
 
 
 def pseudonymise(event: Event, key: bytes) -> Event:
-    """``event`` with its IP and device id replaced by keyed hashes (itself if it has none)."""
+    """``event`` with its IP and device id replaced by keyed hashes and its original message
+    bytes dropped (itself if it has neither)."""
     if event.ip is None and event.device_id is None:
         return event
     ip = None if event.ip is None else _hash(event.ip, key)
     device = None if event.device_id is None else _hash(event.device_id, key)
-    hidden = msgspec.structs.replace(event, ip=ip, device_id=device)
-    fields = {name: getattr(hidden, name) for name in _RAW_FIELDS}
-    fields["ts"] = event.ts_ms
-    raw = _encoder.encode({k: v for k, v in fields.items() if v is not None})
-    return msgspec.structs.replace(hidden, raw=raw)
+    return msgspec.structs.replace(event, ip=ip, device_id=device, raw=b"")
 
 
 @lru_cache(maxsize=65_536)
