@@ -46,6 +46,7 @@ import bisect
 import itertools
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -375,38 +376,72 @@ def spend_as_of(
     return sum(bucket.spend for bucket in ring[start:]) / 1e6
 
 
-def next_count_drop_ms(
-    state: WindowState, specs: tuple[WindowSpec, ...], index: int, kind: str, as_of_ms: int
+def next_count_flip_ms(
+    state: WindowState,
+    specs: tuple[WindowSpec, ...],
+    index: int,
+    kind: str,
+    as_of_ms: int,
+    holds: Callable[[int], bool],
 ) -> int | None:
-    """When the next ``kind`` event leaves span ``specs[index]`` if no event comes: the end
-    time of the oldest bucket in the window (as of ``as_of_ms``) that holds one, plus the
-    span; ``None`` when the window holds none. Always later than ``as_of_ms``.
+    """When, if no event comes, ``holds`` of the count of ``kind`` in span ``specs[index]``
+    (:func:`count_as_of`) first changes as buckets leave it; ``None`` if it never does. A
+    segment condition ``count >= 3`` asks only when it can stop holding, not when each
+    event leaves, so the timers it sets fire when something changes. Always after
+    ``as_of_ms``.
 
     >>> specs = parse_windows("1h:5m")
     >>> state = initialize(specs)
-    >>> _ = add(state, specs, Event("e1", "u", 3_650_000, "add_to_cart", item_id="i"), 0)
-    >>> next_count_drop_ms(state, specs, 0, "add_to_cart", 3_650_000)
+    >>> for i, ts in enumerate((3_650_000, 3_950_000)):
+    ...     _ = add(state, specs, Event(f"e{i}", "u", ts, "add_to_cart", item_id="i"), 0)
+    >>> next_count_flip_ms(state, specs, 0, "add_to_cart", 3_950_000, lambda n: n >= 1)
+    7500000
+    >>> next_count_flip_ms(state, specs, 0, "add_to_cart", 3_950_000, lambda n: n >= 2)
     7200000
-    >>> next_count_drop_ms(state, specs, 0, "add_to_cart", 7_200_000) is None
+    >>> next_count_flip_ms(state, specs, 0, "add_to_cart", 7_500_000, lambda n: n >= 1) is None
     True
     """
+    return _next_flip(state, specs, index, as_of_ms, lambda b: b.counts.get(kind, 0), holds, 1)
+
+
+def next_spend_flip_ms(
+    state: WindowState,
+    specs: tuple[WindowSpec, ...],
+    index: int,
+    as_of_ms: int,
+    holds: Callable[[float], bool],
+) -> int | None:
+    """Like :func:`next_count_flip_ms`, for the purchase spend (:func:`spend_as_of`)."""
+    return _next_flip(state, specs, index, as_of_ms, lambda b: b.spend, holds, 1_000_000)
+
+
+def _next_flip(
+    state: WindowState,
+    specs: tuple[WindowSpec, ...],
+    index: int,
+    as_of_ms: int,
+    amount: Callable[[Bucket], int],
+    holds: Callable[[Any], bool],
+    unit: int,
+) -> int | None:
+    """Walk the window's buckets oldest first, taking each one's ``amount`` out of the total
+    (integers, as the buckets keep them: no rounding drift) until ``holds`` of the total
+    (/ ``unit``) changes: that bucket's leaving time."""
     ring = state.rings[index]
     if not ring:
         return None
     spec = specs[index]
-    for i in range(_inside(state, spec, ring, as_of_ms), len(ring)):  # oldest first
-        if ring[i].counts.get(kind):
-            return (ring[i].index + spec.buckets) * spec.step_ms
+    start = _inside(state, spec, ring, as_of_ms)
+    inside = ring[start:] if start else ring
+    total = sum(amount(b) for b in inside) if start else amount(state.totals[index])
+    now = holds(total / unit if unit != 1 else total)
+    for bucket in inside:
+        part = amount(bucket)
+        if part:
+            total -= part
+            if holds(total / unit if unit != 1 else total) != now:
+                return (bucket.index + spec.buckets) * spec.step_ms
     return None
-
-
-def next_spend_drop_ms(
-    state: WindowState, specs: tuple[WindowSpec, ...], index: int, as_of_ms: int
-) -> int | None:
-    """Like :func:`next_count_drop_ms`, for the oldest bucket in the window with spend."""
-    ring = state.rings[index]
-    if not ring:
-        return None
     spec = specs[index]
     for i in range(_inside(state, spec, ring, as_of_ms), len(ring)):
         if ring[i].spend:

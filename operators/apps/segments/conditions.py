@@ -48,8 +48,8 @@ from operators.ingest import EVENT_TYPES
 from operators.profile import UserProfile, WindowSpec, parse_duration_ms
 from operators.profile.windows import (
     count_as_of,
-    next_count_drop_ms,
-    next_spend_drop_ms,
+    next_count_flip_ms,
+    next_spend_flip_ms,
     span_index,
     spend_as_of,
 )
@@ -211,9 +211,8 @@ class _Parser:
                         return True
                 return False
 
-        timed = tuple(p.next_change for p in parts if p.next_change is not None)
         spans = frozenset().union(*(p.spans for p in parts))
-        return _Compiled(test, _earliest(timed), spans, _union(parts))
+        return _Compiled(test, _combined_change(parts, every), spans, _union(parts))
 
     def _not(self, node: dict[str, Any], where: str) -> _Compiled:
         inner = self.compile(node["not"], where)
@@ -343,7 +342,7 @@ class _Parser:
             return compare(count_as_of(p.windows, specs, index(specs), kind, now))
 
         def next_change(p: UserProfile, now: int, specs: Specs) -> int | None:
-            return next_count_drop_ms(p.windows, specs, index(specs), kind, now)
+            return next_count_flip_ms(p.windows, specs, index(specs), kind, now, compare)
 
         return _Compiled(test, next_change, frozenset({span}), frozenset({kind}))
 
@@ -356,7 +355,7 @@ class _Parser:
             return compare(spend_as_of(p.windows, specs, index(specs), now))
 
         def next_change(p: UserProfile, now: int, specs: Specs) -> int | None:
-            return next_spend_drop_ms(p.windows, specs, index(specs), now)
+            return next_spend_flip_ms(p.windows, specs, index(specs), now, compare)
 
         return _Compiled(test, next_change, frozenset({span}), frozenset({"purchase"}))
 
@@ -457,6 +456,35 @@ def _span_resolver(span: str, segment: str) -> Callable[[Specs], int]:
         return i
 
     return index
+
+
+def _combined_change(parts: list[_Compiled], every: bool) -> NextChange | None:
+    """When an ``all`` (``every``) or ``any`` of ``parts`` can next change.
+
+    Only when a part does; and an ``all`` that fails now holds again only once every part
+    that fails now has changed (an ``any`` that holds now, dually, fails only once every
+    part that holds has): then the earliest time is the latest of those parts' next
+    changes, and never if one of them never changes. Without that, a timer would fire each
+    time any part changed -- a cart leaving the hour for a user who bought, say.
+    """
+    timed = tuple(p.next_change for p in parts if p.next_change is not None)
+    earliest = _earliest(timed)
+    if earliest is None:
+        return None
+    pairs = tuple((p.test, p.next_change) for p in parts)
+
+    def next_change(p: UserProfile, now: int, specs: Specs) -> int | None:
+        latest = None
+        for test, change in pairs:
+            if test(p, now, specs) != every:  # this part keeps the result as it is
+                t = change(p, now, specs) if change is not None else None
+                if t is None:
+                    return None
+                if latest is None or t > latest:
+                    latest = t
+        return earliest(p, now, specs) if latest is None else latest
+
+    return next_change
 
 
 def _earliest(functions: tuple[NextChange, ...]) -> NextChange | None:

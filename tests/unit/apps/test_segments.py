@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 import random
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,8 @@ from operators.profile.windows import (
     add,
     count_as_of,
     initialize,
-    next_count_drop_ms,
-    next_spend_drop_ms,
+    next_count_flip_ms,
+    next_spend_flip_ms,
     result,
     span_index,
     spend_as_of,
@@ -249,25 +252,47 @@ def test_counts_as_of_later_times_equal_the_windows_after_a_neutral_event(seed: 
             ]
 
 
+Predicate = Callable[[Any], bool]
+
+
 @pytest.mark.parametrize("seed", range(20))
-def test_the_next_drop_is_exactly_when_a_count_falls(seed: int) -> None:
+def test_the_next_flip_is_exactly_when_a_condition_on_a_window_changes(seed: int) -> None:
     state, _ = random_window_state(seed)
-    for i in range(len(SPECS)):
-        for kind in ("add_to_cart", "purchase"):
-            now = state.latest_ms
-            while (t := next_count_drop_ms(state, SPECS, i, kind, now)) is not None:
-                assert t > now
-                before = count_as_of(state, SPECS, i, kind, now)
-                assert count_as_of(state, SPECS, i, kind, t - 1) == before
-                assert count_as_of(state, SPECS, i, kind, t) < before
-                now = t
-            assert count_as_of(state, SPECS, i, kind, now) == 0
-        now = state.latest_ms
-        while (t := next_spend_drop_ms(state, SPECS, i, now)) is not None:
-            assert spend_as_of(state, SPECS, i, t - 1) == spend_as_of(state, SPECS, i, now)
-            assert spend_as_of(state, SPECS, i, t) < spend_as_of(state, SPECS, i, now)
-            now = t
-        assert spend_as_of(state, SPECS, i, now) == 0
+    far = state.latest_ms + 400 * DAY_MS  # every bucket has left by then
+    predicates: list[Predicate] = [
+        *(partial(operator.le, k) for k in (0.5, 1, 2, 3, 40.0, 500.0)),  # k <= x
+        *(partial(operator.gt, k) for k in (1, 2, 150.0)),  # x < k
+        lambda x: 1 <= x <= 2,
+    ]
+    for i, spec in enumerate(SPECS):
+        leaving = sorted({(b.index + spec.buckets) * spec.step_ms for b in state.rings[i]})
+        for holds in predicates:
+            for counted in (True, False):
+
+                def value(t: int, i: int = i, counted: bool = counted) -> float:
+                    if counted:
+                        return count_as_of(state, SPECS, i, "add_to_cart", t)
+                    return spend_as_of(state, SPECS, i, t)
+
+                def flip(
+                    now: int, i: int = i, counted: bool = counted, holds: Predicate = holds
+                ) -> int | None:
+                    if counted:
+                        return next_count_flip_ms(state, SPECS, i, "add_to_cart", now, holds)
+                    return next_spend_flip_ms(state, SPECS, i, now, holds)
+
+                now = state.latest_ms
+                while True:
+                    t, before = flip(now), holds(value(now))
+                    # Nothing changes between now and t (values move only as buckets leave).
+                    end = far if t is None else t
+                    for moment in [m for m in leaving if now < m < end] + [end - 1]:
+                        assert holds(value(moment)) == before
+                    if t is None:
+                        assert holds(value(far)) == before
+                        break
+                    assert t > now and holds(value(t)) != before
+                    now = t
 
 
 def test_a_quiet_users_cart_leaves_the_day_as_time_passes() -> None:
@@ -283,7 +308,7 @@ def test_a_quiet_users_cart_leaves_the_day_as_time_passes() -> None:
         span_index(SPECS, "2h")
     assert count_as_of(initialize(SPECS), SPECS, 0, "view", T0) == 0
     assert spend_as_of(initialize(SPECS), SPECS, 0, T0) == 0.0
-    assert next_count_drop_ms(initialize(SPECS), SPECS, 0, "view", T0) is None
+    assert next_count_flip_ms(initialize(SPECS), SPECS, 0, "view", T0, bool) is None
 
 
 # --- next_check_ms -----------------------------------------------------------------------------
@@ -342,6 +367,36 @@ def test_next_check_is_when_membership_flips(
     assert t == flip_at
     assert ("s" in evaluate(book, profile, SPECS, flip_at - 1)) is inside
     assert ("s" in evaluate(book, profile, SPECS, flip_at)) is not inside
+
+
+def test_a_combination_waits_for_the_parts_that_keep_it_as_it_is() -> None:
+    """A cart abandoner who bought: the cart leaving the hour changes nothing while the
+    purchase is in the day, so the next check is when the purchase leaves it."""
+    bought = T0 + 20 * MINUTE
+    buyer = fold(
+        (CART_AT, "add_to_cart", {"item_id": "i1", "category": "Knits"}),
+        (bought, "purchase", {"item_id": "i1", "category": "Knits", "price": 10.0}),
+        user="u9",
+    )
+    abandoned = {"all": [
+        {"count": "add_to_cart", "window": "24h", "op": ">", "value": 0},
+        {"count": "purchase", "window": "24h", "op": "==", "value": 0},
+        {"count": "add_to_cart", "window": "1h", "op": "==", "value": 0},
+    ]}  # fmt: skip
+    book = book_of(abandoned)
+    assert evaluate(book, buyer, SPECS, bought) == set()
+    # The purchase's hour bucket leaves the day at T0 + 24h, with the cart's: the first
+    # time the purchases part could hold again (the cart leaves the hour at T0 + 1h 10m).
+    assert next_check_ms(book, buyer, SPECS, bought) == T0 + DAY_MS
+    # Parts that can never change keep a failing "all" as it is for good.
+    assert next_check_ms(book_of({"all": [abandoned, {"field": "spend", "op": ">", "value": 99}]}),
+                         buyer, SPECS, bought) is None  # fmt: skip
+    # An "any" that holds changes only once every part holding it has changed.
+    carted = {"count": "add_to_cart", "window": "1h", "op": ">", "value": 0}
+    either = book_of(
+        {"any": [carted, {"count": "purchase", "window": "24h", "op": ">", "value": 0}]}
+    )
+    assert next_check_ms(either, buyer, SPECS, bought) == T0 + DAY_MS
 
 
 def test_next_check_is_none_when_only_events_change_things() -> None:
