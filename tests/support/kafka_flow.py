@@ -29,7 +29,7 @@ from operators.profile import MaterializedProfile, ProfileDelta, delta_from_json
 from operators.text import load_sentiment_model
 from tests.support import ROOT
 from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all
-from tests.support.reference import reference_states
+from tests.support.reference import reference_states, vector_atol
 from tests.support.server_process import stop_processes
 
 
@@ -266,7 +266,7 @@ def assert_same_outputs(got: FlowOutputs, want: FlowOutputs, atol: float = 1e-4)
 
     Segment transitions, alerts and demand records compare as sets of their exact JSON;
     profiles field by field, with their version, segments and RFM group; interest vectors
-    within ``atol`` (embedding batches of other sizes round differently).
+    within ``atol`` (embedding batches of other sizes round differently), and an int8 step.
     """
     for name in ("segments", "alerts", "demand"):
         mine, theirs = set(getattr(got, name)), set(getattr(want, name))
@@ -280,6 +280,11 @@ def assert_same_outputs(got: FlowOutputs, want: FlowOutputs, atol: float = 1e-4)
     )
     profiles, expected = got.profiles, want.profiles
     assert sorted(profiles) == sorted(expected)
+    encoding = Config().vector_encoding
+
+    def tolerance(profile: MaterializedProfile) -> float:
+        return vector_atol(profile.interest, atol, encoding)
+
     differ = []
     for user, profile in expected.items():
         other = profiles[user]
@@ -287,7 +292,7 @@ def assert_same_outputs(got: FlowOutputs, want: FlowOutputs, atol: float = 1e-4)
             other.version == profile.version
             and other.incarnation.split("@")[0] == profile.incarnation.split("@")[0]
             and other.fields == profile.fields
-            and np.allclose(other.interest, profile.interest, atol=atol, rtol=0)
+            and np.allclose(other.interest, profile.interest, atol=tolerance(profile), rtol=0)
         )
         if not same:
             fields = {
