@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 COMMANDS = (
     "run",
     "generate",
+    "generate_handbook",
     "demo",
     "embed_items",
     "train_sentiment",

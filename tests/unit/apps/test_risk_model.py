@@ -1,0 +1,101 @@
+"""The learned score's loop: verdicts settle examples, the forest learns, budgets set thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.apps.risk_model import (
+    DAY_MS,
+    FeedbackLedger,
+    RiskModelParams,
+    alert_threshold,
+    train_risk_model,
+)
+
+SETTLE = 7 * DAY_MS
+
+
+def test_a_purchase_settles_as_genuine_only_after_the_settle_time() -> None:
+    ledger = FeedbackLedger(SETTLE)
+    ledger.add_purchase("p1", 0, (1.0,))
+    ledger.settle(SETTLE - 1)
+    assert ledger.examples == [] and len(ledger.pending) == 1
+    ledger.settle(SETTLE)
+    assert ledger.examples == [(0, (1.0,), 0)] and not ledger.pending
+
+
+def test_a_fraud_verdict_settles_at_once_even_before_its_purchase_is_seen_settling() -> None:
+    ledger = FeedbackLedger(SETTLE)
+    ledger.add_purchase("p1", 0, (1.0,))
+    ledger.add_purchase("p2", 10, (2.0,))
+    ledger.add_fraud_verdict("p2")
+    ledger.settle(DAY_MS)
+    assert ledger.examples == [(10, (2.0,), 1)] and [p[0] for p in ledger.pending] == ["p1"]
+
+
+def test_a_late_chargeback_turns_a_genuine_example_into_fraud() -> None:
+    ledger = FeedbackLedger(SETTLE)
+    ledger.add_purchase("p1", 0, (1.0,))
+    ledger.settle(SETTLE)
+    ledger.add_fraud_verdict("p1")  # 30 days late
+    assert ledger.examples == [(0, (1.0,), 1)]
+
+
+def test_verdicts_in_any_order_give_the_same_examples() -> None:
+    rng = np.random.default_rng(3)
+    ids = [f"p{i}" for i in range(50)]
+    frauds = [i for i in ids if rng.random() < 0.3]
+    results = []
+    for order in (frauds, frauds[::-1]):
+        ledger = FeedbackLedger(SETTLE)
+        for n, event_id in enumerate(ids):
+            ledger.add_purchase(event_id, n * 1_000, (float(n),))
+        for event_id in order:
+            ledger.add_fraud_verdict(event_id)
+        ledger.settle(100 * DAY_MS)
+        results.append(sorted(ledger.examples))
+    assert results[0] == results[1]
+    assert sum(e[2] for e in results[0]) == len(frauds)
+
+
+def test_forgetting_old_examples_keeps_late_verdicts_working() -> None:
+    ledger = FeedbackLedger(SETTLE)
+    for n in range(10):
+        ledger.add_purchase(f"p{n}", n * DAY_MS, (float(n),))
+    ledger.settle(30 * DAY_MS)
+    ledger.forget_before(5 * DAY_MS)
+    ledger.add_fraud_verdict("p7")
+    ledger.add_fraud_verdict("p2")  # forgotten: no effect, no error
+    x, y, newest = ledger.training_set(0)
+    assert x[:, 0].tolist() == [5, 6, 7, 8, 9] and y.tolist() == [0, 0, 1, 0, 0]
+    assert newest == 9 * DAY_MS
+
+
+def test_the_forest_learns_a_pattern_and_names_its_version() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2_000, 4))
+    y = ((x[:, 1] > 1.0) & (x[:, 2] < 0)).astype(int)
+    model = train_risk_model(x, y, trained_until_ms=1_530_000_000_000, params=RiskModelParams())
+    fresh = rng.normal(size=(2_000, 4))
+    truth = (fresh[:, 1] > 1.0) & (fresh[:, 2] < 0)
+    scores = model.score(fresh)
+    assert scores[truth].mean() > 0.7 > 0.1 > scores[~truth].mean()
+    assert model.version == "forest-v1@2018-06-26" and model.frauds == int(y.sum())
+
+
+@pytest.mark.parametrize("budget", [0, 1, 5, 50])
+def test_a_threshold_gives_at_most_the_budget_of_alerts(budget: int) -> None:
+    rng = np.random.default_rng(budget)
+    scores = rng.random(3_000)
+    threshold = alert_threshold(scores, days=3.0, alerts_per_day=budget)
+    assert (scores >= threshold).sum() == min(len(scores), 3 * budget) or budget == 0
+    if budget == 0:
+        assert threshold == 1.0
+
+
+def test_params_are_checked() -> None:
+    with pytest.raises(ValueError):
+        RiskModelParams(trees=0)
+    with pytest.raises(ValueError):
+        RiskModelParams(settle_days=-1)
