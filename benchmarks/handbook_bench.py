@@ -1,27 +1,23 @@
 """The learned risk score on the Fraud Detection Handbook's simulated transactions.
 
-python benchmarks/handbook_bench.py [--seeds 0,2,3] [--out results.json]
+python benchmarks/handbook_bench.py [--seeds 0,2,3] [--flow-seed 0] [--out results.json]
 
-The Handbook (Le Borgne et al., chapter 3) simulates card transactions with three fraud
-scenarios and publishes baseline detectors on its own random instance, with this protocol:
-train on one week (from 2018-07-25), leave a 7-day delay period (verdicts not yet known),
-test on the following week, and drop from each test day the cards already known to be
-compromised. It reports AUC, average precision (AP) and card precision@100 (per test day,
-the share of the 100 highest-scored cards that were defrauded that day, averaged).
+The Handbook (Le Borgne et al., chapter 3) publishes baselines on its own random instance
+of its simulator, with the protocol in :mod:`dataflow.eval.handbook` (train week from
+2018-07-25, 7-day delay, test week, known-compromised cards removed; AUC, AP, card
+precision@100). Per simulator seed this script:
 
-Per simulator seed this script:
+1. simulates the default-size data (5,000 customers, 10,000 terminals, 183 days);
+2. fits the Handbook's own baseline (its 15 features; logistic regression and random forest
+   with its settings) on that instance: the same-data reference for the published table;
+3. replays the project's features in event time (:func:`~dataflow.eval.handbook.replayed_features`,
+   verdicts 7 days late) and fits the forest on what had settled when the test week
+   starts: on the Handbook's one training week, and on the last eight weeks.
 
-1. simulates the default-size data (5,000 customers, 10,000 terminals, 183 days) with
-   :mod:`dataflow.sim.handbook`;
-2. streams it in event time through the project's features
-   (:mod:`operators.apps.risk_features`: the customer's history, and the terminal's as a
-   view across customers), with each fraud verdict arriving 7 days after its transaction,
-   settles examples in :class:`~operators.apps.risk_model.FeedbackLedger` and, at the start
-   of the test week, fits :func:`~operators.apps.risk_model.train_risk_model` on what has
-   settled -- the Handbook's single training week, and the last eight weeks;
-3. fits the Handbook's own baseline (its 15 features, logistic regression and random forest
-   with their settings) on the same instance, as the same-data reference;
-4. prints a table beside the Handbook's published figures and writes JSON.
+For ``--flow-seed`` it also streams the events and chargebacks through the real flow
+(``profilestream run``), trains with ``profilestream train-risk`` on the flow's own
+``risk_scores`` output as of the test week, runs the flow again with that model, and scores
+the test week from the flow's output.
 
 The model's settings were chosen on seed 1; the default seeds are others.
 """
@@ -31,198 +27,42 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from dataflow.sim.handbook import DAY_MS, HandbookParams, Simulation, simulate
-from operators.apps.risk_features import (
-    FEATURES,
-    purchase_features,
-    record_fraud,
-    record_purchase,
-    record_sale,
-    record_user_fraud,
+from benchmarks.common import machine_info
+from dataflow.eval.handbook import (
+    DELAY_DAYS,
+    PUBLISHED,
+    WEEK,
+    baseline_scores,
+    learned_scores,
+    metrics,
+    protocol_test_set,
+    replayed_features,
+    first_test_day_ms,
 )
-from operators.apps.risk_model import FeedbackLedger, RiskModelParams, train_risk_model
+from dataflow.sim.handbook import (
+    HandbookParams,
+    handbook_events,
+    handbook_labels,
+    simulate,
+)
 
-#: Chapter 3.4, test week after a 7-day delay (AUC, AP, card precision@100).
-PUBLISHED = {
-    "logistic regression": (0.871, 0.606, 0.291),
-    "random forest": (0.867, 0.658, 0.287),
-    "XGBoost": (0.862, 0.639, 0.279),
-}
-TRAIN_START_DAY = 115  # 2018-07-25, days after 2018-04-01
-DELAY_DAYS = 7
-WEEK = 7
-
-
-def test_mask(sim: Simulation) -> np.ndarray:
-    """The Handbook's test week, without the cards known to be compromised on each test day."""
-    day, customer, fraud = sim.day, sim.customer, sim.fraud
-    train = (day >= TRAIN_START_DAY) & (day < TRAIN_START_DAY + WEEK)
-    known = set(customer[train & (fraud == 1)].tolist())
-    keep = np.zeros(len(day), dtype=bool)
-    for k in range(WEEK):
-        # Verdicts known the day before a test day: frauds up to delay days before it.
-        seen = day == TRAIN_START_DAY + WEEK + k - 1
-        known |= set(customer[seen & (fraud == 1)].tolist())
-        today = day == TRAIN_START_DAY + WEEK + DELAY_DAYS + k
-        keep |= today & ~np.isin(customer, list(known))
-    return keep
-
-
-def card_precision_at(sim: Simulation, keep: np.ndarray, scores: np.ndarray, k: int = 100) -> float:
-    """Per test day, the share of the ``k`` highest-scored cards defrauded that day; the mean."""
-    frame = pd.DataFrame(
-        {
-            "day": sim.day[keep],
-            "card": sim.customer[keep],
-            "score": scores,
-            "fraud": sim.fraud[keep],
-        }
-    )
-    cards = frame.groupby(["day", "card"]).max()
-    daily = cards.groupby(level="day", group_keys=False).apply(
-        lambda d: d.nlargest(k, "score")["fraud"].sum() / k
-    )
-    return float(daily.mean())
-
-
-def metrics(sim: Simulation, keep: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    truth = sim.fraud[keep]
-    return {
-        "auc": round(float(roc_auc_score(truth, scores)), 3),
-        "average_precision": round(float(average_precision_score(truth, scores)), 3),
-        "card_precision_at_100": round(card_precision_at(sim, keep, scores), 3),
-    }
-
-
-def streamed_features(sim: Simulation, settle_days: int = DELAY_DAYS) -> np.ndarray:
-    """Every transaction's features as the flow's step computes them, verdicts 7 days late."""
-    rows = np.zeros((len(sim.ts_ms), len(FEATURES)), dtype=np.float32)
-    spend: dict[int, object] = {}
-    items: dict[int, object] = {}
-    frauds = np.flatnonzero(sim.fraud)
-    verdict_at = sim.ts_ms[frauds] + DELAY_DAYS * DAY_MS
-    ts, cust, term = sim.ts_ms.tolist(), sim.customer.tolist(), sim.terminal.tolist()
-    amount = sim.amount.tolist()
-    j = 0
-    for i in range(len(ts)):
-        while j < len(frauds) and verdict_at[j] <= ts[i]:
-            f = int(frauds[j])
-            items[term[f]] = record_fraud(items.get(term[f]), ts[f])  # type: ignore[arg-type]
-            spend[cust[f]] = record_user_fraud(spend.get(cust[f]), ts[f])  # type: ignore[arg-type]
-            j += 1
-        c, t = cust[i], term[i]
-        row = purchase_features(spend.get(c), items.get(t), ts[i], amount[i], settle_days)  # type: ignore[arg-type]
-        rows[i] = row
-        spend[c] = record_purchase(spend.get(c), ts[i], amount[i])  # type: ignore[arg-type]
-        items[t] = record_sale(items.get(t), ts[i])  # type: ignore[arg-type]
-    return rows
-
-
-def learned_scores(
-    sim: Simulation, features: np.ndarray, keep: np.ndarray, train_days: int
-) -> tuple[np.ndarray, dict[str, object]]:
-    """Settle examples through the ledger until the test week starts; fit; score the test week."""
-    params = RiskModelParams(train_days=train_days)
-    ledger = FeedbackLedger(settle_ms=round(params.settle_days * DAY_MS))
-    test_start_ms = sim.params.start_ms + (TRAIN_START_DAY + WEEK + DELAY_DAYS) * DAY_MS
-    delay_ms = DELAY_DAYS * DAY_MS
-    verdict_at = {int(i): int(sim.ts_ms[i]) + delay_ms for i in np.flatnonzero(sim.fraud)}
-    for i in np.flatnonzero(sim.ts_ms < test_start_ms).tolist():
-        ledger.add_purchase(str(i), int(sim.ts_ms[i]), tuple(features[i]))
-    for i, at in verdict_at.items():
-        if at <= test_start_ms:  # verdicts received before the test week
-            ledger.add_fraud_verdict(str(i))
-    ledger.settle(test_start_ms)
-    since = test_start_ms - DELAY_DAYS * DAY_MS - train_days * DAY_MS
-    x, y, newest = ledger.training_set(since)
-    started = time.perf_counter()
-    model = train_risk_model(x, y, newest, params)
-    fit_s = time.perf_counter() - started
-    started = time.perf_counter()
-    scores = model.score(features[keep])
-    score_us = (time.perf_counter() - started) / max(1, int(keep.sum())) * 1e6
-    return scores, {
-        "model_version": model.version,
-        "examples": model.examples,
-        "frauds": model.frauds,
-        "fit_s": round(fit_s, 1),
-        "score_us_per_row_batched": round(score_us, 2),
-    }
-
-
-def handbook_baseline_features(sim: Simulation) -> np.ndarray:
-    """The Handbook's 15 features (chapter 3.3), computed with pandas rolling windows."""
-    frame = pd.DataFrame(
-        {
-            "ts": pd.to_datetime(sim.ts_ms, unit="ms"),
-            "customer": sim.customer,
-            "terminal": sim.terminal,
-            "amount": sim.amount,
-            "fraud": sim.fraud,
-            "row": np.arange(len(sim.ts_ms)),
-        }
-    )
-    out = pd.DataFrame(index=frame.row)
-    out["amount"] = sim.amount
-    out["weekend"] = (frame.ts.dt.day_of_week >= 5).astype(int).to_numpy()
-    out["night"] = (frame.ts.dt.hour <= 6).astype(int).to_numpy()
-    by_customer = frame.sort_values(["customer", "ts"]).set_index("ts")
-    grouped = by_customer.groupby("customer")["amount"]
-    for w in (1, 7, 30):
-        count = grouped.rolling(f"{w}D").count().to_numpy()
-        total = grouped.rolling(f"{w}D").sum().to_numpy()
-        rows = by_customer["row"].to_numpy()
-        out.loc[rows, f"c_n_{w}"] = count
-        out.loc[rows, f"c_avg_{w}"] = total / count
-    by_terminal = frame.sort_values(["terminal", "ts"]).set_index("ts")
-    fraud = by_terminal.groupby("terminal")["fraud"]
-    rows = by_terminal["row"].to_numpy()
-    delay_f = fraud.rolling(f"{DELAY_DAYS}D").sum().to_numpy()
-    delay_n = fraud.rolling(f"{DELAY_DAYS}D").count().to_numpy()
-    for w in (1, 7, 30):
-        span = f"{DELAY_DAYS + w}D"
-        n = fraud.rolling(span).count().to_numpy() - delay_n
-        f = fraud.rolling(span).sum().to_numpy() - delay_f
-        out.loc[rows, f"t_n_{w}"] = n
-        out.loc[rows, f"t_risk_{w}"] = np.divide(f, n, out=np.zeros_like(f), where=n > 0)
-    return out.to_numpy(dtype=np.float64)
-
-
-def baseline_scores(sim: Simulation, keep: np.ndarray) -> dict[str, np.ndarray]:
-    features = handbook_baseline_features(sim)
-    train = (sim.day >= TRAIN_START_DAY) & (sim.day < TRAIN_START_DAY + WEEK)
-    models = {
-        "logistic regression": make_pipeline(StandardScaler(), LogisticRegression(random_state=0)),
-        "random forest": make_pipeline(
-            StandardScaler(), RandomForestClassifier(random_state=0, n_jobs=-1)
-        ),
-    }
-    out = {}
-    for name, model in models.items():
-        model.fit(features[train], sim.fraud[train])
-        out[name] = model.predict_proba(features[keep])[:, 1]
-    return out
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_seed(seed: int) -> dict[str, object]:
     started = time.perf_counter()
     sim = simulate(HandbookParams(seed=seed))
-    keep = test_mask(sim)
-    features = streamed_features(sim)
+    keep = protocol_test_set(sim)
+    features = replayed_features(sim)
     stream_s = time.perf_counter() - started
     rows: list[dict[str, object]] = []
     for name, scores in baseline_scores(sim, keep).items():
@@ -243,32 +83,94 @@ def run_seed(seed: int) -> dict[str, object]:
     }
 
 
+def _profilestream(*args: str, log: Path) -> float:
+    """Run ``profilestream ARGS`` to completion (output to ``log``); its wall seconds."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        subprocess.run(
+            [sys.executable, "-m", "dataflow", *args], cwd=ROOT, env=env, stdout=out,
+            stderr=out, check=True,
+        )  # fmt: skip
+    return time.perf_counter() - started
+
+
+def _read_jsonl(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def through_flow(seed: int, work: Path) -> dict[str, object]:
+    """The events and their chargebacks through ``profilestream run``, a model trained on
+    the flow's own feature log as of the test week, and the flow again with that model."""
+    sim = simulate(HandbookParams(seed=seed))
+    keep = protocol_test_set(sim)
+    # Chargebacks arrive in real time: in the replay they sit among the events in time
+    # order, as a topic read live would deliver them.
+    lines = [(int(sim.ts_ms[i]), line) for i, line in enumerate(handbook_events(sim))]
+    lines += [(json.loads(line)["ts"], line) for line in handbook_labels(sim, DELAY_DAYS)]
+    lines.sort(key=lambda pair: pair[0])
+    stream = work / "stream.jsonl"
+    stream.write_bytes(b"".join(line + b"\n" for _, line in lines))
+    labels = work / "chargebacks.jsonl"
+    labels.write_bytes(b"".join(line + b"\n" for line in handbook_labels(sim, DELAY_DAYS)))
+    common = ["run", "--source", "file", "--sink", "file", "--input-path", str(stream)]
+    first = _profilestream(*common, "--output-dir", str(work / "log"), log=work / "run1.log")
+    model = work / "risk-model.msgpack"
+    _profilestream(
+        "train-risk", "--scores", str(work / "log" / "risk_scores.jsonl"),
+        "--labels", str(labels), "--out", str(model), "--now-ms", str(first_test_day_ms(sim)),
+        log=work / "train.log",
+    )  # fmt: skip
+    second = _profilestream(
+        *common, "--output-dir", str(work / "scored"), "--risk-model-path", str(model),
+        log=work / "run2.log",
+    )  # fmt: skip
+    scored = {s["event_id"]: s for s in _read_jsonl(work / "scored" / "risk_scores.jsonl")}
+    ids = [f"tx{i}" for i in np.flatnonzero(keep)]
+    missing = sum(1 for i in ids if i not in scored)
+    scores = np.array([scored[i]["score"] if i in scored else 0.0 for i in ids], dtype=float)
+    dead = len(_read_jsonl(work / "scored" / "dead_letters.jsonl"))
+    return {
+        "seed": seed,
+        "events": len(lines),
+        "detector": "profilestream forest through the flow, 8 training weeks",
+        **metrics(sim, keep, scores),
+        "model_version": next(iter(scored.values()))["model_version"] if scored else None,
+        "train_log": (work / "train.log").read_text().strip(),
+        "test_purchases_without_score": missing,
+        "dead_letters": dead,
+        "flow_wall_s": [round(first, 1), round(second, 1)],
+        "flow_events_per_s": [round(len(lines) / first), round(len(lines) / second)],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,2,3", help="simulator seeds (1 was used to tune)")
+    parser.add_argument("--flow-seed", type=int, default=0,
+                        help="seed streamed through the real flow (-1: none)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    load_before = os.getloadavg()[0]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     results = [run_seed(seed) for seed in seeds]
-    print(f"{'detector':<44} {'seed':>4} {'AUC':>6} {'AP':>6} {'CP@100':>7}")
+    flow = None
+    if args.flow_seed >= 0:
+        with tempfile.TemporaryDirectory(prefix="handbook-flow-") as work:
+            flow = through_flow(args.flow_seed, Path(work))
+    print(f"{'detector':<56} {'seed':>4} {'AUC':>6} {'AP':>6} {'CP@100':>7}")
     for name, (auc, ap, cp) in PUBLISHED.items():
-        print(f"{'Handbook published, ' + name:<44} {'-':>4} {auc:>6.3f} {ap:>6.3f} {cp:>7.3f}")
-    for result in results:
-        for row in result["rows"]:  # type: ignore[attr-defined]
-            print(
-                f"{row['detector']:<44} {result['seed']:>4} {row['auc']:>6.3f} "
-                f"{row['average_precision']:>6.3f} {row['card_precision_at_100']:>7.3f}"
-            )
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+        print(f"{'Handbook published, ' + name:<56} {'-':>4} {auc:>6.3f} {ap:>6.3f} {cp:>7.3f}")
+    rows = [(r["seed"], row) for r in results for row in r["rows"]]  # type: ignore[attr-defined]
+    if flow is not None:
+        rows.append((flow["seed"], flow))
+    for seed, row in rows:
+        print(
+            f"{row['detector']:<56} {seed:>4} {row['auc']:>6.3f} "
+            f"{row['average_precision']:>6.3f} {row['card_precision_at_100']:>7.3f}"
+        )
     report = {
-        "machine": {
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "git_commit": commit,
-        },
+        "machine": machine_info(load_before),
         "protocol": {
             "train_start": "2018-07-25",
             "training_days": WEEK,
@@ -282,8 +184,9 @@ def main() -> int:
             for k, v in PUBLISHED.items()
         },
         "seeds": results,
+        "through_flow": flow,
     }
-    out = args.out or Path(__file__).parent / "results" / f"{dt.date.today()}-handbook_bench.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today()}-handbook_bench.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0

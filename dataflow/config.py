@@ -42,7 +42,8 @@ class Config:
     output_dir: Path = field(
         default=Path("out"),
         metadata=_opt(
-            "folder for deltas, dead_letters, segments, alerts and demand .jsonl (sink=file)"
+            "folder for deltas, dead_letters, segments, alerts, demand and risk_scores .jsonl "
+            "(sink=file)"
         ),
     )
     brokers: str = field(default="localhost:9092", metadata=_opt("Kafka bootstrap servers"))
@@ -185,6 +186,29 @@ class Config:
     risk_rules_file: Path | None = field(
         default=None,
         metadata=_opt("JSON of risk detector thresholds overriding the defaults"),
+    )
+    risk_model_path: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "learned risk model from `profilestream train-risk` (without one, purchases' "
+            "features are logged to risk-scores unscored)"
+        ),
+    )
+    risk_settle_days: int = field(
+        default=7,
+        metadata=_opt("how long fraud verdicts (chargebacks) usually take to arrive, in days"),
+    )
+    labels_topic: str | None = field(
+        default=None,
+        metadata=_opt("topic of chargeback events read beside the events topic (source=kafka)"),
+    )
+    labels_path: Path | None = field(
+        default=None,
+        metadata=_opt("JSONL file of chargeback events read beside input_path (source=file)"),
+    )
+    risk_scores_topic: str = field(
+        default="profile-risk-scores",
+        metadata=_opt("topic of every priced purchase's risk features and learned score"),
     )
     demand_bucket_ms: int = field(
         default=3_600_000, metadata=_opt("width of a category demand bucket (event time)")

@@ -60,6 +60,7 @@ OUTPUT_FILES = (
     "segments.jsonl",
     "alerts.jsonl",
     "demand.jsonl",
+    "risk_scores.jsonl",
 )
 
 

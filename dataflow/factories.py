@@ -18,6 +18,8 @@ from operators.apps import (
     DemandParams,
     load_risk_params,
 )
+from operators.apps.risk_features import FEATURES
+from operators.apps.risk_model import RiskModel, load_model
 from operators.apps.segments import SegmentBook, load_segment_book
 from operators.profile import (
     DAY_MS,
@@ -79,6 +81,15 @@ def profile_params(config: Config, model_name: str) -> ProfileParams:
     )
 
 
+def risk_model(config: Config) -> RiskModel | None:
+    """The learned risk model the item step scores with (``None``: log features only)."""
+    if config.risk_model_path is None:
+        return None
+    model = load_model(config.risk_model_path, FEATURES)
+    metrics.RISK_MODEL_INFO.labels(model.version).set(1)
+    return model
+
+
 def demand_params(config: Config) -> DemandParams:
     return DemandParams(bucket_ms=config.demand_bucket_ms, horizon=config.demand_horizon)
 
@@ -87,13 +98,14 @@ def applications(config: Config, books: Callable[[], SegmentBook]) -> Callable[[
     """The applications' settings now (the segment book may be reloaded at any time)."""
     windows = parse_windows(config.windows)
     risk = load_risk_params(config.risk_rules_file)
-    current = Applications(books(), windows, risk)
+    settle_ms = config.risk_settle_days * DAY_MS
+    current = Applications(books(), windows, risk, settle_ms)
 
     def now() -> Applications:
         nonlocal current
         book = books()
         if book is not current.segments:
-            current = Applications(book, windows, risk)
+            current = Applications(book, windows, risk, settle_ms)
         return current
 
     return now

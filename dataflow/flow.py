@@ -9,6 +9,10 @@
            accepted events with a category, and each worker's watermark
         -> key by category (watermarks: to every worker)
         -> demand (stateful, per category: hourly buckets, online forecast) -> demand sink
+           priced purchases (with the buyer's risk features) and chargebacks, and watermarks
+        -> key by item (watermarks: to every worker)
+        -> item risk (stateful, per item: sales and verdicts in event-time order, the
+           learned score)                                  -> risk_scores sink, alerts sink
     parse rejects, duplicates and source errors -> dead-letter sink
 
 All logic lives in ``operators/``; this module connects steps, sources, sinks and metrics,
@@ -55,15 +59,18 @@ from dataflow.clock import (
 from dataflow.config import Config, load_config
 from dataflow.factories import (
     demand_params,
+    risk_model,
     user_context,
 )
 from dataflow.inputs import read_inputs, route_users
+from dataflow.item_risk_logic import ItemRiskLogic
 from dataflow.outputs import Outputs, route_outputs
 from dataflow.user_logic import Output, UserLogic
 from operators.apps import (
     Alert,
     DemandReport,
 )
+from operators.apps.learned_risk import ItemVerdict, PurchaseCheck, RiskScore
 from operators.apps.segments import SegmentTransition
 from operators.ingest import (
     DeadLetter,
@@ -105,6 +112,34 @@ def demand_stream(
         ),
     )
     return cast(Stream[DemandReport], op.key_rm("demand_reports", reports))  # clocks send none
+
+
+def risk_stream(
+    config: Config, results: Stream[Output], cluster: Cluster, step: StepTime
+) -> Stream[RiskScore | Alert]:
+    """The third keyed stream: each item's sales and chargebacks, and each purchase's score."""
+    model = risk_model(config)
+    settle_days = config.risk_settle_days
+
+    def by_item(items: list[Output]) -> list[tuple[str, PurchaseCheck | ItemVerdict | Progress]]:
+        routed: list[tuple[str, PurchaseCheck | ItemVerdict | Progress]] = []
+        for item in items:
+            kind = type(item)
+            if kind is PurchaseCheck or kind is ItemVerdict:
+                routed.append((cast(PurchaseCheck, item).item_id, cast(PurchaseCheck, item)))
+            elif kind is Progress:
+                routed += broadcast(cast(Progress, item), cluster)
+        return routed
+
+    keyed = op.flat_map_batch("by_item", results, by_item)
+    scored = op.stateful_batch(
+        "item_risk",
+        keyed,
+        lambda resume: keyed_logic(
+            step, resume, lambda r: ItemRiskLogic(model, settle_days, step, r), forward=False
+        ),
+    )
+    return cast(Stream[RiskScore | Alert], op.key_rm("risk_outputs", scored))
 
 
 #: Where classes that release 1 pickled into its snapshots (a user's waiting events, a
@@ -151,6 +186,9 @@ def build_flow(
     demand_time = cluster.step(
         "demand", cluster.worker_channels, clock, timers, config.allowed_lateness_ms
     )
+    risk_time = cluster.step(
+        "item_risk", cluster.worker_channels, clock, timers, config.allowed_lateness_ms
+    )
     context = user_context(config, encoder, sentiment, clock, profile_time)
 
     flow = Dataflow("profilestream")
@@ -169,6 +207,7 @@ def build_flow(
         ),
     )
     duplicates = op.flat_map_batch("duplicates", results, _only(DeadLetter))
+    item_risk = risk_stream(config, results, cluster, risk_time)
     dead = op.merge("dead_letters", invalid, duplicates)
     outputs = Outputs(
         deltas=op.flat_map_batch("deltas", results, _only(ProfileDelta)),
@@ -176,8 +215,13 @@ def build_flow(
             "count_dead", dead, lambda _s, d: metrics.DEAD_LETTERS.labels(d.reason).inc()
         ),
         segments=op.flat_map_batch("transitions", results, _only(SegmentTransition)),
-        alerts=op.flat_map_batch("alerts", results, _only(Alert)),
+        alerts=op.merge(
+            "all_alerts",
+            op.flat_map_batch("alerts", results, _only(Alert)),
+            op.flat_map_batch("learned_alerts", item_risk, _only(Alert)),
+        ),
         demand=demand_stream(config, results, cluster, demand_time),
+        risk_scores=op.flat_map_batch("risk_scores", item_risk, _only(RiskScore)),
     )
     route_outputs(config, outputs, clock, sinks or {})
     return flow

@@ -68,13 +68,13 @@ def read_inputs(
     parse = event_parser(pii_key(config.pii_secret))
     timing = PartitionTime(config.allowed_lateness_ms, config.idle_partition_ms)
     if source is None and config.source == "kafka":
-        source = KafkaSource(
-            config.brokers, config.events_topic, config.kafka_properties(), config.kafka_tail
-        )
+        topics = [config.events_topic, *([config.labels_topic] if config.labels_topic else [])]
+        source = KafkaSource(config.brokers, topics, config.kafka_properties(), config.kafka_tail)
     elif source is None:
         if config.input_path is None:
             raise ValueError("source=file needs input_path")
-        source = JsonlSource(config.input_path)
+        labels = [config.labels_path] if config.labels_path is not None else []
+        source = JsonlSource([config.input_path, *labels])
     if isinstance(source, DynamicSource):
         events: Source = DynamicEventSource(source, parse, timing, clock, on_partitions)
     elif isinstance(source, FixedPartitionedSource):

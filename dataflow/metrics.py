@@ -163,6 +163,12 @@ SEGMENT_DEFINITIONS_INFO = Gauge(
     ["version"],
 )
 ALERTS = Counter("profilestream_alerts", "Risk alerts raised, by kind", ["kind"])
+RISK_SCORES = Counter(
+    "profilestream_risk_scores", "Purchases given a learned risk score (or logged without a model)"
+)
+RISK_MODEL_INFO = Gauge(
+    "profilestream_risk_model_info", "1 for the learned risk model version in use", ["version"]
+)
 DEMAND_ACTUAL = Gauge(
     "profilestream_category_demand",
     "A category's demand in its last closed bucket, by measure (views, carts, purchases, "

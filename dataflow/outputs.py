@@ -23,6 +23,7 @@ from operators.apps import (
     Alert,
     DemandReport,
 )
+from operators.apps.learned_risk import RiskScore
 from operators.apps.segments import SegmentTransition
 from operators.ingest import (
     DeadLetter,
@@ -55,12 +56,13 @@ class Outputs:
     segments: Stream[SegmentTransition]
     alerts: Stream[Alert]
     demand: Stream[DemandReport]
+    risk_scores: Stream[RiskScore]
 
 
 _json = msgspec.json.Encoder()
 
 
-Record = SegmentTransition | Alert | DemandReport
+Record = SegmentTransition | Alert | DemandReport | RiskScore
 
 
 def _delta_messages(
@@ -95,12 +97,14 @@ def route_outputs(
         "segments": outputs.segments,
         "alerts": outputs.alerts,
         "demand": outputs.demand,
+        "risk_scores": outputs.risk_scores,
     }
     if not sinks and config.sink == "kafka":
         topics = {
             "segments": config.segments_topic,
             "alerts": config.alerts_topic,
             "demand": config.demand_topic,
+            "risk_scores": config.risk_scores_topic,
         }
         deltas_topic = config.deltas_topic
         messages = [
@@ -154,4 +158,5 @@ OUTPUT_FILES: Final = {
     "segments": "segments.jsonl",
     "alerts": "alerts.jsonl",
     "demand": "demand.jsonl",
+    "risk_scores": "risk_scores.jsonl",
 }

@@ -184,7 +184,8 @@ class _KafkaPartition(StatefulSourcePartition[KafkaRecord | DeadLetter, int]):
 
 
 class KafkaSource(FixedPartitionedSource[KafkaRecord | DeadLetter, int]):
-    """Every partition of ``topic``, from the beginning (or the snapshot's offsets).
+    """Every partition of ``topic`` (or of several), from the beginning (or the snapshot's
+    offsets).
 
     ``tail=False`` ends each partition at the end it finds; ``properties`` are extra
     librdkafka settings (SASL, TLS, ...).
@@ -193,27 +194,29 @@ class KafkaSource(FixedPartitionedSource[KafkaRecord | DeadLetter, int]):
     def __init__(
         self,
         brokers: str,
-        topic: str,
+        topic: str | Sequence[str],
         properties: dict[str, str] | None = None,
         tail: bool = True,
         batch_size: int = 1000,
     ) -> None:
         self._settings = _kafka_settings(brokers, properties or {})
-        self._topic = topic
+        self._topics = [topic] if isinstance(topic, str) else list(topic)
         self._tail = tail
         self._batch_size = batch_size
 
     def list_parts(self) -> list[str]:
+        parts: list[str] = []
         consumer = Consumer(self._settings)
         try:
-            metadata = consumer.list_topics(self._topic, timeout=30)
+            for name in self._topics:
+                topic = consumer.list_topics(name, timeout=30).topics.get(name)
+                if topic is None or topic.error is not None:
+                    raise RuntimeError(f"cannot read topic {name!r}: {topic and topic.error}")
+                # Named as Bytewax's Kafka source names them, so its recovery stores resume.
+                parts += [f"{p}-{name}" for p in sorted(topic.partitions)]
         finally:
             consumer.close()
-        topic = metadata.topics.get(self._topic)
-        if topic is None or topic.error is not None:
-            raise RuntimeError(f"cannot read topic {self._topic!r}: {topic and topic.error}")
-        # Named as Bytewax's Kafka source names them, so its recovery stores resume here.
-        return [f"{p}-{self._topic}" for p in sorted(topic.partitions)]
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         partition, _, topic = for_part.partition("-")

@@ -32,6 +32,7 @@ COMMANDS = (
     "rfm_cuts",
     "segments_check",
     "eval_risk",
+    "train_risk",
     "eval_demand",
     "serve",
     "api_key",

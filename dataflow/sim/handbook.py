@@ -165,21 +165,24 @@ def handbook_events(sim: Simulation) -> Iterator[bytes]:
 
 
 def handbook_labels(sim: Simulation, delay_days: float = 7.0) -> Iterator[bytes]:
-    """The fraud verdicts as label lines, in the order they become known.
+    """The fraud verdicts as ``chargeback`` events, in the order they become known.
 
-    A fraudulent transaction's verdict (a chargeback) arrives ``delay_days`` after it; the
-    others are genuine and get no label, as a card issuer reports only disputes.
+    A fraudulent transaction's chargeback arrives ``delay_days`` after it (``ts``), naming
+    the purchase (``ref_event_id``) and its terminal (``item_id``); ``kind`` (ignored by the
+    flow) says which scenario made it. Genuine transactions get none, as a card issuer
+    reports only disputes.
     """
     encoder = msgspec.json.Encoder()
     delay_ms = round(delay_days * DAY_MS)
     for i in np.flatnonzero(sim.fraud).tolist():
         yield encoder.encode(
             {
-                "event_id": transaction_id(i),
+                "event_id": f"cb-{transaction_id(i)}",
                 "user_id": f"c{int(sim.customer[i])}",
-                "verdict": "fraud",
+                "ts": int(sim.ts_ms[i]) + delay_ms,
+                "type": "chargeback",
+                "item_id": f"t{int(sim.terminal[i])}",
+                "ref_event_id": transaction_id(i),
                 "kind": f"handbook_scenario_{int(sim.scenario[i])}",
-                "event_ts_ms": int(sim.ts_ms[i]),
-                "ts_ms": int(sim.ts_ms[i]) + delay_ms,
             }
         )

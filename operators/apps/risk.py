@@ -74,6 +74,7 @@ from typing import Any, Final
 
 import msgspec
 
+from operators.apps.risk_features import SpendHistory
 from operators.ingest import Event
 
 SECOND_MS: Final = 1_000
@@ -303,6 +304,9 @@ class RiskState(msgspec.Struct, array_like=True):
     items: list[int] = []
     session: int = 0
     cart: list[int] = []
+    #: The learned score's view of the user (operators.apps.learned_risk): per-day spend and
+    #: the times of the fraud verdicts on their purchases.
+    spend: SpendHistory | None = None
 
 
 class Alert(msgspec.Struct, frozen=True):

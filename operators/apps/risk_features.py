@@ -4,8 +4,7 @@ A purchase is described by :data:`FEATURES`, computed from two small, bounded hi
 in event time:
 
 - the buyer's :class:`SpendHistory`: per-day purchase counts and log-amount sums over the
-  last ``HISTORY_DAYS`` days, when they last bought, and the confirmed frauds on their
-  purchases (chargebacks arrive days later, out of order);
+  last ``HISTORY_DAYS`` days, and when they last bought;
 - the item's :class:`ItemHistory` (a terminal, a merchant, a product): per-day sales and
   confirmed frauds among them. It is a view *across* users, kept by a second keyed step, so
   a compromised terminal shows even when every buyer at it behaves as usual.
@@ -35,7 +34,7 @@ HOUR_MS: Final = 3_600_000
 #: Days of per-day buckets a history keeps (the longest window below).
 HISTORY_DAYS: Final = 60
 
-#: The feature vector's names, in order.
+#: The feature vector's names, in order: the buyer's part, then the item's.
 FEATURES: Final = (
     "amount",
     "log_amount",
@@ -49,7 +48,7 @@ FEATURES: Final = (
     "amount_vs_user",
     "amount_z_user",
     "days_since_last",
-    "user_known_fraud_30d",
+    # The item's part starts here.
     "item_n_1d",
     "item_n_7d",
     "item_n_30d",
@@ -63,17 +62,21 @@ FEATURES: Final = (
     "item_days_since_fraud",
     "item_fraud_day_share",
 )
+USER_FEATURES: Final = FEATURES[: FEATURES.index("item_n_1d")]
+ITEM_FEATURES: Final = FEATURES[len(USER_FEATURES) :]
 
 
 class SpendHistory(msgspec.Struct, array_like=True, gc=False):
-    """A buyer's purchases per day (newest last) and their confirmed frauds."""
+    """A buyer's purchases per day (newest last).
+
+    It holds no fraud verdicts: the user step takes a chargeback when it arrives, which a
+    replay cannot order against the user's purchases; the item step orders both by event time.
+    """
 
     days: list[int] = msgspec.field(default_factory=list)
     counts: list[int] = msgspec.field(default_factory=list)
     log_sums: list[float] = msgspec.field(default_factory=list)
     log_squares: list[float] = msgspec.field(default_factory=list)
-    #: Day of each confirmed fraud on the user's purchases (within the history).
-    fraud_days: list[int] = msgspec.field(default_factory=list)
     last_ts_ms: int = -1
 
 
@@ -96,21 +99,9 @@ def _window(days: list[int], values: list[int] | list[float], today: int, span: 
     return total
 
 
-def purchase_features(
-    spend: SpendHistory | None,
-    item: ItemHistory | None,
-    ts_ms: int,
-    amount: float,
-    settle_days: int = 7,
-) -> tuple[float, ...]:
-    """The :data:`FEATURES` of a purchase of ``amount`` at ``ts_ms``, before it is recorded.
-
-    ``settle_days`` is how long verdicts usually take: the item's *settled* windows end that
-    many days ago, where most of its frauds are known, so their fraud share is not diluted by
-    sales too recent to have a verdict (the Handbook's "delay period").
-    """
+def user_features(spend: SpendHistory | None, ts_ms: int, amount: float) -> tuple[float, ...]:
+    """The buyer's part of :data:`FEATURES` (:data:`USER_FEATURES`), before the purchase."""
     spend = spend if spend is not None else SpendHistory()
-    item = item if item is not None else ItemHistory()
     today = ts_ms // DAY_MS
     log_amount = math.log1p(max(amount, 0.0))
     hour = (ts_ms % DAY_MS) // HOUR_MS
@@ -125,18 +116,6 @@ def purchase_features(
     variance = (q_30 - n_30 * mean_30 * mean_30 + 0.25 * 3) / (n_30 + 3)
     vs_user = log_amount - mean_30 if n_30 else 0.0
     since = (ts_ms - spend.last_ts_ms) / DAY_MS if spend.last_ts_ms >= 0 else 60.0
-    settled = today - settle_days
-    settled_n = [_window(item.days, item.counts, settled, span) for span in (1, 7, 30)]
-    settled_f = [_window(item.days, item.frauds, settled, span) for span in (1, 7, 30)]
-    # A compromised terminal's sales are all fraud while it lasts: on the days with a known
-    # fraud, what share of the sales were, and how recent the latest such day is.
-    fraud_sales = fraud_days_sales = 0
-    latest_fraud_day = today - 60
-    for day, count, frauds in zip(item.days, item.counts, item.frauds, strict=True):
-        if frauds and day > today - 60:
-            fraud_sales += frauds
-            fraud_days_sales += count
-            latest_fraud_day = max(latest_fraud_day, day)
     return (
         amount,
         log_amount,
@@ -150,7 +129,31 @@ def purchase_features(
         vs_user,
         vs_user / math.sqrt(max(variance, 1e-4)),
         min(since, 60.0),
-        float(sum(1 for day in spend.fraud_days if day > today - 30)),
+    )
+
+
+def item_features(item: ItemHistory | None, ts_ms: int, settle_days: int = 7) -> tuple[float, ...]:
+    """The item's part of :data:`FEATURES` (:data:`ITEM_FEATURES`), before the sale.
+
+    ``settle_days`` is how long verdicts usually take: the item's *settled* windows end that
+    many days ago, where most of its frauds are known, so their fraud share is not diluted by
+    sales too recent to have a verdict (the Handbook's "delay period").
+    """
+    item = item if item is not None else ItemHistory()
+    today = ts_ms // DAY_MS
+    settled = today - settle_days
+    settled_n = [_window(item.days, item.counts, settled, span) for span in (1, 7, 30)]
+    settled_f = [_window(item.days, item.frauds, settled, span) for span in (1, 7, 30)]
+    # A compromised terminal's sales are all fraud while it lasts: on the days with a known
+    # fraud, what share of the sales were, and how recent the latest such day is.
+    fraud_sales = fraud_days_sales = 0
+    latest_fraud_day = today - 60
+    for day, count, frauds in zip(item.days, item.counts, item.frauds, strict=True):
+        if frauds and today - 60 < day <= today:
+            fraud_sales += frauds
+            fraud_days_sales += count
+            latest_fraud_day = max(latest_fraud_day, day)
+    return (
         _window(item.days, item.counts, today, 1),
         _window(item.days, item.counts, today, 7),
         _window(item.days, item.counts, today, 30),
@@ -160,6 +163,17 @@ def purchase_features(
         float(today - latest_fraud_day),
         fraud_sales / fraud_days_sales if fraud_days_sales else 0.0,
     )
+
+
+def purchase_features(
+    spend: SpendHistory | None,
+    item: ItemHistory | None,
+    ts_ms: int,
+    amount: float,
+    settle_days: int = 7,
+) -> tuple[float, ...]:
+    """The :data:`FEATURES` of a purchase of ``amount`` at ``ts_ms``, before it is recorded."""
+    return user_features(spend, ts_ms, amount) + item_features(item, ts_ms, settle_days)
 
 
 def _add(days: list[int], today: int) -> int:
@@ -208,7 +222,6 @@ def record_purchase(spend: SpendHistory | None, ts_ms: int, amount: float) -> Sp
         counts[cut:],
         sums[cut:],
         squares[cut:],
-        [day for day in old.fraud_days if day > newest - HISTORY_DAYS],
         max(old.last_ts_ms, ts_ms),
     )
 
@@ -237,20 +250,3 @@ def record_fraud(item: ItemHistory | None, event_ts_ms: int) -> ItemHistory | No
     frauds = list(item.frauds)
     frauds[index] += 1
     return ItemHistory(list(item.days), list(item.counts), frauds)
-
-
-def record_user_fraud(spend: SpendHistory | None, event_ts_ms: int) -> SpendHistory:
-    """``spend`` with one of its purchases (at ``event_ts_ms``) confirmed fraud."""
-    old = spend if spend is not None else SpendHistory()
-    day = event_ts_ms // DAY_MS
-    newest = old.days[-1] if old.days else day
-    if day <= newest - HISTORY_DAYS:
-        return old
-    return SpendHistory(
-        list(old.days),
-        list(old.counts),
-        list(old.log_sums),
-        list(old.log_squares),
-        sorted([*old.fraud_days, day])[-64:],
-        old.last_ts_ms,
-    )

@@ -20,7 +20,7 @@ Every :class:`RiskModel` carries a version (``<name>@<settled-until date>``) tha
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> X = rng.normal(size=(400, 3)); y = (X[:, 0] > 1.2).astype(int)
->>> model = train_risk_model(X, y, trained_until_ms=0, params=RiskModelParams(trees=10))
+>>> model = train_risk_model(X, y, 0, RiskModelParams(trees=10), names=("a", "b", "c"))
 >>> model.version, model.frauds == int(y.sum())
 ('forest-v1@1970-01-01', True)
 >>> bool(model.score(np.array([[2.0, 0, 0], [-2.0, 0, 0]]))[0] > 0.5)
@@ -31,11 +31,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
+import msgspec
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+
+from operators.apps.risk_features import FEATURES
 
 DAY_MS: Final = 86_400_000
 
@@ -64,23 +70,91 @@ class RiskModelParams:
             raise ValueError("settle_days must be >= 0 and min_frauds >= 1")
 
 
-@dataclass(frozen=True)
-class RiskModel:
-    """A fitted score: ``score(features)`` is the estimated fraud probability per row."""
+class Tree(msgspec.Struct, array_like=True, frozen=True):
+    """One decision tree as flat node arrays (a leaf has ``left == -1``)."""
+
+    feature: list[int]
+    threshold: list[float]
+    left: list[int]
+    right: list[int]
+    fraud_share: list[float]
+
+
+class RiskModel(msgspec.Struct, frozen=True):
+    """A fitted forest as plain data: saved as MessagePack, scored without scikit-learn.
+
+    ``threshold`` is the score an alert needs (:func:`alert_threshold`; 1.0 before one is
+    set). ``features`` names the columns it was trained on, so a model and a flow that
+    disagree on them are caught when the model is loaded.
+    """
 
     version: str
+    features: tuple[str, ...]
+    trees: tuple[Tree, ...]
     trained_until_ms: int
     examples: int
     frauds: int
-    forest: RandomForestClassifier
+    threshold: float = 1.0
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Fraud probability of each row of ``features`` (rows of FEATURES, in order)."""
-        return np.asarray(self.forest.predict_proba(features)[:, 1], dtype=np.float64)
+    def score_one(self, row: Sequence[float]) -> float:
+        """Fraud probability of one purchase: the trees' mean leaf fraud share."""
+        # The forest split on float32 values; compare the same values.
+        x = np.asarray(row, dtype=np.float32).tolist()
+        total = 0.0
+        for tree in self.trees:
+            feature, threshold, left, right = tree.feature, tree.threshold, tree.left, tree.right
+            node = 0
+            while left[node] != -1:
+                node = left[node] if x[feature[node]] <= threshold[node] else right[node]
+            total += tree.fraud_share[node]
+        return total / len(self.trees)
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """Fraud probability of each row of ``rows`` (columns as :attr:`features`)."""
+        return np.array([self.score_one(row) for row in rows], dtype=np.float64)
+
+
+def save_model(model: RiskModel, path: str | Path) -> None:
+    """Write ``model`` as MessagePack (plain numbers: no code runs when it is read)."""
+    Path(path).write_bytes(msgspec.msgpack.encode(model))
+
+
+def load_model(path: str | Path, features: Sequence[str]) -> RiskModel:
+    """Read a model :func:`save_model` wrote; refuse one trained on other ``features``."""
+    try:
+        model = msgspec.msgpack.decode(Path(path).read_bytes(), type=RiskModel)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{path}: not a risk model ({exc})") from exc
+    if tuple(model.features) != tuple(features):
+        raise ValueError(f"{path}: trained on other features than this release computes")
+    return model
+
+
+def _tree(estimator: DecisionTreeClassifier) -> Tree:
+    nodes = estimator.tree_
+    counts = nodes.value[:, 0, :]
+    totals = counts.sum(axis=1)
+    fraud_column = list(estimator.classes_).index(1) if 1 in estimator.classes_ else None
+    share = (
+        counts[:, fraud_column] / np.where(totals > 0, totals, 1)
+        if fraud_column is not None
+        else np.zeros(len(totals))
+    )
+    return Tree(
+        nodes.feature.tolist(),
+        nodes.threshold.tolist(),
+        nodes.children_left.tolist(),
+        nodes.children_right.tolist(),
+        share.tolist(),
+    )
 
 
 def train_risk_model(
-    features: np.ndarray, verdicts: np.ndarray, trained_until_ms: int, params: RiskModelParams
+    features: np.ndarray,
+    verdicts: np.ndarray,
+    trained_until_ms: int,
+    params: RiskModelParams,
+    names: Sequence[str] = FEATURES,
 ) -> RiskModel:
     """Fit the forest on settled examples (``verdicts``: 1 fraud, 0 genuine)."""
     forest = RandomForestClassifier(
@@ -92,8 +166,50 @@ def train_risk_model(
     forest.fit(features, verdicts)
     day = dt.datetime.fromtimestamp(trained_until_ms / 1_000, dt.UTC).date().isoformat()
     return RiskModel(
-        f"{params.name}@{day}", trained_until_ms, len(verdicts), int(np.sum(verdicts)), forest
+        version=f"{params.name}@{day}",
+        features=tuple(names),
+        trees=tuple(_tree(tree) for tree in forest.estimators_),
+        trained_until_ms=trained_until_ms,
+        examples=len(verdicts),
+        frauds=int(np.sum(verdicts)),
     )
+
+
+def fit_from_feedback(
+    purchases: Iterable[tuple[str, int, Sequence[float]]],
+    verdicts: Iterable[tuple[str, int]],
+    now_ms: int,
+    params: RiskModelParams,
+    names: Sequence[str] = FEATURES,
+) -> RiskModel:
+    """The model a retraining at ``now_ms`` fits: what had settled by then, nothing later.
+
+    ``purchases`` are (event id, event time, features) as the flow logged them; ``verdicts``
+    (purchase event id, time received) the fraud verdicts. Purchases from ``now_ms`` on and
+    verdicts received after it are left out, so a backtest sees what production would have.
+    """
+    ledger = FeedbackLedger(settle_ms=round(params.settle_days * DAY_MS))
+    for event_id, ts_ms, row in purchases:
+        if ts_ms < now_ms:
+            ledger.add_purchase(event_id, ts_ms, tuple(row))
+    for event_id, received_ms in verdicts:
+        if received_ms <= now_ms:
+            ledger.add_fraud_verdict(event_id)
+    ledger.settle(now_ms)
+    since = now_ms - ledger.settle_ms - params.train_days * DAY_MS
+    features, labels, newest = ledger.training_set(since)
+    frauds = int(labels.sum())
+    if frauds < params.min_frauds:
+        raise ValueError(f"{frauds} settled frauds, fewer than the {params.min_frauds} needed")
+    return train_risk_model(features, labels, newest, params, names)
+
+
+def with_alert_budget(
+    model: RiskModel, recent: np.ndarray, days: float, alerts_per_day: float
+) -> RiskModel:
+    """``model`` alerting at the score that gives ``alerts_per_day`` on ``recent`` purchases."""
+    threshold = alert_threshold(model.score(recent), days, alerts_per_day)
+    return msgspec.structs.replace(model, threshold=threshold)
 
 
 def alert_threshold(recent_scores: np.ndarray, days: float, alerts_per_day: float) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from operators.apps.learned_risk import ItemVerdict, PurchaseCheck, from_user_event
 from operators.apps.risk import Alert, RiskParams, RiskState, assess
 from operators.apps.segments import (
     SegmentBook,
@@ -50,6 +51,8 @@ class Applications:
     segments: SegmentBook
     windows: tuple[WindowSpec, ...]
     risk: RiskParams
+    #: How long fraud verdicts usually take (the learned score's settled windows).
+    risk_settle_ms: int = 7 * 86_400_000
 
 
 def before_event(
@@ -63,14 +66,16 @@ def before_event(
 
 def after_event(
     state: UserState, event: Event, apps: Applications, incremental: bool = False
-) -> tuple[list[Alert], list[SegmentTransition], int]:
-    """React to an applied event (in place): (alerts, transitions, next check or 0).
+) -> tuple[list[Alert], list[SegmentTransition], int, PurchaseCheck | ItemVerdict | None]:
+    """React to an applied event (in place): (alerts, transitions, next check or 0, what the
+    event sends to its item's risk view).
 
     ``incremental``: the same segment book evaluated this profile before, so only the
     segments the event's type can move are tested again
     (:func:`~operators.apps.segments.update_memberships`).
     """
     state.apps, alerts = assess(state.apps, event, apps.risk)
+    to_item = from_user_event(state.apps, event, apps.risk_settle_ms)
     profile = state.profile
     now = profile.last_seen_ms
     kind = event.type if incremental and profile.version > 1 else None
@@ -78,4 +83,4 @@ def after_event(
         profile, apps.segments, apps.windows, now, event.event_id, kind
     )
     due = next_check_ms(apps.segments, profile, apps.windows, now) or 0
-    return alerts, transitions, due
+    return alerts, transitions, due, to_item

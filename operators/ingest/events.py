@@ -39,6 +39,7 @@ EventType = Literal[
     "login",
     "logout",
     "ad_click",
+    "chargeback",
     "delete_user",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = get_args(EventType)
@@ -59,6 +60,8 @@ REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "login": (),
     "logout": (),
     "ad_click": ("item_id",),
+    # A card issuer's chargeback or an analyst's verdict: the purchase was fraud.
+    "chargeback": ("item_id", "ref_event_id"),
     "delete_user": (),
 }
 
@@ -118,6 +121,7 @@ class _WireEvent(msgspec.Struct):
     device_id: Short | None = None
     ip: Annotated[str, Meta(max_length=64)] | None = None
     channel: Short | None = None
+    ref_event_id: Label | None = None
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
@@ -153,6 +157,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     source: str = ""
     watermark_ms: int = NO_WATERMARK
     replayed: bool = False
+    #: The event this one is about (a chargeback's purchase). Last: snapshots hold events.
+    ref_event_id: str | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -218,7 +224,12 @@ def _validated(
     wire: _WireEvent, raw: bytes, key: bytes | None, source: str, ingest_ms: int, watermark_ms: int
 ) -> Event:
     text = wire.text.strip() if wire.text is not None else None
-    values = {"item_id": wire.item_id, "price": wire.price, "text": text or None}
+    values = {
+        "item_id": wire.item_id,
+        "price": wire.price,
+        "text": text or None,
+        "ref_event_id": wire.ref_event_id,
+    }
     for name in REQUIRED_FIELDS[wire.type]:
         if values[name] is None:
             raise _Rejected(
@@ -245,6 +256,7 @@ def _validated(
         key=key,
         source=source,
         watermark_ms=watermark_ms,
+        ref_event_id=wire.ref_event_id,
     )
 
 
@@ -332,6 +344,7 @@ _WIRE_FIELDS: Final = (
     "device_id",
     "ip",
     "channel",
+    "ref_event_id",
 )
 _wire_encoder = msgspec.json.Encoder()
 

@@ -48,6 +48,7 @@ from operators.apps import (
     before_event,
     decode_record,
 )
+from operators.apps.learned_risk import ItemVerdict, PurchaseCheck
 from operators.apps.segments import SegmentBook, SegmentTransition, exit_all
 from operators.ingest import (
     DeadLetter,
@@ -79,9 +80,11 @@ from operators.text import SentimentScorer, read_text
 from operators.text.embedding import embedding_text, typed_text
 from operators.user.ports import Catalog, ItemFeed, NullObserver, TextVectors, UserObserver
 
-#: What the machine emits: deltas, dead letters, segment transitions, alerts, and the
-#: accepted events category demand counts.
-UserOutput = ProfileDelta | DeadLetter | SegmentTransition | Alert | Event
+#: What the machine emits: deltas, dead letters, segment transitions, alerts, the accepted
+#: events category demand counts, and what purchases and chargebacks tell their item's view.
+UserOutput = (
+    ProfileDelta | DeadLetter | SegmentTransition | Alert | Event | PurchaseCheck | ItemVerdict
+)
 
 
 @dataclass(frozen=True)
@@ -428,7 +431,7 @@ class UserMachine:
         if settings.expire_after_ms:
             self.expires = new.profile.last_seen_ms + settings.expire_after_ms
         apps = settings.applications()
-        alerts, transitions, self.due = after_event(
+        alerts, transitions, self.due, to_item = after_event(
             new, event, apps, incremental=self.book is apps.segments
         )
         self.book = apps.segments
@@ -437,6 +440,8 @@ class UserMachine:
         self._count(transitions)
         out += alerts
         out += transitions
+        if to_item is not None:
+            out.append(to_item)
         if event.category is not None and event.type in DEMAND_TYPES:
             out.append(event)  # category demand counts what the profile accepted
         if self.pending is None:

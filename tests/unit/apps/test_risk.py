@@ -460,8 +460,8 @@ def test_a_state_saved_before_the_item_memory_still_decodes() -> None:
     state = feed.state
     assert state is not None and state.items and state.session == 0
     fields = msgspec.msgpack.decode(encode_state(state))
-    old = decode_state(msgspec.msgpack.encode(fields[:-3]))  # without items, session, cart
-    assert old.items == [] and old.cart == [] and old.session == 0
+    old = decode_state(msgspec.msgpack.encode(fields[:-4]))  # no items, session, cart, spend
+    assert old.items == [] and old.cart == [] and old.session == 0 and old.spend is None
     assert old.amount == state.amount and old.episodes == state.episodes
 
 

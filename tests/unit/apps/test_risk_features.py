@@ -17,7 +17,6 @@ from operators.apps.risk_features import (
     record_fraud,
     record_purchase,
     record_sale,
-    record_user_fraud,
 )
 
 T0 = 20_001 * DAY_MS  # a Saturday at midnight, UTC
@@ -93,13 +92,6 @@ def test_settled_windows_end_settle_days_ago() -> None:
     assert got["item_settled_n_1d"] == 1 and got["item_settled_risk_1d"] == 1.0
     assert got["item_settled_n_7d"] == 7 and got["item_settled_risk_7d"] == pytest.approx(2 / 7)
     assert got["item_n_7d"] == 6  # days 11-16; the purchase being scored is not counted
-
-
-def test_a_users_confirmed_frauds_fade_after_30_days() -> None:
-    spend = record_purchase(None, T0, 30.0)
-    spend = record_user_fraud(spend, T0)
-    assert features(spend, None, T0 + 29 * DAY_MS, 30.0)["user_known_fraud_30d"] == 1
-    assert features(spend, None, T0 + 30 * DAY_MS, 30.0)["user_known_fraud_30d"] == 0
 
 
 def test_records_return_new_histories() -> None:

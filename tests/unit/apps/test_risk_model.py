@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from sklearn.ensemble import RandomForestClassifier
 
 from operators.apps.risk_model import (
     DAY_MS,
     FeedbackLedger,
     RiskModelParams,
     alert_threshold,
+    load_model,
+    save_model,
     train_risk_model,
 )
 
@@ -76,7 +81,7 @@ def test_the_forest_learns_a_pattern_and_names_its_version() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2_000, 4))
     y = ((x[:, 1] > 1.0) & (x[:, 2] < 0)).astype(int)
-    model = train_risk_model(x, y, trained_until_ms=1_530_000_000_000, params=RiskModelParams())
+    model = train_risk_model(x, y, 1_530_000_000_000, RiskModelParams(), names=tuple("abcd"))
     fresh = rng.normal(size=(2_000, 4))
     truth = (fresh[:, 1] > 1.0) & (fresh[:, 2] < 0)
     scores = model.score(fresh)
@@ -99,3 +104,22 @@ def test_params_are_checked() -> None:
         RiskModelParams(trees=0)
     with pytest.raises(ValueError):
         RiskModelParams(settle_days=-1)
+
+
+def test_the_plain_data_forest_scores_as_scikit_learn_does(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.lognormal(size=(3_000, 5)).astype(np.float32)
+    y = (x[:, 0] * x[:, 3] > 2.5).astype(int)
+    params = RiskModelParams(trees=20, max_depth=8, seed=4)
+    model = train_risk_model(x, y, 0, params, names=tuple("abcde"))
+    forest = RandomForestClassifier(n_estimators=20, max_depth=8, random_state=4).fit(x, y)
+    fresh = rng.lognormal(size=(500, 5))
+    assert np.allclose(model.score(fresh), forest.predict_proba(fresh)[:, 1], atol=1e-9)
+    save_model(model, tmp_path / "model.msgpack")
+    again = load_model(tmp_path / "model.msgpack", tuple("abcde"))
+    assert again == model
+    with pytest.raises(ValueError, match="other features"):
+        load_model(tmp_path / "model.msgpack", tuple("abcdf"))
+    (tmp_path / "junk").write_bytes(b"\x00\x01")
+    with pytest.raises(ValueError, match="not a risk model"):
+        load_model(tmp_path / "junk", tuple("abcde"))

@@ -59,7 +59,7 @@ PARSE_REASONS = {
 }
 INT64 = (-(2**63), 2**63 - 1)
 COMMON = ("event_id", "user_id", "ts", "type")
-OPTIONAL = ("item_id", "category", "brand", "price", "quantity", "text", "rating")
+OPTIONAL = ("item_id", "category", "brand", "price", "quantity", "text", "rating", "ref_event_id")
 FREE_STRINGS = {"session_id": 128, "device_id": 128, "channel": 128, "ip": 64}
 KNOWN = frozenset(COMMON + OPTIONAL + tuple(FREE_STRINGS))
 
@@ -125,6 +125,7 @@ def field_violations(doc: dict[str, Any]) -> set[str]:
         "text": value["text"] is None
         or (isinstance(value["text"], str) and len(value["text"]) <= MAX_TEXT_CHARS),
         "rating": value["rating"] is None or is_int(value["rating"], 1, 5),
+        "ref_event_id": value["ref_event_id"] is None or is_label(value["ref_event_id"]),
         **{name: is_short(value[name], n) for name, n in FREE_STRINGS.items()},
     }
     if not all(valid.values()):
@@ -135,6 +136,7 @@ def field_violations(doc: dict[str, Any]) -> set[str]:
             "item_id": value["item_id"] is not None,
             "price": price is not None,
             "text": isinstance(text, str) and text.strip() != "",
+            "ref_event_id": value["ref_event_id"] is not None,
         }
         if not all(present[name] for name in REQUIRED_FIELDS[kind] if valid[name]):
             found.add("missing_field")
@@ -222,9 +224,16 @@ def assert_documented_event(event: Event) -> None:
     assert event.text is None or 0 < len(event.text) <= MAX_TEXT_CHARS
     assert event.text is None or event.text == event.text.strip()
     assert all(is_short(getattr(event, name), most) for name, most in FREE_STRINGS.items())
-    present = {"item_id": event.item_id, "price": event.price, "text": event.text}
+    assert event.ref_event_id is None or is_label(event.ref_event_id)
+    present = {
+        "item_id": event.item_id,
+        "price": event.price,
+        "text": event.text,
+        "ref_event_id": event.ref_event_id,
+    }
     assert all(present[name] is not None for name in REQUIRED_FIELDS[event.type])
-    for name in ("event_id", "user_id", "item_id", "category", "brand", "text", *FREE_STRINGS):
+    names = ("event_id", "user_id", "item_id", "category", "brand", "text", "ref_event_id")
+    for name in (*names, *FREE_STRINGS):
         value = getattr(event, name)
         assert value is None or isinstance(value.encode(), bytes)  # no lone surrogates
 
@@ -242,7 +251,7 @@ def assert_event_is(event: Event, doc: dict[str, Any]) -> None:
     assert event.item_id == (None if item_id is None else str(item_id))
     assert event.text == (text.strip() or None if isinstance(text, str) else None)
     assert event.quantity == (doc.get("quantity") or 1)
-    for name in ("category", "brand", "price", "rating", *FREE_STRINGS):
+    for name in ("category", "brand", "price", "rating", "ref_event_id", *FREE_STRINGS):
         assert getattr(event, name) == doc.get(name), name
 
 
@@ -324,6 +333,7 @@ VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "quantity": st.integers(1, 10_000),
     "text": st.sampled_from(["red shoes", "  late ", "很好 great", "x" * MAX_TEXT_CHARS]),
     "rating": st.integers(1, 5),
+    "ref_event_id": labels,
     "session_id": st.text(chars, max_size=4),
     "device_id": st.sampled_from(["d-1", "", "\x00", "\x85", "x" * 128, "x" * 129]),
     "channel": st.sampled_from(["app", "", "\u202e"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -96,10 +95,12 @@ def test_command_writes_valid_purchases_and_late_verdicts(tmp_path: Path) -> Non
     parsed = [parse_event(line) for line in events.read_bytes().splitlines()]
     assert all(isinstance(e, Event) and e.type == "purchase" and e.price for e in parsed)
     by_id = {e.event_id: e for e in parsed if isinstance(e, Event)}
-    verdicts = [json.loads(line) for line in labels.read_text().splitlines()]
-    assert verdicts and all(v["verdict"] == "fraud" for v in verdicts)
+    verdicts = [parse_event(line) for line in labels.read_bytes().splitlines()]
+    assert verdicts and all(isinstance(v, Event) and v.type == "chargeback" for v in verdicts)
     for v in verdicts:
-        purchase = by_id[v["event_id"]]
-        assert v["ts_ms"] - v["event_ts_ms"] == 7 * DAY_MS == v["ts_ms"] - purchase.ts_ms
-        assert v["user_id"] == by_id[v["event_id"]].user_id
-    assert [v["ts_ms"] for v in verdicts] == sorted(v["ts_ms"] for v in verdicts)
+        assert isinstance(v, Event) and v.ref_event_id is not None
+        purchase = by_id[v.ref_event_id]
+        assert v.ts_ms - purchase.ts_ms == 7 * DAY_MS
+        assert (v.user_id, v.item_id) == (purchase.user_id, purchase.item_id)
+    times = [v.ts_ms for v in verdicts if isinstance(v, Event)]
+    assert times == sorted(times)
