@@ -42,11 +42,11 @@ from dataflow.eval.handbook import (
     PUBLISHED,
     WEEK,
     baseline_scores,
+    first_test_day_ms,
     learned_scores,
     metrics,
     protocol_test_set,
     replayed_features,
-    first_test_day_ms,
 )
 from dataflow.sim.handbook import (
     HandbookParams,
