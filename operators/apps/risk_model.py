@@ -34,29 +34,24 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 import msgspec
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from operators.apps.risk_features import FEATURES
-
-DAY_MS: Final = 86_400_000
+from operators.apps.risk_features import DAY_MS, FEATURES
 
 
 @dataclass(frozen=True)
 class RiskModelParams:
-    """How the score learns: forest size, the examples it sees, how often it is refit."""
+    """How the score learns: the forest's size and the settled examples it is fit on."""
 
     name: str = "forest-v1"
     trees: int = 50
     max_depth: int = 12
     #: Settled examples of this many days (ending at the newest settled one) train a model.
     train_days: int = 56
-    #: A new model is fit every this many days of event time.
-    retrain_days: int = 7
     #: A purchase without a fraud verdict after this long counts as genuine.
     settle_days: float = 7.0
     #: No model until the settled examples hold this many frauds.
@@ -64,8 +59,8 @@ class RiskModelParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.trees, self.max_depth, self.train_days, self.retrain_days) < 1:
-            raise ValueError("trees, max_depth, train_days and retrain_days must be >= 1")
+        if min(self.trees, self.max_depth, self.train_days) < 1:
+            raise ValueError("trees, max_depth and train_days must be >= 1")
         if self.settle_days < 0 or self.min_frauds < 1:
             raise ValueError("settle_days must be >= 0 and min_frauds >= 1")
 
@@ -279,12 +274,3 @@ class FeedbackLedger:
         features = np.array([r[1] for r in rows], dtype=np.float32)
         verdicts = np.array([r[2] for r in rows], dtype=np.int8)
         return features, verdicts, max(r[0] for r in rows)
-
-    def forget_before(self, ts_ms: int) -> None:
-        """Drop settled examples older than ``ts_ms`` (memory stays bounded by ``train_days``)."""
-        cut = 0
-        while cut < len(self.examples) and self.examples[cut][0] < ts_ms:
-            cut += 1
-        if cut:
-            del self.examples[:cut]
-            self.settled_index = {k: i - cut for k, i in self.settled_index.items() if i >= cut}

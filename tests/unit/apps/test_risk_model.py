@@ -64,19 +64,6 @@ def test_verdicts_in_any_order_give_the_same_examples() -> None:
     assert sum(e[2] for e in results[0]) == len(frauds)
 
 
-def test_forgetting_old_examples_keeps_late_verdicts_working() -> None:
-    ledger = FeedbackLedger(SETTLE)
-    for n in range(10):
-        ledger.add_purchase(f"p{n}", n * DAY_MS, (float(n),))
-    ledger.settle(30 * DAY_MS)
-    ledger.forget_before(5 * DAY_MS)
-    ledger.add_fraud_verdict("p7")
-    ledger.add_fraud_verdict("p2")  # forgotten: no effect, no error
-    x, y, newest = ledger.training_set(0)
-    assert x[:, 0].tolist() == [5, 6, 7, 8, 9] and y.tolist() == [0, 0, 1, 0, 0]
-    assert newest == 9 * DAY_MS
-
-
 def test_the_forest_learns_a_pattern_and_names_its_version() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2_000, 4))
