@@ -41,7 +41,9 @@ import numpy as np
 from dataflow.sim.anomalies import (
     ANOMALY_KINDS,
     EPISODE_SIZES,
+    EPISODE_STYLES,
     AnomalyConfig,
+    EpisodeStyle,
     Injector,
     plan_anomalies,
 )
@@ -78,8 +80,10 @@ __all__ = [
     "DEFAULT_SPAN_DAYS",
     "DUPLICATE_LOOKBACK",
     "EPISODE_SIZES",
+    "EPISODE_STYLES",
     "AnomalyConfig",
     "CatalogItem",
+    "EpisodeStyle",
     "GeneratedEvent",
     "GenerationSummary",
     "build_catalog",
@@ -147,7 +151,10 @@ def generate_events(
     timeline.sort(key=lambda e: e[0])  # stable: a user's events keep their order
     labels: dict[str, str] = {}
     if plan:
-        injector = Injector(world, writer, timeline, deleted, start_ms, span_ms, anomaly_draws)
+        assert anomalies is not None
+        injector = Injector(
+            world, writer, timeline, deleted, start_ms, span_ms, anomaly_draws, anomalies.style
+        )
         injected, labels = injector.inject(plan)
         timeline += injected
         timeline.sort(key=lambda e: e[0])

@@ -38,6 +38,75 @@ _QUIET_MS: Final = 2 * DAY_MS  # no new device this long before a takeover
 
 
 @dataclass(frozen=True)
+class EpisodeStyle:
+    """The numbers an episode is drawn with: what a detector must not depend on.
+
+    ``TUNED`` is what the rule thresholds were tuned on. The other styles change them the
+    way fraud elsewhere differs: other amounts, fraud that browses the item before buying,
+    takeovers from a device the victim used (a copied fingerprint, a shared tablet), slower
+    card testing and refunds, bots at human-looking rates. Ranges are inclusive; shares are
+    of episodes (or of purchases, for ``*_browse_first``). Choices a style adds come from
+    their own random draws, so ``TUNED`` streams stay what they were.
+    """
+
+    name: str
+    sizes: tuple[tuple[str, int, int], ...] = ()  # (kind, low, high) overriding EPISODE_SIZES
+    ato_known_device: float = 0.0  # takeovers from one of the victim's devices (new IP)
+    ato_browse_first: float = 0.0  # takeover purchases of an item viewed first
+    ato_amount: tuple[float, float] = (5.0, 30.0)  # x the victim's median amount
+    ato_delay_min: float = 20.0  # median minutes from the login to the first purchase
+    amount_ratio: tuple[float, float] = (20.0, 100.0)  # x the victim's median amount
+    amount_over_max: float = 4.0  # and at least this times their largest
+    card_gap_s: float = 40.0  # median seconds between card tests
+    card_price: tuple[float, float] = (0.99, 4.99)
+    card_new_origin: float = 1.0  # share of card testing from a new device and IP
+    refund_gap_min: float = 25.0  # median minutes between abusive refunds
+    refund_unbought: float = 0.5  # share of refunds of items never bought
+    bot_gap_ms: float = 350.0  # median milliseconds between a bot's requests
+
+    def size_range(self, kind: str) -> tuple[int, int]:
+        return next(((lo, hi) for k, lo, hi in self.sizes if k == kind), EPISODE_SIZES[kind])
+
+
+TUNED: Final = EpisodeStyle("tuned")
+#: Used to tune the rules after ``TUNED`` (risk-v3).
+SHIFTED: Final = EpisodeStyle(
+    "shifted",
+    sizes=(("amount_anomaly", 1, 3),),  # 0-2 views of the item before the purchase
+    ato_known_device=0.5,
+    ato_browse_first=0.7,
+    ato_amount=(3.0, 12.0),
+    ato_delay_min=60.0,
+    amount_ratio=(8.0, 30.0),
+    amount_over_max=2.0,
+    card_gap_s=180.0,
+    card_price=(0.5, 9.99),
+    card_new_origin=0.5,
+    refund_gap_min=120.0,
+    refund_unbought=0.3,
+    bot_gap_ms=1_200.0,
+)
+#: Never used for tuning: fixed before risk-v3 was written, evaluated on streams no rule saw.
+UNSEEN: Final = EpisodeStyle(
+    "unseen",
+    sizes=(("amount_anomaly", 1, 4), ("card_testing", 4, 12), ("refund_abuse", 4, 9)),
+    ato_known_device=0.35,
+    ato_browse_first=0.9,
+    ato_amount=(4.0, 15.0),
+    ato_delay_min=150.0,
+    amount_ratio=(10.0, 40.0),
+    amount_over_max=2.5,
+    card_gap_s=100.0,
+    card_price=(0.99, 12.0),
+    card_new_origin=0.8,
+    refund_gap_min=180.0,
+    refund_unbought=0.4,
+    bot_gap_ms=800.0,
+)
+EPISODE_STYLES: Final = {s.name: s for s in (TUNED, SHIFTED, UNSEEN)}
+
+
+@dataclass(frozen=True)
 class AnomalyConfig:
     """Which labelled anomalies to inject into a generated stream, and how many.
 
@@ -76,6 +145,8 @@ class AnomalyConfig:
 
     rate: float = 0.05
     kinds: tuple[str, ...] = ANOMALY_KINDS
+    #: How the episodes behave; ``TUNED`` is what the rules were tuned on (the list above).
+    style: EpisodeStyle = TUNED
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -92,7 +163,7 @@ def plan_anomalies(d: Draws, n_users: int, config: AnomalyConfig) -> list[tuple[
     plan = []
     for n in range(round(config.rate * n_users)):
         kind = kinds[(first + n) % len(kinds)]
-        low, high = EPISODE_SIZES[kind]
+        low, high = config.style.size_range(kind)
         plan.append((kind, low + d.below(high - low + 1)))
     return plan
 
@@ -125,8 +196,11 @@ class Injector:
         start_ms: int,
         span_ms: int,
         draws: Draws,
+        style: EpisodeStyle = TUNED,
     ) -> None:
-        self.world, self.writer, self.d = world, writer, draws
+        self.world, self.writer, self.d, self.style = world, writer, draws, style
+        # The style's own choices draw from here, so TUNED streams keep their draws.
+        self.x = Draws(np.random.default_rng([world.seed, 4]), block=4096)
         self.start_ms, self.end_ms = start_ms, start_ms + span_ms
         self.pasts = [_Past() for _ in world.users]
         seen: list[set[str]] = [set() for _ in world.users]
@@ -290,34 +364,65 @@ class Injector:
         return times
 
     def _account_takeover(self, user: int, at: int, size: int) -> _Events:
-        d = self.d
-        origin = self._new_origin("web")
+        d, x, style = self.d, self.x, self.style
+        if x.chance(style.ato_known_device):  # the victim's device, from a new address
+            devices = sorted({device for device, _ in self._origins_before(user, at)})
+            device = x.choice(devices) if devices else self.world.users[user].devices[0]
+            origin = self._origin(device, random_ip(d), "web")
+        else:
+            origin = self._new_origin("web")
         median, _ = self._median_and_max(user, at)
+        low, high = style.ato_amount
         n_buys = 1 + (size >= 5) + (size >= 7)
         events = [self._event(user, at, "login", origin)]
         ts = at
         for _ in range(size - 1 - n_buys):
             ts += max(round(d.lognormal(20_000, 0.7)), 1_000)
             events.append(self._event(user, ts, "view", origin, d.choice(self.resellable)[1]))
-        ts += min(max(round(d.lognormal(20 * 60_000, 1.0)), 60_000), 4 * 3_600_000)
-        for _ in range(n_buys):
-            item, price, qty = self._priced(median * (5 + 25 * d.uniform()), self.resellable)
+        delay_ms = style.ato_delay_min * 60_000
+        longest = round(min(12 * delay_ms, 10 * 3_600_000))
+        ts += min(max(round(d.lognormal(delay_ms, 1.0)), 60_000), longest)
+        views = len(events) - 1
+        for k in range(n_buys):
+            item, price, qty = self._priced(
+                median * (low + (high - low) * d.uniform()), self.resellable
+            )
             events.append(
                 self._event(user, ts, "purchase", origin, item, price=price, quantity=qty)
             )
+            if x.chance(style.ato_browse_first):  # one of the views was of this item
+                _, view = events[views - k]
+                view |= {f: events[-1][1][f] for f in ("item_id", "category", "brand")}
             ts += max(round(d.lognormal(4 * 60_000, 0.8)), 20_000)
         return events
 
+    def _origins_before(self, user: int, at: int) -> list[tuple[str, str]]:
+        past = self.pasts[user]
+        return past.origins[: bisect.bisect_left(past.times, at)]
+
     def _amount_anomaly(self, user: int, at: int, size: int) -> _Events:
+        """One purchase, after ``size - 1`` views of its item (a style may browse first)."""
+        style = self.style
         median, largest = self._median_and_max(user, at)
-        target = max(median * (20 + 80 * self.d.uniform()), 4 * largest)
+        low, high = style.amount_ratio
+        target = max(
+            median * (low + (high - low) * self.d.uniform()), style.amount_over_max * largest
+        )
         item, price, qty = self._priced(target, self.by_price)
         origin = self._usual_origin(user, at)
-        return [self._event(user, at, "purchase", origin, item, price=price, quantity=qty)]
+        events = []
+        ts = at
+        for _ in range(size - 1):
+            events.append(self._event(user, ts, "view", origin, item))
+            ts += max(round(self.x.lognormal(60_000, 0.8)), 5_000)
+        events.append(self._event(user, ts, "purchase", origin, item, price=price, quantity=qty))
+        return events
 
     def _card_testing(self, user: int, at: int, size: int) -> _Events:
-        d = self.d
-        origin = self._new_origin()
+        d, style = self.d, self.style
+        new = self.x.chance(style.card_new_origin)
+        origin = self._new_origin() if new else self._usual_origin(user, at)
+        low, high = style.card_price
         return [
             self._event(
                 user,
@@ -325,10 +430,10 @@ class Injector:
                 "purchase",
                 origin,
                 d.below(len(self.world.catalog)),
-                price=round(0.99 + 4 * d.uniform(), 2),
+                price=round(low + (high - low) * d.uniform(), 2),
                 quantity=1,
             )
-            for ts in self._gaps(at, size, 40_000, 0.6, 5_000)
+            for ts in self._gaps(at, size, style.card_gap_s * 1_000, 0.6, 5_000)
         ]
 
     def _purchase_burst(self, user: int, at: int, size: int) -> _Events:
@@ -360,8 +465,9 @@ class Injector:
         bought = [event for ts, event in self.pasts[user].bought if ts < at]
         origin = self._usual_origin(user, at)
         events = []
-        for ts in self._gaps(at, size, 25 * 60_000, 0.7, 60_000):
-            if bought and d.chance(0.5):
+        gap_ms = self.style.refund_gap_min * 60_000
+        for ts in self._gaps(at, size, gap_ms, 0.7, 60_000):
+            if bought and d.chance(1.0 - self.style.refund_unbought):
                 purchase = bought.pop(d.below(len(bought)))
                 fields = {
                     k: purchase[k] for k in ("item_id", "category", "brand", "price", "quantity")
@@ -381,7 +487,7 @@ class Injector:
         origin = self._new_origin("web")
         lang = w.users[user].lang
         events = []
-        for ts in self._gaps(at, size, 350, 0.5, 50):
+        for ts in self._gaps(at, size, self.style.bot_gap_ms, 0.5, 50):
             roll = d.uniform()
             if roll < 0.15:
                 queries = w.categories[d.below(len(w.categories))].queries(lang)
