@@ -45,6 +45,7 @@ from dataflow.sim.anomalies import (
     AnomalyConfig,
     EpisodeStyle,
     Injector,
+    episode_style,
     plan_anomalies,
 )
 from dataflow.sim.malformed import BAD_KINDS, malformed_line
@@ -87,6 +88,7 @@ __all__ = [
     "GeneratedEvent",
     "GenerationSummary",
     "build_catalog",
+    "episode_style",
     "generate_events",
     "read_catalog",
     "write_catalog",

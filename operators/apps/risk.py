@@ -103,7 +103,7 @@ Evidence = dict[str, float | int | str]
 class RiskParams:
     """Thresholds and memory sizes of the detectors; changing any is a new ``model_version``."""
 
-    model_version: str = "risk-v2"
+    model_version: str = "risk-v3"
     #: An episode of a kind ends after this long without a trigger of that kind.
     episode_quiet_ms: int = 6 * HOUR_MS
     #: Most event ids an alert cites (the most recent of its window; the trigger last).
@@ -113,6 +113,10 @@ class RiskParams:
     #: Browsed items and items in the cart remembered; a purchase of any other item is blind.
     item_memory: int = 32
     cart_memory: int = 16
+    #: Categories the user has browsed or bought (hashed), and how long one stays "new to
+    #: them" after it was first seen.
+    category_memory: int = 16
+    category_new_ms: int = 6 * HOUR_MS
     # Account takeover.
     ato_grace_logins: int = 3
     ato_quiet_ms: int = DAY_MS
@@ -120,9 +124,14 @@ class RiskParams:
     ato_unusual_ratio: float = 3.0
     ato_fallback_amount: float = 1_000.0  # "unusual" before amount_grace purchases are known
     ato_min_score: float = 0.7
+    #: A session from a new IP on a *known* device opens a suspicion only for users with
+    #: this many amounts, and escalates only on unusual purchases in categories new to them.
+    ato_new_ip_history: int = 6
     # Purchase amounts.
     amount_history: int = 32
     amount_grace: int = 4
+    #: A browsed outlier counts only in a category new to a user with this many amounts.
+    amount_browsed_history: int = 6
     amount_over_median: float = 10.0
     amount_over_max: float = 2.0
     amount_z: float = 1.0  # robust z of the log amount: users whose amounts vary widely need more
@@ -134,9 +143,10 @@ class RiskParams:
     #: The largest amount is also remembered beyond the ring, halving at this pace.
     amount_peak_half_life_ms: int = 90 * DAY_MS
     # Card testing and bursts.
-    card_small_amount: float = 5.0
-    card_count: int = 5
-    card_window_ms: int = 15 * MINUTE_MS
+    card_small_amount: float = 5.0  # amounts up to this stay out of the amount history
+    card_test_amount: float = 20.0  # blind purchases up to this count as card tests
+    card_count: int = 4
+    card_window_ms: int = HOUR_MS
     purchase_burst_count: int = 6  # blind purchases
     purchase_burst_window_ms: int = 15 * MINUTE_MS
     login_burst_count: int = 6
@@ -149,6 +159,9 @@ class RiskParams:
     # Bots.
     bot_count: int = 40
     bot_window_ms: int = MINUTE_MS
+    #: ... or this many browsing events in a row without a pause of bot_run_gap_ms.
+    bot_run_count: int = 100
+    bot_run_gap_ms: int = 10 * SECOND_MS
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -204,6 +217,7 @@ class Suspect(msgspec.Struct, array_like=True):
     top_amount: float = 0.0
     top_ratio: float = 0.0
     cited: list[str] = []
+    new_device: bool = True  # False: a known device from a new IP (needs new categories)
 
 
 class AmountScore(msgspec.Struct, frozen=True):
@@ -307,6 +321,12 @@ class RiskState(msgspec.Struct, array_like=True):
     #: The learned score's view of the user (operators.apps.learned_risk): per-day spend and
     #: the times of the fraud verdicts on their purchases.
     spend: SpendHistory | None = None
+    #: (hash, first seen, last seen) of the user's latest categories: "new to the user"
+    #: means first seen within ``category_new_ms``, whatever sessions came between.
+    categories: list[tuple[int, int, int]] = []
+    #: Browsing events in a row without a pause of ``bot_run_gap_ms``, and the latest one.
+    bot_run: int = 0
+    bot_run_ms: int = 0
 
 
 class Alert(msgspec.Struct, frozen=True):
@@ -432,9 +452,20 @@ def _unusual(state: RiskState, amount: float, params: RiskParams) -> tuple[bool,
 
 
 def _takeover(
-    state: RiskState, event: Event, amount: float | None, params: RiskParams
+    state: RiskState,
+    event: Event,
+    amount: float | None,
+    opens: bool,
+    new_category: bool,
+    params: RiskParams,
 ) -> tuple[_Finding | None, bool]:
-    """Score and learn the event's device and IP; (finding, event is in the suspect session)."""
+    """Score and learn the event's device and IP; (finding, event is in the suspect session).
+
+    A new device with a new IP opens a suspicion; so does a session that ``opens`` from a
+    new IP on a known device (a copied fingerprint), but that one escalates only on
+    unusual purchases in a category new to the user, and hides no other kind until then:
+    phones change addresses all the time.
+    """
     t = event.ts_ms
     suspect = state.suspect
     if suspect is not None and max(state.last_ms, t) - suspect.ts_ms > params.ato_window_ms:
@@ -442,35 +473,46 @@ def _takeover(
     device, ip = event.device_id, event.ip
     if device is not None and ip is not None:
         new_device = device not in state.devices
-        if (
-            new_device
-            and ip not in state.ips
-            and suspect is None
-            and state.known_logins >= params.ato_grace_logins
-            and t - state.last_new_device_ms >= params.ato_quiet_ms
-        ):
-            state.suspect = suspect = Suspect(event.event_id, t, device, ip)
+        # A new device replaces a known device's suspicion that found nothing yet.
+        weak = suspect is not None and not suspect.new_device and not suspect.unusual
+        if ip not in state.ips and state.known_logins >= params.ato_grace_logins:
+            if (
+                (suspect is None or weak)
+                and new_device
+                and t - state.last_new_device_ms >= params.ato_quiet_ms
+            ):
+                state.suspect = suspect = Suspect(event.event_id, t, device, ip)
+            elif (
+                suspect is None
+                and not new_device
+                and opens
+                and len(state.amount.amounts) >= params.ato_new_ip_history
+            ):
+                state.suspect = suspect = Suspect(event.event_id, t, device, ip, new_device=False)
         if new_device:
             state.last_new_device_ms = max(state.last_new_device_ms, t)
         elif event.type == "login":
             state.known_logins += 1
         _remember(state.devices, device, t, params.max_devices)
         _remember(state.ips, ip, t, params.max_ips)
-    if suspect is None or (device != suspect.device_id and ip != suspect.ip):
+    if suspect is None or (
+        ip != suspect.ip and (device != suspect.device_id or not suspect.new_device)
+    ):
         return None, False
     if event.type == "purchase" and amount is not None:
         unusual, ratio = _unusual(state, amount, params)
-        if unusual:
+        if unusual and (suspect.new_device or new_category):
             suspect.unusual += 1
             suspect.top_amount = max(suspect.top_amount, amount)
             suspect.top_ratio = max(suspect.top_ratio, ratio)
             _push(suspect.cited, event.event_id, params.max_cited - 1)
     score = 1.0 - 0.5 ** (1 + suspect.unusual)
     if score < params.ato_min_score:
-        return None, True
+        return None, suspect.new_device
     evidence: Evidence = {
         "device_id": suspect.device_id,
         "ip": suspect.ip,
+        "new_device": int(suspect.new_device),
         "known_devices": len(state.devices) - 1,
         "known_logins": state.known_logins,
         "unusual_purchases": suspect.unusual,
@@ -485,11 +527,25 @@ def _takeover(
 
 
 def _amount_anomaly(
-    state: RiskState, event: Event, amount: float, opens: bool, idle_ms: int, params: RiskParams
+    state: RiskState,
+    event: Event,
+    amount: float,
+    blind: bool,
+    new_category: bool,
+    opens: bool,
+    idle_ms: int,
+    params: RiskParams,
 ) -> _Finding | None:
-    """An outlier among the user's own amounts (scored before it is learned), bought blind
-    in a purchase that ``opens`` a visit, ``idle_ms`` after the user's latest event."""
-    if amount < params.amount_min or not (opens or idle_ms >= params.amount_idle_ms):
+    """An outlier among the user's own amounts (scored before it is learned): bought
+    ``blind`` in a purchase that ``opens`` a visit (or ``idle_ms`` after the user's latest
+    event), or browsed first but in a category new to a user with a longer history."""
+    if amount < params.amount_min:
+        return None
+    if blind and not (opens or idle_ms >= params.amount_idle_ms):
+        return None
+    if not blind and not (
+        new_category and len(state.amount.amounts) >= params.amount_browsed_history
+    ):
         return None
     score = state.amount.score_one(amount, event.ts_ms, params)
     if score is None or score.excess < 1.0:
@@ -501,7 +557,8 @@ def _amount_anomaly(
         "max": round(score.largest, 2),
         "z": round(score.z, 2),
         "history": score.history,
-        "browsed_items": len(state.items),  # the item is none of them
+        "blind": int(blind),
+        "new_category": int(new_category),
         "new_session": int(opens),
         "idle_min": round(idle_ms / MINUTE_MS, 1),
     }
@@ -537,13 +594,19 @@ def _decayed_counts(state: RiskState, t: int, params: RiskParams) -> None:
 
 
 def _bot(state: RiskState, event: Event, params: RiskParams) -> _Finding | None:
-    _push(state.browse_ms, event.ts_ms, params.bot_count)
+    """``bot_count`` browsing events within ``bot_window_ms``, or ``bot_run_count`` in a row
+    without a pause of ``bot_run_gap_ms`` (no person browses that long without stopping)."""
+    t = event.ts_ms
+    _push(state.browse_ms, t, params.bot_count)
     _push(state.browse_ids, event.event_id, params.max_cited)
+    state.bot_run = state.bot_run + 1 if abs(t - state.bot_run_ms) <= params.bot_run_gap_ms else 1
+    state.bot_run_ms = max(state.bot_run_ms, t)
     times = state.browse_ms
     if len(times) < params.bot_count:
         return None
     span = _spread(times)
-    if span > params.bot_window_ms:
+    fast = span <= params.bot_window_ms
+    if not fast and state.bot_run < params.bot_run_count:
         return None
     ordered = sorted(times)
     gaps = [b - a for a, b in itertools.pairwise(ordered)]
@@ -554,9 +617,29 @@ def _bot(state: RiskState, event: Event, params: RiskParams) -> _Finding | None:
         "span_s": round(span / SECOND_MS, 1),
         "rate_per_s": round((len(times) - 1) * SECOND_MS / max(span, 1), 2),
         "gap_cv": round(cv, 3),
+        "run": state.bot_run,
     }
-    score = _rate_score(span, params.bot_window_ms)
+    if fast:
+        score = _rate_score(span, params.bot_window_ms)
+    else:
+        score = state.bot_run / (state.bot_run + params.bot_run_count)
     return _Finding("bot", score, list(state.browse_ids), evidence)
+
+
+def _new_category(state: RiskState, event: Event, params: RiskParams) -> bool:
+    """Whether the event's category is new to the user (first seen within
+    ``category_new_ms``, this event included); remembers it, forgetting the least recent."""
+    assert event.category is not None
+    key, t = zlib.crc32(event.category.encode()), event.ts_ms
+    known = state.categories
+    for n, (other, first, last) in enumerate(known):
+        if other == key:
+            known[n] = (key, min(first, t), max(last, t))
+            return t - first < params.category_new_ms
+    if len(known) >= params.category_memory:
+        known.remove(min(known, key=lambda entry: entry[2]))
+    known.append((key, t, t))
+    return True
 
 
 def _episode_open(state: RiskState, kind: str, t: int, params: RiskParams) -> bool:
@@ -605,11 +688,12 @@ def assess(
     session = 0 if event.session_id is None else zlib.crc32(event.session_id.encode())
     opens = session != 0 and session != state.session  # the first event of its session
     state.session = session
+    new_category = event.category is not None and _new_category(state, event, params)
     kind = event.type
     amount = _amount(event) if kind in ("purchase", "refund") else None
     findings: list[_Finding] = []
 
-    takeover, in_suspect = _takeover(state, event, amount, params)
+    takeover, in_suspect = _takeover(state, event, amount, opens, new_category, params)
     if takeover is not None:
         findings.append(takeover)
     if kind in BROWSE_TYPES:
@@ -635,8 +719,10 @@ def assess(
     elif kind == "purchase":
         _decayed_counts(state, t, params)
         state.purchase_weight += 1.0
+        bought = None if event.item_id is None else item_key(event.item_id)
+        blind = _blind(state, bought)
         card = None
-        if amount is not None and amount <= params.card_small_amount:
+        if amount is not None and blind and amount <= params.card_test_amount:
             _push(state.small_purchases, (t, event.event_id, amount), params.card_count)
             card = _burst(
                 "card_testing",
@@ -647,8 +733,6 @@ def assess(
             )
             if card is not None:
                 findings.append(card)
-        bought = None if event.item_id is None else item_key(event.item_id)
-        blind = _blind(state, bought)
         if bought in state.cart:
             state.cart.remove(bought)
         burst = None
@@ -667,8 +751,10 @@ def assess(
             findings.append(burst)
         if amount is not None and amount > params.card_small_amount:  # tests and samples
             outlier = None
-            if blind and not in_suspect:
-                outlier = _amount_anomaly(state, event, amount, opens, idle_ms, params)
+            if not in_suspect:
+                outlier = _amount_anomaly(
+                    state, event, amount, blind, new_category, opens, idle_ms, params
+                )
             if outlier is not None:
                 findings.append(outlier)
             state.amount.learn_one(amount, t, params)

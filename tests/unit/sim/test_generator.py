@@ -20,13 +20,14 @@ from dataflow.sim import (
     AnomalyConfig,
     GeneratedEvent,
     build_catalog,
+    episode_style,
     generate_events,
     read_catalog,
     sessions,
     write_catalog,
     write_events,
 )
-from dataflow.sim.anomalies import SHIFTED, UNSEEN
+from dataflow.sim.anomalies import SHIFTED, drawn_style
 from operators.ingest import DeadLetter, Event, RejectReason, parse_event
 from tests.support.cli import profilestream
 
@@ -322,37 +323,52 @@ def test_episodes_look_like_their_kind(
         assert len(events) >= 120 and len(events) / seconds > 1.0
 
 
-def test_other_styles_change_what_the_rules_were_tuned_on() -> None:
-    """SHIFTED and UNSEEN: takeovers from known devices that browse first, amount anomalies
-    after views of the item, slower and dearer card tests, slower bots."""
-    for style in (SHIFTED, UNSEEN):
-        lines = generate_events(
-            N_ANOMALOUS, ANOMALY_USERS, seed=7, anomalies=AnomalyConfig(0.1, style=style)
-        )
-        anomalous = [(e, parse_event(e.line)) for e in lines]
-        past: dict[str, set[str]] = {}
-        for generated, event in anomalous:
-            if isinstance(event, Event) and not generated.anomaly:
-                past.setdefault(event.user_id, set()).add(event.device_id or "")
-        takeovers = _episodes(anomalous, "account_takeover")
-        known = [u for u, events in takeovers.items() if events[0].device_id in past.get(u, ())]
-        assert 0 < len(known) < len(takeovers)
-        viewed_first = 0
-        for events in takeovers.values():
-            views = {e.item_id for e in events if e.type == "view"}
-            viewed_first += any(e.item_id in views for e in events if e.type == "purchase")
-        assert viewed_first > len(takeovers) / 3
-        amounts = _episodes(anomalous, "amount_anomaly").values()
-        assert any(len(events) > 1 and events[0].type == "view" for events in amounts)
-        assert all(events[-1].type == "purchase" for events in amounts)
-        low, high = style.card_price
-        tests = [e for events in _episodes(anomalous, "card_testing").values() for e in events]
-        assert all(e.price is not None and low <= e.price <= high for e in tests)
-        assert max(e.price or 0 for e in tests) > 5
-        for events in _episodes(anomalous, "bot").values():
-            seconds = (events[-1].ts_ms - events[0].ts_ms) / 1000
-            assert 0.2 < len(events) / seconds < 2.5
+def test_shifted_style_changes_what_the_rules_were_tuned_on() -> None:
+    """Takeovers from known devices that browse first, amount anomalies after views of the
+    item, slower and dearer card tests, slower bots."""
+    lines = generate_events(
+        N_ANOMALOUS, ANOMALY_USERS, seed=7, anomalies=AnomalyConfig(0.1, style=SHIFTED)
+    )
+    anomalous = [(e, parse_event(e.line)) for e in lines]
+    past: dict[str, set[str]] = {}
+    for generated, event in anomalous:
+        if isinstance(event, Event) and not generated.anomaly:
+            past.setdefault(event.user_id, set()).add(event.device_id or "")
+    takeovers = _episodes(anomalous, "account_takeover")
+    known = [u for u, events in takeovers.items() if events[0].device_id in past.get(u, ())]
+    assert 0 < len(known) < len(takeovers)
+    viewed_first = 0
+    for events in takeovers.values():
+        views = {e.item_id for e in events if e.type == "view"}
+        viewed_first += any(e.item_id in views for e in events if e.type == "purchase")
+    assert viewed_first > len(takeovers) / 3
+    amounts = _episodes(anomalous, "amount_anomaly").values()
+    assert any(len(events) > 1 and events[0].type == "view" for events in amounts)
+    assert all(events[-1].type == "purchase" for events in amounts)
+    tests = [e for events in _episodes(anomalous, "card_testing").values() for e in events]
+    assert all(e.price is not None and 0.5 <= e.price <= 9.99 for e in tests)
+    assert max(e.price or 0 for e in tests) > 5
+    for events in _episodes(anomalous, "bot").values():
+        seconds = (events[-1].ts_ms - events[0].ts_ms) / 1000
+        assert 0.4 < len(events) / seconds < 1.5
     assert EPISODE_STYLES["tuned"] == AnomalyConfig().style
+
+
+def test_drawn_styles_are_seeded_and_within_their_ranges() -> None:
+    styles = [episode_style(f"drawn:{seed}") for seed in range(20)]
+    assert styles[3] == drawn_style(3) and len(set(styles)) == 20
+    for style in styles:
+        assert 0 <= style.ato_known_device <= 0.8 and 5 <= style.ato_delay_min <= 300
+        assert 2 <= style.ato_amount[0] < style.ato_amount[1] <= 30
+        assert 0.5 <= style.card_price[0] < 1 and 3 <= style.card_price[1] <= 15
+        assert 200 <= style.bot_gap_ms <= 2_500
+        assert all(low >= 1 and high >= low for _, low, high in style.sizes)
+    with pytest.raises(ValueError, match="drawn"):
+        episode_style("drawn:x")
+    lines = generate_events(20_000, 400, seed=7, anomalies=AnomalyConfig(0.1, style=styles[0]))
+    tests = [parse_event(e.line) for e in lines if e.anomaly == "card_testing"]
+    low, high = styles[0].card_price
+    assert tests and all(isinstance(e, Event) and low <= (e.price or 0) <= high for e in tests)
 
 
 def test_legitimate_traffic_is_messy_with_anomalies_on(
