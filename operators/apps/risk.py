@@ -8,27 +8,37 @@ returns. Seven detectors share one bounded :class:`RiskState`:
   never used, after an established history (``ato_grace_logins`` logins from known devices)
   with no other new device for ``ato_quiet_ms``, opens a suspicion; it is escalated to an
   alert when purchases from that device or IP within ``ato_window_ms`` are unusual for the
-  user (``ato_unusual_ratio`` times their median amount). The score is
+  user (``ato_unusual_ratio`` times their median amount). A *login* from a new IP on a
+  known device (a copied fingerprint, a shared tablet) opens a weaker suspicion for users
+  with ``ato_new_ip_history`` amounts: it escalates only on purchases in a category new to
+  the user (first seen within ``category_new_ms``) at ``ato_known_device_ratio`` times
+  their median, or in any category at ``ato_known_device_any_ratio`` times, since phones
+  change addresses all the time. The score is
   ``1 - 0.5 ** (1 + unusual purchases)``: 0.5 for the new device and IP alone, which alerts
   only if ``ato_min_score`` is lowered to 0.5.
-- ``amount_anomaly``: a purchase out of the blue -- *blind* (see below) and opening a visit
-  (the first event of its session, or at least ``amount_idle_ms`` after the user's latest
-  event) -- far above the user's *own* amounts: ``amount_over_median`` times the median of
-  their last ``amount_history`` purchases, ``amount_over_max`` times the largest
-  (remembered beyond the ring, slowly decaying), and a robust z-score (median and MAD of
-  log amounts) of at least ``amount_z``, so users whose amounts vary widely need more.
-  Amounts up to ``card_small_amount`` (tests, samples) are left out of the history. Silent
-  until ``amount_grace`` purchases are known. A big purchase of something the user looked
-  at, or one in the middle of a visit (a shopper settling for a dear item they did not
-  open), is left alone: amounts alone cannot tell those from fraud.
-- ``card_testing``: ``card_count`` purchases of at most ``card_small_amount`` within
+- ``amount_anomaly``: a purchase far above the user's *own* amounts --
+  ``amount_over_median`` times the median of their last ``amount_history`` purchases,
+  ``amount_over_max`` times the largest (remembered beyond the ring, slowly decaying), and a
+  robust z-score (median and MAD of log amounts) of at least ``amount_z``, so users whose
+  amounts vary widely need more -- that comes out of the blue: either *blind* (see below)
+  and opening a visit (the first event of its session, or ``amount_idle_ms`` after the
+  user's latest event), or looked at first but the only item its session looked at
+  (straight to the item) for a user with ``amount_browsed_history`` amounts. Amounts up
+  to ``card_small_amount`` (samples, coupons) and blind ones up to ``card_test_amount``
+  (possible card tests) stay out of the history. Silent until ``amount_grace`` purchases
+  are known. A big purchase in the middle of an ordinary visit is left alone: amounts
+  alone cannot tell those from fraud.
+- ``card_testing``: ``card_count`` blind purchases of at most ``card_test_amount`` within
   ``card_window_ms``.
 - ``purchase_burst``: ``purchase_burst_count`` blind purchases within
   ``purchase_burst_window_ms``. ``login_burst``: that many logins within a short window.
 - ``refund_abuse``: ``refund_count`` refunds within ``refund_window_ms`` while refunds are at
-  least ``refund_min_ratio`` of the user's (decayed) purchases.
+  least ``refund_min_ratio`` of the user's (decayed) purchases, and either one of them is
+  of an item not among the user's last ``item_memory`` purchases or the ratio reaches
+  ``refund_sure_ratio``: returners send back what they bought.
 - ``bot``: ``bot_count`` browsing events (views, clicks, searches, ...) within
-  ``bot_window_ms``: a sustained rate no person browses at.
+  ``bot_window_ms``, or ``bot_run_count`` in a row without a pause of ``bot_run_gap_ms``:
+  a rate, or a stamina, no person browses at.
 
 A purchase is *blind* when its item is neither among those of the user's last
 ``item_memory`` browsing events (views, clicks, adds to the cart, ...) nor among the last
@@ -124,13 +134,17 @@ class RiskParams:
     ato_unusual_ratio: float = 3.0
     ato_fallback_amount: float = 1_000.0  # "unusual" before amount_grace purchases are known
     ato_min_score: float = 0.7
-    #: A session from a new IP on a *known* device opens a suspicion only for users with
-    #: this many amounts, and escalates only on unusual purchases in categories new to them.
+    #: A login from a new IP on a *known* device opens a suspicion only for users with
+    #: this many amounts, and escalates only on purchases in categories new to them, at
+    #: least this many times their median: phones change addresses all the time.
     ato_new_ip_history: int = 6
+    ato_known_device_ratio: float = 4.0
+    ato_known_device_any_ratio: float = 8.0  # ... or in any category at this many times
     # Purchase amounts.
     amount_history: int = 32
     amount_grace: int = 4
-    #: A browsed outlier counts only in a category new to a user with this many amounts.
+    #: A browsed outlier counts only if its session went straight to it, for a user with
+    #: this many amounts.
     amount_browsed_history: int = 6
     amount_over_median: float = 10.0
     amount_over_max: float = 2.0
@@ -156,6 +170,10 @@ class RiskParams:
     refund_window_ms: int = DAY_MS
     refund_min_ratio: float = 0.6
     refund_half_life_ms: int = 30 * DAY_MS
+    #: Refunds out of proportion alert only with a refund of an item the user did not buy
+    #: (among their last ``item_memory`` purchases) or at this ratio: returners send back
+    #: what they bought.
+    refund_sure_ratio: float = 1.0
     # Bots.
     bot_count: int = 40
     bot_window_ms: int = MINUTE_MS
@@ -183,7 +201,7 @@ def load_risk_params(path: str | Path | None) -> RiskParams:
     """The defaults, overridden by the JSON object in ``path`` (``None``: the defaults).
 
     >>> load_risk_params(None).model_version
-    'risk-v2'
+    'risk-v3'
     """
     if path is None:
         return RiskParams()
@@ -287,7 +305,7 @@ class AmountModel(msgspec.Struct, array_like=True):
 
 
 class RiskState(msgspec.Struct, array_like=True):
-    """A user's risk memory; every collection is capped (typically 0.5 KB, at most ~2.5 KB).
+    """A user's risk memory; every collection is capped (typically 0.5 KB, at most ~3 KB).
 
     ``version`` counts the events assessed. Rings hold ``(ts_ms, event_id[, amount])``,
     oldest first (``purchases``: the blind ones only); ``episodes`` maps a kind to the
@@ -321,9 +339,17 @@ class RiskState(msgspec.Struct, array_like=True):
     #: The learned score's view of the user (operators.apps.learned_risk): per-day spend and
     #: the times of the fraud verdicts on their purchases.
     spend: SpendHistory | None = None
-    #: (hash, first seen, last seen) of the user's latest categories: "new to the user"
-    #: means first seen within ``category_new_ms``, whatever sessions came between.
+    #: (hash, first seen, last seen) of the user's latest categories, in minutes since the
+    #: epoch: "new to the user" means first seen within ``category_new_ms``, whatever
+    #: sessions came between.
     categories: list[tuple[int, int, int]] = []
+    #: The first two distinct items browsed in the current session: a purchase of the only
+    #: item the session looked at went "straight to the item".
+    session_items: list[int] = []
+    #: Hashes of the items of the user's latest purchases, and when refunds of items not
+    #: among them came (at most ``refund_count``).
+    bought: list[int] = []
+    unbought_refunds: list[int] = []
     #: Browsing events in a row without a pause of ``bot_run_gap_ms``, and the latest one.
     bot_run: int = 0
     bot_run_ms: int = 0
@@ -416,6 +442,8 @@ def _browsed(state: RiskState, kind: str, item_id: str | None, params: RiskParam
     if item_id is None:
         return
     key = zlib.crc32(item_id.encode())  # item_key, inlined: this runs for most events
+    if len(state.session_items) < 2 and key not in state.session_items:
+        state.session_items.append(key)
     items = state.items
     if not items or items[-1] != key:
         _push(items, key, params.item_memory)
@@ -455,16 +483,15 @@ def _takeover(
     state: RiskState,
     event: Event,
     amount: float | None,
-    opens: bool,
     new_category: bool,
     params: RiskParams,
 ) -> tuple[_Finding | None, bool]:
     """Score and learn the event's device and IP; (finding, event is in the suspect session).
 
-    A new device with a new IP opens a suspicion; so does a session that ``opens`` from a
-    new IP on a known device (a copied fingerprint), but that one escalates only on
-    unusual purchases in a category new to the user, and hides no other kind until then:
-    phones change addresses all the time.
+    A new device with a new IP opens a suspicion; so does a login from a new IP on a known
+    device (a copied fingerprint, a shared tablet), but that one escalates only on
+    purchases far above the user's median (further in a category they know), and hides no
+    other kind until then: phones change addresses all the time.
     """
     t = event.ts_ms
     suspect = state.suspect
@@ -485,7 +512,7 @@ def _takeover(
             elif (
                 suspect is None
                 and not new_device
-                and opens
+                and event.type == "login"
                 and len(state.amount.amounts) >= params.ato_new_ip_history
             ):
                 state.suspect = suspect = Suspect(event.event_id, t, device, ip, new_device=False)
@@ -501,7 +528,12 @@ def _takeover(
         return None, False
     if event.type == "purchase" and amount is not None:
         unusual, ratio = _unusual(state, amount, params)
-        if unusual and (suspect.new_device or new_category):
+        known_device = not suspect.new_device
+        if unusual and (
+            not known_device
+            or (new_category and ratio >= params.ato_known_device_ratio)
+            or ratio >= params.ato_known_device_any_ratio
+        ):
             suspect.unusual += 1
             suspect.top_amount = max(suspect.top_amount, amount)
             suspect.top_ratio = max(suspect.top_ratio, ratio)
@@ -531,21 +563,20 @@ def _amount_anomaly(
     event: Event,
     amount: float,
     blind: bool,
-    new_category: bool,
+    straight: bool,
     opens: bool,
     idle_ms: int,
     params: RiskParams,
 ) -> _Finding | None:
     """An outlier among the user's own amounts (scored before it is learned): bought
     ``blind`` in a purchase that ``opens`` a visit (or ``idle_ms`` after the user's latest
-    event), or browsed first but in a category new to a user with a longer history."""
+    event), or browsed first but ``straight`` (the only item the session looked at) for a
+    user with a longer history."""
     if amount < params.amount_min:
         return None
     if blind and not (opens or idle_ms >= params.amount_idle_ms):
         return None
-    if not blind and not (
-        new_category and len(state.amount.amounts) >= params.amount_browsed_history
-    ):
+    if not blind and not (straight and len(state.amount.amounts) >= params.amount_browsed_history):
         return None
     score = state.amount.score_one(amount, event.ts_ms, params)
     if score is None or score.excess < 1.0:
@@ -558,7 +589,7 @@ def _amount_anomaly(
         "z": round(score.z, 2),
         "history": score.history,
         "blind": int(blind),
-        "new_category": int(new_category),
+        "straight": int(straight),
         "new_session": int(opens),
         "idle_min": round(idle_ms / MINUTE_MS, 1),
     }
@@ -630,12 +661,12 @@ def _new_category(state: RiskState, event: Event, params: RiskParams) -> bool:
     """Whether the event's category is new to the user (first seen within
     ``category_new_ms``, this event included); remembers it, forgetting the least recent."""
     assert event.category is not None
-    key, t = zlib.crc32(event.category.encode()), event.ts_ms
+    key, t = zlib.crc32(event.category.encode()), event.ts_ms // MINUTE_MS  # minutes: compact
     known = state.categories
     for n, (other, first, last) in enumerate(known):
         if other == key:
             known[n] = (key, min(first, t), max(last, t))
-            return t - first < params.category_new_ms
+            return (t - first) * MINUTE_MS < params.category_new_ms
     if len(known) >= params.category_memory:
         known.remove(min(known, key=lambda entry: entry[2]))
     known.append((key, t, t))
@@ -688,12 +719,14 @@ def assess(
     session = 0 if event.session_id is None else zlib.crc32(event.session_id.encode())
     opens = session != 0 and session != state.session  # the first event of its session
     state.session = session
+    if opens:
+        state.session_items.clear()
     new_category = event.category is not None and _new_category(state, event, params)
     kind = event.type
     amount = _amount(event) if kind in ("purchase", "refund") else None
     findings: list[_Finding] = []
 
-    takeover, in_suspect = _takeover(state, event, amount, opens, new_category, params)
+    takeover, in_suspect = _takeover(state, event, amount, new_category, params)
     if takeover is not None:
         findings.append(takeover)
     if kind in BROWSE_TYPES:
@@ -735,6 +768,8 @@ def assess(
                 findings.append(card)
         if bought in state.cart:
             state.cart.remove(bought)
+        if bought is not None and bought not in state.bought:
+            _push(state.bought, bought, params.item_memory)
         burst = None
         if blind:
             ring = state.purchases
@@ -749,11 +784,15 @@ def assess(
         card_episode = card is not None or _episode_open(state, "card_testing", t, params)
         if burst is not None and not in_suspect and not card_episode:
             findings.append(burst)
-        if amount is not None and amount > params.card_small_amount:  # tests and samples
+        # Samples, coupons and possible card tests stay out of the amount history.
+        testing = blind and amount is not None and amount <= params.card_test_amount
+        if amount is not None and amount > params.card_small_amount and not testing:
             outlier = None
             if not in_suspect:
+                # Browsed first, but nothing else this session: straight to the item.
+                straight = session != 0 and state.session_items == [bought]
                 outlier = _amount_anomaly(
-                    state, event, amount, blind, new_category, opens, idle_ms, params
+                    state, event, amount, blind, straight, opens, idle_ms, params
                 )
             if outlier is not None:
                 findings.append(outlier)
@@ -762,6 +801,8 @@ def assess(
         _decayed_counts(state, t, params)
         state.refund_weight += 1.0
         _push(state.refunds, (t, event.event_id, amount or 0.0), params.refund_count)
+        if event.item_id is not None and item_key(event.item_id) not in state.bought:
+            _push(state.unbought_refunds, t, params.refund_count)
         found = _burst(
             "refund_abuse",
             state.refunds,
@@ -770,8 +811,12 @@ def assess(
             params.max_cited,
         )
         ratio = state.refund_weight / max(state.purchase_weight, 1.0)
-        if found is not None and ratio >= params.refund_min_ratio:
+        since = state.refunds[0][0]
+        unbought = sum(ts >= since for ts in state.unbought_refunds)
+        sure = unbought > 0 or ratio >= params.refund_sure_ratio
+        if found is not None and ratio >= params.refund_min_ratio and sure:
             found.evidence["refund_ratio"] = round(ratio, 3)
+            found.evidence["unbought"] = unbought
             findings.append(found)
 
     alerts: list[Alert] = []
