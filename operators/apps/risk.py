@@ -140,6 +140,9 @@ class RiskParams:
     ato_new_ip_history: int = 6
     ato_known_device_ratio: float = 4.0
     ato_known_device_any_ratio: float = 8.0  # ... or in any category at this many times
+    #: ... and alerts at most once this long per user: for a user whose new-address logins
+    #: keep coming with big purchases, that is their normal.
+    ato_known_device_repeat_ms: int = 30 * DAY_MS
     # Purchase amounts.
     amount_history: int = 32
     amount_grace: int = 4
@@ -353,6 +356,8 @@ class RiskState(msgspec.Struct, array_like=True):
     #: Browsing events in a row without a pause of ``bot_run_gap_ms``, and the latest one.
     bot_run: int = 0
     bot_run_ms: int = 0
+    #: When a takeover suspicion from a known device last alerted.
+    known_device_alert_ms: int = 0
 
 
 class Alert(msgspec.Struct, frozen=True):
@@ -514,6 +519,7 @@ def _takeover(
                 and not new_device
                 and event.type == "login"
                 and len(state.amount.amounts) >= params.ato_new_ip_history
+                and t - state.known_device_alert_ms >= params.ato_known_device_repeat_ms
             ):
                 state.suspect = suspect = Suspect(event.event_id, t, device, ip, new_device=False)
         if new_device:
@@ -541,6 +547,8 @@ def _takeover(
     score = 1.0 - 0.5 ** (1 + suspect.unusual)
     if score < params.ato_min_score:
         return None, suspect.new_device
+    if not suspect.new_device:
+        state.known_device_alert_ms = max(state.known_device_alert_ms, t)
     evidence: Evidence = {
         "device_id": suspect.device_id,
         "ip": suspect.ip,

@@ -153,6 +153,22 @@ def test_takeover_from_a_known_device_needs_a_login_and_a_far_unusual_purchase(
         assert feed.alerts[0].evidence["new_device"] == 0
 
 
+def test_takeover_from_a_known_device_alerts_once_a_month_per_user() -> None:
+    """A user whose new-address logins keep coming with big purchases: that is their normal."""
+    feed = Feed()
+    now = established(feed)
+    for day in (0, 2, 20, 31):
+        at = now + day * DAY_MS
+        feed.send("login", at, device_id="phone", ip=f"198.51.100.{day}")
+        feed.send(
+            "purchase", at + 20 * MINUTE_MS, price=900.0, device_id="phone", ip=f"198.51.100.{day}"
+        )
+    assert [a.event_time_ms for a in feed.alerts if a.kind == "account_takeover"] == [
+        now + 20 * MINUTE_MS,
+        now + 31 * DAY_MS + 20 * MINUTE_MS,
+    ]
+
+
 def test_takeover_ordinary_purchase_does_not_escalate() -> None:
     feed = Feed()
     now = established(feed)
@@ -522,10 +538,10 @@ def test_a_state_saved_before_the_item_memory_still_decodes() -> None:
     state = feed.state
     assert state is not None and state.items and state.session == 0
     fields = msgspec.msgpack.decode(encode_state(state))
-    old = decode_state(msgspec.msgpack.encode(fields[:-10]))  # no items, session, cart, spend
+    old = decode_state(msgspec.msgpack.encode(fields[:-11]))  # no items, session, cart, spend
     assert old.items == [] and old.cart == [] and old.session == 0 and old.spend is None
     assert old.amount == state.amount and old.episodes == state.episodes
-    v2 = decode_state(msgspec.msgpack.encode(fields[:-6]))  # risk-v2: none of v3's fields
+    v2 = decode_state(msgspec.msgpack.encode(fields[:-7]))  # risk-v2: none of v3's fields
     assert v2.categories == [] and v2.bought == [] and v2.bot_run == 0
 
 
