@@ -36,6 +36,10 @@ def single_node_settings(data: Path) -> list[str]:
         f"log.dirs={data}",
         "num.partitions=3",
         "offsets.topic.replication.factor=1",
+        # One partition each, not 50: on a busy 2-core machine a fresh broker took minutes
+        # to load 50 coordinator partitions, and a flow stopped meanwhile hung on closing.
+        "offsets.topic.num.partitions=1",
+        "transaction.state.log.num.partitions=1",
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
