@@ -14,7 +14,8 @@ recovery on) reads the stream from a file; then:
 * recovery store per user = size of the recovery directory after the run / users, and the
   same after ``VACUUM`` (the snapshots alone, without the pages SQLite keeps free);
 * stored state per user = mean length of a user's MessagePack state (what rests in memory
-  between deltas and goes into every snapshot), from a sample folded by the same functions.
+  between deltas and goes into every snapshot: the profile and the applications' risk
+  memory and segment memberships), from a sample folded by the same functions.
 
 Why: state must stay bounded per user (target <= 4 KB), and a cluster's memory is sized by
 users x bytes per user.
@@ -45,6 +46,7 @@ import numpy as np
 
 from benchmarks.common import dated_result, fmt, machine_info, print_header
 from dataflow.sim import build_catalog
+from operators.apps import Applications, RiskParams, after_event, load_segment_book
 from operators.ingest import Event, parse_event
 from operators.profile import ProfileParams, UserState, apply_event, encode_state
 
@@ -87,8 +89,10 @@ def write_stream(path: Path, users: int, per_user: int, seed: int) -> int:
 
 
 def stored_state_bytes(path: Path, sample_users: int) -> float:
-    """Mean encoded state of the first ``sample_users`` users, folded by ``apply_event``."""
+    """Mean encoded state of the first ``sample_users`` users, folded by ``apply_event`` and
+    the applications (``after_event``: risk memory, segment memberships), as it rests."""
     params = ProfileParams()
+    apps = Applications(load_segment_book(windows=params.windows), params.windows, RiskParams())
     states: dict[str, UserState | None] = {}
     vector = np.full(384, 0.05, np.float32)
     wanted = {f"u{u}" for u in range(sample_users)}
@@ -98,9 +102,10 @@ def stored_state_bytes(path: Path, sample_users: int) -> float:
             if isinstance(event, Event) and event.user_id in wanted:
                 state: UserState | None = states.get(event.user_id)
                 moves = params.moves_interest(event)
-                states[event.user_id], _ = apply_event(
-                    state, event, vector if moves else None, params, dim=384
-                )
+                state, _ = apply_event(state, event, vector if moves else None, params, dim=384)
+                if state is not None:
+                    after_event(state, event, apps)
+                states[event.user_id] = state
     return float(np.mean([len(encode_state(s)) for s in states.values() if s is not None]))
 
 

@@ -308,7 +308,7 @@ class AmountModel(msgspec.Struct, array_like=True):
 
 
 class RiskState(msgspec.Struct, array_like=True):
-    """A user's risk memory; every collection is capped (typically 0.5 KB, at most ~3 KB).
+    """A user's risk memory; every collection is capped (typically 0.6 KB, at most ~3 KB).
 
     ``version`` counts the events assessed. Rings hold ``(ts_ms, event_id[, amount])``,
     oldest first (``purchases``: the blind ones only); ``episodes`` maps a kind to the
