@@ -363,10 +363,9 @@ class Injector:
 
     def _usual_origin(self, user: int, at: int) -> dict[str, str]:
         """The device and IP of the user's last event before ``at`` (or their first device)."""
-        past = self.pasts[user]
-        k = bisect.bisect_left(past.times, at)
-        if k:
-            return self._origin(*past.origins[k - 1])
+        origins = self._origins_before(user, at)
+        if origins:
+            return self._origin(*origins[-1])
         habits = self.world.users[user].habits
         ip = habits.home_ip if habits is not None else random_ip(self.d)
         return self._origin(self.world.users[user].devices[0], ip)
@@ -390,10 +389,21 @@ class Injector:
         qty = max(1, min(round(target / price), 10))
         return item, round(price, 2), qty
 
-    def _gaps(self, at: int, n: int, median_ms: float, sigma: float, least: int) -> list[int]:
+    def _gaps(
+        self,
+        at: int,
+        n: int,
+        median_ms: float,
+        sigma: float,
+        least: int,
+        draws: Draws | None = None,
+    ) -> list[int]:
+        """``n`` times from ``at``, lognormal gaps of at least ``least`` (from ``draws``, by
+        default the episodes' own)."""
+        d = self.d if draws is None else draws
         times = [at]
         for _ in range(n - 1):
-            times.append(times[-1] + max(round(self.d.lognormal(median_ms, sigma)), least))
+            times.append(times[-1] + max(round(d.lognormal(median_ms, sigma)), least))
         return times
 
     def _account_takeover(self, user: int, at: int, size: int) -> _Events:
@@ -443,12 +453,11 @@ class Injector:
         )
         item, price, qty = self._priced(target, self.by_price)
         origin = self._usual_origin(user, at)
-        events = []
-        ts = at
-        for _ in range(size - 1):
-            events.append(self._event(user, ts, "view", origin, item))
-            ts += max(round(self.x.lognormal(60_000, 0.8)), 5_000)
-        events.append(self._event(user, ts, "purchase", origin, item, price=price, quantity=qty))
+        *views, bought = self._gaps(at, size, 60_000, 0.8, 5_000, self.x)
+        events = [self._event(user, ts, "view", origin, item) for ts in views]
+        events.append(
+            self._event(user, bought, "purchase", origin, item, price=price, quantity=qty)
+        )
         return events
 
     def _card_testing(self, user: int, at: int, size: int) -> _Events:

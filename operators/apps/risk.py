@@ -534,9 +534,8 @@ def _takeover(
         return None, False
     if event.type == "purchase" and amount is not None:
         unusual, ratio = _unusual(state, amount, params)
-        known_device = not suspect.new_device
         if unusual and (
-            not known_device
+            suspect.new_device
             or (new_category and ratio >= params.ato_known_device_ratio)
             or ratio >= params.ato_known_device_any_ratio
         ):
@@ -762,8 +761,10 @@ def assess(
         state.purchase_weight += 1.0
         bought = None if event.item_id is None else item_key(event.item_id)
         blind = _blind(state, bought)
+        # Possible card tests: counted by their detector, kept out of the amount history.
+        testing = blind and amount is not None and amount <= params.card_test_amount
         card = None
-        if amount is not None and blind and amount <= params.card_test_amount:
+        if testing:
             _push(state.small_purchases, (t, event.event_id, amount), params.card_count)
             card = _burst(
                 "card_testing",
@@ -792,8 +793,7 @@ def assess(
         card_episode = card is not None or _episode_open(state, "card_testing", t, params)
         if burst is not None and not in_suspect and not card_episode:
             findings.append(burst)
-        # Samples, coupons and possible card tests stay out of the amount history.
-        testing = blind and amount is not None and amount <= params.card_test_amount
+        # Samples and coupons (and possible card tests) stay out of the amount history.
         if amount is not None and amount > params.card_small_amount and not testing:
             outlier = None
             if not in_suspect:
