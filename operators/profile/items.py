@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 
-class UserItemMemory(msgspec.Struct):
+class UserItemMemory(msgspec.Struct, array_like=True):
     """A user's bounded state: the newest events and a sparse long-term attribute vector.
 
     ``long_term`` holds sums, ``sum_i w_i P(attribute | item_i)``, and ``long_term_weight``

@@ -5,6 +5,10 @@ published as plain fields); :class:`UserState` adds the recent event ids that dr
 duplicates and the delta bookkeeping, and carries, without reading it, what the
 applications above the core keep per user (``apps``). :class:`ProfileParams` are the
 model's knobs. States rest between deltas as MessagePack bytes (:func:`encode_state`).
+
+States are stored positionally (MessagePack arrays, no field names: about a fifth of a
+resting state was names), so a field is only ever added at the end of its struct, with a
+default. States written before, as maps, still decode (:func:`decode_state`).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class ProfileParams:
         return self.type_weights.get(event.type, 0.0) > 0.0
 
 
-class UserProfile(msgspec.Struct):
+class UserProfile(msgspec.Struct, array_like=True):
     """What we know of one user; everything but the vector is published as plain fields.
 
     ``version`` counts the events folded in. Decayed weights are as of ``anchor_ms`` (see the
@@ -109,7 +113,7 @@ class UserProfile(msgspec.Struct):
 A = TypeVar("A")
 
 
-class UserState(msgspec.Struct, Generic[A]):
+class UserState(msgspec.Struct, Generic[A], array_like=True):
     """A user's profile, the recent event ids that drop duplicates, and delta bookkeeping.
 
     Event ids are kept as 64-bit hashes (:func:`event_key`), oldest first: eight bytes each
@@ -127,8 +131,8 @@ class UserState(msgspec.Struct, Generic[A]):
     deltas_since_full: int = 0
     needs_full: bool = False  # the anchor moved or the item memory was rebuilt
     #: What the applications above the core keep per user (the risk detectors' memory):
-    #: carried, never read, by the core, and never published. "risk" on the wire, as
-    #: every snapshot has said since it was added.
+    #: carried, never read, by the core, and never published. "risk" in the map-shaped
+    #: states written before the positional form.
     apps: A | None = msgspec.field(default=None, name="risk")
 
 
@@ -187,5 +191,34 @@ def encode_state(state: UserState) -> bytes:
 
 def decode_state(data: bytes, apps: Any = Any) -> UserState[Any]:
     """Inverse of :func:`encode_state`; ``apps`` is the type of what the applications keep
-    (``Any``: as plain data)."""
+    (``Any``: as plain data). Reads the map-shaped states of earlier releases too."""
+    if 0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF):  # a MessagePack map
+        plain = _positional(UserState, msgspec.msgpack.decode(data))
+        return msgspec.convert(plain, UserState[apps], dec_hook=_decode_array)
     return _decoder(apps).decode(data)
+
+
+#: The structs stored as maps (field name -> value) before states were positional, and
+#: which of their fields held another such struct.
+_WERE_MAPS: dict[type, dict[str, type]] = {
+    UserState: {"profile": UserProfile},
+    UserProfile: {"item_memory": UserItemMemory},
+    UserItemMemory: {},
+}
+
+
+def _positional(kind: type, mapping: dict[str, Any]) -> list[Any]:
+    """A struct stored by field name, as its fields in order (missing ones: their default)."""
+    nested = _WERE_MAPS[kind]
+    values = []
+    for f in msgspec.structs.fields(kind):
+        if f.encode_name in mapping:
+            value = mapping[f.encode_name]
+            if f.name in nested and isinstance(value, dict):
+                value = _positional(nested[f.name], value)
+        elif f.default_factory is not msgspec.NODEFAULT:
+            value = f.default_factory()
+        else:
+            value = f.default
+        values.append(value)
+    return values
