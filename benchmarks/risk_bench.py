@@ -37,7 +37,6 @@ from typing import Any
 from benchmarks.common import ROOT, dated_result, machine_info
 from dataflow.eval.risk import read_events, read_labels, replay_alerts, score_alerts
 from dataflow.sim import (
-    DAY_MS,
     DEFAULT_END_MS,
     AnomalyConfig,
     episode_style,
@@ -46,6 +45,7 @@ from dataflow.sim import (
     write_labels,
 )
 from operators.apps import KINDS, RiskParams
+from operators.ingest.units import DAY_MS
 
 #: The kinds the issue's hidden stream checks; the others are reported too.
 HIDDEN_KINDS = ("account_takeover", "amount_anomaly", "card_testing", "refund_abuse", "bot")

@@ -21,8 +21,8 @@ from operators.apps import (
 from operators.apps.risk_features import FEATURES
 from operators.apps.risk_model import RiskModel, load_model
 from operators.apps.segments import SegmentBook, load_segment_book
+from operators.ingest.units import DAY_MS
 from operators.profile import (
-    DAY_MS,
     ProfileParams,
     parse_windows,
 )

@@ -19,7 +19,7 @@ from dataflow.eval.risk import (
     score_alerts,
 )
 from operators.apps import load_risk_params
-from operators.apps.risk import HOUR_MS
+from operators.ingest.units import HOUR_MS
 
 
 def add_command(subparsers: Any) -> None:

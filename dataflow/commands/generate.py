@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from dataflow.sim import (
-    DAY_MS,
     DEFAULT_CATALOG_ITEMS,
     DEFAULT_END_MS,
     DEFAULT_SPAN_DAYS,
@@ -25,6 +24,7 @@ from dataflow.sim import (
     write_labels,
 )
 from operators.apps import KINDS as ANOMALY_KINDS
+from operators.ingest.units import DAY_MS
 
 
 def add_command(subparsers: Any) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from operators.ingest.units import DAY_MS
+
 #: The one category of the replay (CDNOW sold music CDs).
 CATEGORY = "music_cds"
 #: Years the log is moved forward (a multiple of 28 keeps weekdays from 1901 to 2099).
@@ -80,7 +82,7 @@ def cdnow_events(purchases: list[Purchase]) -> Iterator[dict[str, Any]]:
             "user_id": f"cdnow-{p.customer_id}",
             "ts": p.ts_ms,
             "type": "purchase",
-            "item_id": f"cd-{p.customer_id}-{p.ts_ms // 86_400_000}",
+            "item_id": f"cd-{p.customer_id}-{p.ts_ms // DAY_MS}",
             "category": CATEGORY,
             "price": p.dollars / quantity,
             "quantity": quantity,

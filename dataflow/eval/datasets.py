@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from operators.profile import DAY_MS
+from operators.ingest.units import DAY_MS
 from operators.recsys import ItemInteraction
 
 #: 2020-01-01T00:00:00Z: where the synthetic Amazon timeline starts.

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, cast
 
 from dataflow.eval.cdnow import read_cdnow
-from dataflow.sim import DAY_MS, DEFAULT_END_MS, generate_events
+from dataflow.sim import DEFAULT_END_MS, generate_events
 from operators.apps import (
     CategoryDemand,
     DemandForecaster,
@@ -58,10 +58,10 @@ from operators.apps import (
     new_demand,
     observe,
 )
-from operators.apps.demand import HOUR_MS, ModelName
+from operators.apps.demand import ModelName
 from operators.ingest import Event, parse_event
+from operators.ingest.units import DAY_MS, HOUR_MS, WEEK_MS
 
-WEEK_MS: Final = 7 * DAY_MS
 #: CDNOW's cohort was acquired in its first 12 weeks (Q1 1997).
 CDNOW_ACQUISITION_DAYS: Final = 84
 GENERATED_EVENTS: Final = 200_000

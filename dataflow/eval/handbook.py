@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dataflow.sim.handbook import DAY_MS, Simulation
+from dataflow.sim.handbook import Simulation
 from operators.apps.risk_features import (
     FEATURES,
     ItemHistory,
@@ -37,6 +37,7 @@ from operators.apps.risk_features import (
     record_sale,
 )
 from operators.apps.risk_model import RiskModelParams, fit_from_feedback
+from operators.ingest.units import DAY_MS
 
 #: Chapter 3.4, test week after a 7-day delay (AUC, AP, card precision@100).
 PUBLISHED = {

@@ -38,8 +38,8 @@ from typing import Any
 import msgspec
 
 from operators.apps import KINDS, Alert, RiskParams, assess
-from operators.apps.risk import DAY_MS, HOUR_MS
 from operators.ingest import Event, parse_event
+from operators.ingest.units import DAY_MS, HOUR_MS
 
 #: Labelled events of a user and kind further apart than this belong to separate episodes.
 DEFAULT_EPISODE_GAP_MS = 12 * HOUR_MS

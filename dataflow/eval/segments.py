@@ -53,8 +53,9 @@ from operators.apps.segments import (
     rfm_group,
     update_memberships,
 )
-from operators.apps.segments.conditions import DAY_MS, Specs, Test
+from operators.apps.segments.conditions import Specs, Test
 from operators.ingest import Event, parse_event
+from operators.ingest.units import DAY_MS
 from operators.profile import ProfileParams, UserProfile, UserState, apply_event, materialize
 
 #: Share of users whose streaming and batch RFM scores must agree.

@@ -52,7 +52,6 @@ from dataflow.sim.malformed import BAD_KINDS, malformed_line
 from dataflow.sim.sessions import Writer, plan_sessions
 from dataflow.sim.world import (
     CATEGORIES,
-    DAY_MS,
     DEFAULT_CATALOG_ITEMS,
     DEFAULT_END_MS,
     DEFAULT_SPAN_DAYS,
@@ -71,11 +70,11 @@ from dataflow.sim.writers import (
     write_events,
     write_labels,
 )
+from operators.ingest.units import DAY_MS
 
 __all__ = [
     "ANOMALY_KINDS",
     "CATEGORIES",
-    "DAY_MS",
     "DEFAULT_CATALOG_ITEMS",
     "DEFAULT_END_MS",
     "DEFAULT_SPAN_DAYS",

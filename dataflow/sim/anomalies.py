@@ -10,8 +10,9 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from dataflow.sim.sessions import Writer
-from dataflow.sim.world import CHANNELS, DAY_MS, Draws, World, favourite_categories, random_ip
+from dataflow.sim.world import CHANNELS, Draws, World, favourite_categories, random_ip
 from operators.apps import KINDS as ANOMALY_KINDS
+from operators.ingest.units import DAY_MS, HOUR_MS
 
 Lang = Literal["en", "zh"]
 
@@ -300,13 +301,12 @@ class Injector:
 
     def _fits(self, kind: str, user: int, size: int) -> int | None:
         past = self.pasts[user]
-        hour = 3_600_000
         if kind == "account_takeover":
             if past.established_ms is None:
                 return None
             for _ in range(8):
-                at = self._uniform(past.established_ms + hour, self.end_ms - 8 * hour)
-                if at > self.end_ms - 8 * hour:
+                at = self._uniform(past.established_ms + HOUR_MS, self.end_ms - 8 * HOUR_MS)
+                if at > self.end_ms - 8 * HOUR_MS:
                     return None
                 if not any(at - _QUIET_MS < first <= at for first in past.device_first):
                     return at
@@ -314,11 +314,11 @@ class Injector:
         if kind == "amount_anomaly":
             if len(past.purchases) < _PURCHASES:
                 return None
-            earliest = past.purchases[_PURCHASES - 1][0] + hour
-            if earliest >= self.end_ms - hour:
+            earliest = past.purchases[_PURCHASES - 1][0] + HOUR_MS
+            if earliest >= self.end_ms - HOUR_MS:
                 return None
-            return self._uniform(earliest, self.end_ms - hour)
-        at = self._uniform(self.start_ms + hour, self.end_ms - 8 * hour)
+            return self._uniform(earliest, self.end_ms - HOUR_MS)
+        at = self._uniform(self.start_ms + HOUR_MS, self.end_ms - 8 * HOUR_MS)
         if kind == "refund_abuse":
             bought = sum(ts < at for ts, _ in past.purchases)
             return at if 1 <= bought <= size else None

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from operators.ingest.units import DAY_MS
+
 DAY_S = 86_400
-DAY_MS = DAY_S * 1_000
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataflow.sim.world import (
     _Session,
     cdf,
 )
+from operators.ingest.units import HOUR_MS
 
 Lang = Literal["en", "zh"]
 
@@ -41,8 +42,8 @@ def plan_sessions(world: World, n_valid: int, start_ms: int, span_ms: int) -> li
         user = world.user_rank[d.pick(world.user_cdf)] if visitor is None else visitor
         median = 6.0 if visitor is None else 3.0
         length = min(max(round(d.lognormal(median, 0.8)), 1), 80, n_valid - total)
-        local = d.below(days) * DAY_MS + d.pick(hour_cdf) * 3_600_000 + d.below(3_600_000)
-        offset = local - _TZ_HOURS[world.users[user].lang] * 3_600_000
+        local = d.below(days) * DAY_MS + d.pick(hour_cdf) * HOUR_MS + d.below(3_600_000)
+        offset = local - _TZ_HOURS[world.users[user].lang] * HOUR_MS
         # Wrap into the span, leaving an hour at its end for the session to play out.
         start = start_ms + offset % max(span_ms - 3_600_000, 1)
         sessions.append((start, user, length))

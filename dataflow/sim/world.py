@@ -17,9 +17,10 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from operators.ingest.units import DAY_MS
+
 Lang = Literal["en", "zh"]
 
-DAY_MS: Final = 86_400_000
 #: The generated span ends here by default (a fixed date, so a seed is reproducible forever).
 DEFAULT_END_MS: Final = 1_717_200_000_000  # 2024-06-01T00:00:00Z
 DEFAULT_SPAN_DAYS: Final = 14

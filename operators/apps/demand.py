@@ -68,9 +68,8 @@ from typing import Any, Final, Literal
 import msgspec
 
 from operators.ingest import Event
+from operators.ingest.units import DAY_MS, HOUR_MS
 
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
 #: Event types that count toward demand, and the measure each one feeds.
 DEMAND_TYPES: Final = {"view": 0, "click": 0, "add_to_cart": 1, "purchase": 2}
 ModelName = Literal["holt-winters", "snarimax"]

@@ -86,11 +86,7 @@ import msgspec
 
 from operators.apps.risk_features import SpendHistory
 from operators.ingest import Event
-
-SECOND_MS: Final = 1_000
-MINUTE_MS: Final = 60_000
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
+from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
 KINDS: Final = (
     "account_takeover",

@@ -29,8 +29,8 @@ from typing import Final
 
 import msgspec
 
-DAY_MS: Final = 86_400_000
-HOUR_MS: Final = 3_600_000
+from operators.ingest.units import DAY_MS, HOUR_MS
+
 #: Days of per-day buckets a history keeps (the longest window below).
 HISTORY_DAYS: Final = 60
 

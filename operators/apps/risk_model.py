@@ -40,7 +40,8 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from operators.apps.risk_features import DAY_MS, FEATURES
+from operators.apps.risk_features import FEATURES
+from operators.ingest.units import DAY_MS
 
 
 @dataclass(frozen=True)

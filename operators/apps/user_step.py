@@ -31,6 +31,7 @@ from operators.apps.segments import (
     update_memberships,
 )
 from operators.ingest import Event
+from operators.ingest.units import DAY_MS
 from operators.profile import UserState, WindowSpec, decode_state
 
 #: A user's state as the applications keep it: the profile core's, carrying what the risk
@@ -52,7 +53,7 @@ class Applications:
     windows: tuple[WindowSpec, ...]
     risk: RiskParams
     #: How long fraud verdicts usually take (the learned score's settled windows).
-    risk_settle_ms: int = 7 * 86_400_000
+    risk_settle_ms: int = 7 * DAY_MS
 
 
 def before_event(

@@ -52,7 +52,6 @@ from operators.profile.items import (
     memory_from_fields,
 )
 from operators.profile.state import (
-    DAY_MS,
     DEFAULT_TYPE_WEIGHTS,
     Outcome,
     ProfileParams,
@@ -81,7 +80,6 @@ from operators.profile.windows import (
 )
 
 __all__ = [
-    "DAY_MS",
     "DEDUPE_BLOCK",
     "DEFAULT_TYPE_WEIGHTS",
     "DEFAULT_WINDOWS",

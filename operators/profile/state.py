@@ -26,11 +26,10 @@ import msgspec
 import numpy as np
 
 from operators.ingest import Event
+from operators.ingest.units import DAY_MS
 from operators.profile.deltas import VectorEncoding
 from operators.profile.items import UserItemMemory
 from operators.profile.windows import DEFAULT_WINDOWS, WindowSpec, WindowState, parse_windows
-
-DAY_MS = 86_400_000
 
 #: How strongly each event type says "this user is interested in this": buying says more
 #: than looking. Types with weight 0 (login, refund, ...) only update counters.

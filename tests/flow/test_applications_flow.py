@@ -13,11 +13,10 @@ from dataflow.config import Config
 from dataflow.flow import build_flow
 from operators.apps.segments import SegmentTransition, memberships_from_transitions
 from operators.ingest import EventTimeSpeed
+from operators.ingest.units import DAY_MS, HOUR_MS
 from operators.profile import delta_from_json, materialize
 from tests.support.fakes import HashEncoder, WordListSentiment
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z
 CONFIG = Config(embed_batch_size=4, embed_max_wait_ms=1, emit_interval_ms=0)
 

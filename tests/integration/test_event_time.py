@@ -21,6 +21,7 @@ import pytest
 
 from dataflow.sim import AnomalyConfig, GeneratedEvent, generate_events
 from operators.ingest import Event, parse_event
+from operators.ingest.units import HOUR_MS
 from tests.support.kafka_broker import KafkaBroker, free_port
 from tests.support.kafka_flow import (
     BytewaxCluster,
@@ -38,7 +39,6 @@ from tests.support.server_process import stop_processes
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS, N_USERS, SEED = 12_000, 1_000, 61
-HOUR_MS = 3_600_000
 IDLE_MS = 3_000  # partitions read to their end go idle soon: the runs end sooner
 LATE_USER = "u-late-viewer"
 

@@ -31,6 +31,7 @@ from dataflow.sim import (
     GeneratedEvent,
     generate_events,
 )
+from operators.ingest.units import DAY_MS
 from operators.profile import Applied, ProfileView
 from tests.support.kafka_broker import KafkaBroker, free_port, send
 from tests.support.kafka_flow import (
@@ -60,7 +61,7 @@ OUTAGE_S = (4.0, 8.0)
 
 @pytest.fixture(scope="module")
 def generated() -> list[GeneratedEvent]:
-    start = DEFAULT_END_MS - DAYS * 86_400_000
+    start = DEFAULT_END_MS - DAYS * DAY_MS
     return list(
         generate_events(
             N_EVENTS, N_USERS, seed=31, malformed_rate=MALFORMED, start_ms=start, span_days=DAYS,

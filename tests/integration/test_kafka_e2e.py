@@ -27,6 +27,7 @@ from dataflow.sim import DEFAULT_END_MS, GeneratedEvent, generate_events
 from operators.apps import Alert, DemandReport
 from operators.apps.segments import SegmentTransition, memberships_from_transitions
 from operators.ingest import Event, RejectReason, parse_event
+from operators.ingest.units import DAY_MS, HOUR_MS
 from operators.profile import MaterializedProfile, ProfileDelta, materialize
 from tests.support.kafka_broker import KafkaBroker, free_port
 from tests.support.kafka_flow import (
@@ -48,7 +49,6 @@ from tests.support.server_process import stop_processes
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 N_EVENTS, N_USERS, SEED, MALFORMED = 10_000, 800, 11, 0.015
-DAY_MS = 86_400_000
 
 
 #: A card-testing burst after an ordinary history: the alerts topic must carry it.
@@ -240,7 +240,7 @@ def test_segments_alerts_and_demand_reach_their_topics(
     units: Counter[tuple[str | None, int]] = Counter()
     for e in {(e.user_id, e.event_id): e for e in events}.values():  # a re-send counts once
         if e.type == "purchase":
-            units[e.category, e.ts_ms // 3_600_000] += e.quantity
+            units[e.category, e.ts_ms // HOUR_MS] += e.quantity
     by_category: dict[str, list[DemandReport]] = {}
     newest: dict[tuple[str, int], DemandReport] = {}
     for r in reports:
@@ -254,12 +254,12 @@ def test_segments_alerts_and_demand_reach_their_topics(
         assert all(len(r.forecast) == 24 for r in rs)
     reported = 0.0
     for (category, start), r in newest.items():
-        assert r.actual["units"] <= units[category, start // 3_600_000]
+        assert r.actual["units"] <= units[category, start // HOUR_MS]
         reported += r.actual["units"]
     closed = sum(
         n for (c, hour), n in units.items() if c in by_category
-        and by_category[c][0].bucket_start_ms // 3_600_000 <= hour
-        <= by_category[c][-1].bucket_start_ms // 3_600_000
+        and by_category[c][0].bucket_start_ms // HOUR_MS <= hour
+        <= by_category[c][-1].bucket_start_ms // HOUR_MS
     )  # fmt: skip
     # Only the card tester's purchases of 12 days ago, too old to correct, are missing.
     assert reported >= 0.95 * closed

@@ -49,6 +49,7 @@ from dataflow.sim import (
     GeneratedEvent,
     generate_events,
 )
+from operators.ingest.units import DAY_MS
 from tests.support import ROOT
 from tests.support.kafka_broker import KafkaBroker, free_port, kafka_flow_args, produce_all, send
 from tests.support.prometheus_server import (
@@ -67,7 +68,6 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "profilestream-dashboard.json"
 N_EVENTS, N_USERS = 3000, 300  # the first phase's traffic; the second's is 600 events
 RATE = 200  # generated events produced per second: 15 s of traffic, then 3 s
 N_LATE = 20
-DAY_MS = 86_400_000
 #: Malformed messages after the generated events: ~25% of all input, far above the rule's 1%,
 #: and ~1000 per 10 minutes, far above its 0.05/s (30 per 10 minutes).
 BURST = 1000

@@ -54,7 +54,6 @@ from operators.profile.windows import (
     spend_as_of,
 )
 
-DAY_MS: Final = 86_400_000
 #: What an RFM score reads (the last purchase, purchases, spend) changes only on a purchase.
 RFM_READS: Final = frozenset({"purchase"})
 #: Where the default definitions ship.

@@ -37,9 +37,9 @@ from typing import Final
 
 import numpy as np
 
+from operators.ingest.units import DAY_MS
 from operators.profile import UserProfile
 
-DAY_MS: Final = 86_400_000
 #: RFM groups are published as segments named ``rfm:<group>``.
 RFM_PREFIX: Final = "rfm:"
 

@@ -34,8 +34,9 @@ from operators.apps import (
     load_risk_params,
     robust_log_stats,
 )
-from operators.apps.risk import DAY_MS, HOUR_MS, MINUTE_MS, decode_state, encode_state
+from operators.apps.risk import decode_state, encode_state
 from operators.ingest import Event
+from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS
 from tests.support.cli import profilestream
 
 T0 = 1_717_000_000_000

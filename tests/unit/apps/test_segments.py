@@ -35,8 +35,8 @@ from operators.apps.segments import (
     rfm_score,
     update_memberships,
 )
-from operators.apps.segments.conditions import DAY_MS
 from operators.ingest import Event, parse_event
+from operators.ingest.units import DAY_MS
 from operators.profile import (
     ProfileDelta,
     ProfileParams,

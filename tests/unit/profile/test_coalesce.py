@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from operators.ingest import Event
+from operators.ingest.units import DAY_MS
 from operators.profile import (
-    DAY_MS,
     Applied,
     Outcome,
     PendingChanges,

@@ -29,6 +29,7 @@ from dataflow.sim import (
 )
 from dataflow.sim.anomalies import SHIFTED, drawn_style
 from operators.ingest import DeadLetter, Event, RejectReason, parse_event
+from operators.ingest.units import DAY_MS
 from tests.support.cli import profilestream
 
 N_EVENTS = 30_000
@@ -156,8 +157,8 @@ def test_sessions_in_time_order_within_the_span(
     valid = [p for e, p in zip(stream, parsed, strict=True) if e.expected_reason is None]
     times = [p.ts_ms for p in valid if isinstance(p, Event)]
     assert times == sorted(times)
-    start = generator.DEFAULT_END_MS - generator.DEFAULT_SPAN_DAYS * generator.DAY_MS
-    assert start <= times[0] and times[-1] <= generator.DEFAULT_END_MS + generator.DAY_MS
+    start = generator.DEFAULT_END_MS - generator.DEFAULT_SPAN_DAYS * DAY_MS
+    assert start <= times[0] and times[-1] <= generator.DEFAULT_END_MS + DAY_MS
     assert any(b'"ts":"20' in e.line for e in stream if e.expected_reason is None)  # RFC 3339
     types = Counter(p.type for p in valid if isinstance(p, Event))
     assert types["view"] > types["add_to_cart"] > types["purchase"] > types["refund"] > 0

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataflow.sim.handbook import DAY_MS, HandbookParams, Simulation, simulate
+from dataflow.sim.handbook import HandbookParams, Simulation, simulate
 from operators.ingest import Event, parse_event
+from operators.ingest.units import DAY_MS
 from tests.support.cli import profilestream
 
 PARAMS = HandbookParams(customers=400, terminals=800, days=60, seed=3)

@@ -14,7 +14,8 @@ from operators.apps import Applications, RiskParams, load_segment_book
 from operators.apps.segments import SegmentTransition, evaluate, parse_segment_book
 from operators.apps.segments.rfm import profile_rfm
 from operators.ingest import Event
-from operators.profile import DAY_MS, ProfileDelta, ProfileParams
+from operators.ingest.units import DAY_MS
+from operators.profile import ProfileDelta, ProfileParams
 from operators.user import MachineSettings, Ports, UserMachine, UserOutput
 
 PARAMS = ProfileParams()
