@@ -3,14 +3,10 @@ watermark passes (see :mod:`operators.apps.demand`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from bytewax.operators import StatefulBatchLogic
 
 from dataflow import metrics
-from dataflow.clock import (
-    StepTime,
-)
+from dataflow.clock import StepTime, WatermarkDriven
 from operators.apps import (
     CategoryDemand,
     DemandParams,
@@ -22,25 +18,21 @@ from operators.apps import (
     next_close_ms,
     observe,
 )
-from operators.ingest import (
-    Event,
-)
+from operators.ingest import Event
 
 
-class CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
+class CategoryLogic(WatermarkDriven[Event, DemandReport]):
     """One category's demand: count events into buckets, close them as the watermark passes.
 
     ``on_batch`` only counts (and re-states a closed bucket a late event joined); buckets
-    close in timers and at the end of the input, when every event older than the
-    watermark has been counted (see :mod:`dataflow.clock`).
+    close as the watermark passes them (:class:`~dataflow.clock.WatermarkDriven`).
     """
 
-    __slots__ = ("params", "state", "step", "time")
+    __slots__ = ("params", "state")
 
     def __init__(self, params: DemandParams, step: StepTime, resume: bytes | None) -> None:
+        super().__init__(step)
         self.params = params
-        self.step = step
-        self.time = step.here()
         self.state: CategoryDemand | None = None if resume is None else decode_demand(resume)
 
     def on_batch(self, values: list[Event]) -> tuple[list[DemandReport], bool]:
@@ -53,24 +45,17 @@ class CategoryLogic(StatefulBatchLogic[Event, DemandReport, bytes]):
         assert state is not None
         return exported(corrections(state)), StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[DemandReport], bool]:
-        return self._close(self.time.table.watermark_ms), StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[list[DemandReport], bool]:
-        return self._close(self.time.table.end_ms()), StatefulBatchLogic.RETAIN  # all is in
-
-    def notify_at(self) -> datetime | None:
-        due = next_close_ms(self.state, self.params) if self.state is not None else None
-        return None if due is None else self.step.wall_due(self.time, due)
+    def due_ms(self) -> int | None:
+        return next_close_ms(self.state, self.params) if self.state is not None else None
 
     def snapshot(self) -> bytes:
         assert self.state is not None
         return encode_demand(self.state)
 
-    def _close(self, watermark: int) -> list[DemandReport]:
+    def take(self, watermark_ms: int) -> list[DemandReport]:
         if self.state is None:
             return []
-        return exported(close_until(self.state, watermark, self.params))
+        return exported(close_until(self.state, watermark_ms, self.params))
 
 
 def exported(reports: list[DemandReport]) -> list[DemandReport]:

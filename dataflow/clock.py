@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final, Never
+from typing import Any, Final, Generic, Never, TypeVar
 
 import msgspec
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
@@ -364,6 +364,58 @@ def broadcast(progress: Progress, cluster: Cluster) -> list[tuple[str, Progress]
         )
         for i, key in enumerate(cluster.keys())
     ]
+
+
+def route(
+    items: Iterable[Any], cluster: Cluster, key_of: Callable[[Any], str | None]
+) -> list[tuple[str, Any]]:
+    """The input of a keyed step: each item under the key ``key_of`` names (``None``: the
+    step takes no such item), each marker to every worker under its clock key."""
+    routed: list[tuple[str, Any]] = []
+    for item in items:
+        if isinstance(item, Progress):
+            routed += broadcast(item, cluster)
+        elif (key := key_of(item)) is not None:
+            routed.append((key, item))
+    return routed
+
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class WatermarkDriven(StatefulBatchLogic[In, Out, bytes], Generic[In, Out]):
+    """A key whose records wait for the watermark: ``on_batch`` takes them in, and
+    :meth:`take` acts on them in timers and at the end of the input, when every record
+    older than the watermark has arrived (point 4 above), so what comes out does not
+    depend on how the records of many upstream keys interleaved.
+
+    A subclass keeps its state as bytes in snapshots and says when it is next due.
+    """
+
+    __slots__ = ("step", "time")
+
+    def __init__(self, step: StepTime) -> None:
+        self.step = step
+        self.time = step.here()
+
+    def take(self, watermark_ms: int) -> list[Out]:
+        """Act on what the watermark has passed."""
+        raise NotImplementedError
+
+    def due_ms(self) -> int | None:
+        """The event time of the next record to act on (``None``: none)."""
+        raise NotImplementedError
+
+    def on_notify(self) -> tuple[list[Out], bool]:
+        return self.take(self.time.table.watermark_ms), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Out], bool]:
+        return self.take(self.time.table.end_ms()), StatefulBatchLogic.RETAIN  # all is in
+
+    def notify_at(self) -> datetime | None:
+        due = self.due_ms()
+        return None if due is None else self.step.wall_due(self.time, due)
 
 
 class Unborn(StatefulBatchLogic[Any, Any, Any]):

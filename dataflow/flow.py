@@ -52,8 +52,8 @@ from dataflow.clock import (
     Cluster,
     ClusterSource,
     StepTime,
-    broadcast,
     keyed_logic,
+    route,
     wall_clock_ms,
 )
 from dataflow.config import Config, load_config
@@ -76,7 +76,6 @@ from operators.ingest import (
     DeadLetter,
     Event,
     EventTimeSpeed,
-    Progress,
 )
 from operators.profile import (
     ProfileDelta,
@@ -94,16 +93,10 @@ def demand_stream(
     """The second keyed stream: demand per category, with its forecast."""
     params = demand_params(config)
 
-    def by_category(items: list[Output]) -> list[tuple[str, Event | Progress]]:
-        routed: list[tuple[str, Event | Progress]] = []
-        for item in items:
-            if type(item) is Event:
-                routed.append((cast(str, item.category), item))
-            elif type(item) is Progress:
-                routed += broadcast(item, cluster)
-        return routed
+    def category_of(item: Output) -> str | None:
+        return item.category if type(item) is Event else None
 
-    keyed = op.flat_map_batch("by_category", accepted, by_category)
+    keyed = op.flat_map_batch("by_category", accepted, lambda xs: route(xs, cluster, category_of))
     reports = op.stateful_batch(
         "demand",
         keyed,
@@ -121,17 +114,15 @@ def risk_stream(
     model = risk_model(config)
     settle_days = config.risk_settle_days
 
-    def by_item(items: list[Output]) -> list[tuple[str, PurchaseCheck | ItemVerdict | Progress]]:
-        routed: list[tuple[str, PurchaseCheck | ItemVerdict | Progress]] = []
-        for item in items:
-            kind = type(item)
-            if kind is PurchaseCheck or kind is ItemVerdict:
-                routed.append((cast(PurchaseCheck, item).item_id, cast(PurchaseCheck, item)))
-            elif kind is Progress:
-                routed += broadcast(cast(Progress, item), cluster)
-        return routed
+    def item_of(item: Output) -> str | None:
+        kind = type(item)
+        return (
+            cast(PurchaseCheck, item).item_id
+            if kind is PurchaseCheck or kind is ItemVerdict
+            else None
+        )
 
-    keyed = op.flat_map_batch("by_item", results, by_item)
+    keyed = op.flat_map_batch("by_item", results, lambda xs: route(xs, cluster, item_of))
     scored = op.stateful_batch(
         "item_risk",
         keyed,

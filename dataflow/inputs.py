@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import DynamicSource, FixedPartitionedSource, Source
 
-from dataflow.clock import (
-    Clock,
-    Cluster,
-    broadcast,
-)
+from dataflow.clock import Clock, Cluster, route
 from dataflow.config import Config
 from dataflow.sources import (
     DynamicEventSource,
@@ -29,7 +25,6 @@ from dataflow.sources import (
 from operators.ingest import (
     DeadLetter,
     Event,
-    Progress,
     parse_event,
     pii_key,
     pseudonymise,
@@ -96,10 +91,8 @@ def _kafka_in(step_id: str, flow: Dataflow, source: Source) -> Stream[SourceItem
 def route_users(items: list[SourceItem], cluster: Cluster) -> list[tuple[str, Any]]:
     """Key events by user; send each marker to every worker, under its clock key (dead
     letters go their own way)."""
-    routed: list[tuple[str, Any]] = []
-    for item in items:
-        if type(item) is Event:
-            routed.append((item.user_id, item))
-        elif type(item) is not DeadLetter:
-            routed += broadcast(cast(Progress, item), cluster)
-    return routed
+    return route(items, cluster, _user_of)
+
+
+def _user_of(item: SourceItem) -> str | None:
+    return item.user_id if type(item) is Event else None
