@@ -169,9 +169,9 @@ def handbook_labels(sim: Simulation, delay_days: float = 7.0) -> Iterator[bytes]
     """The fraud verdicts as ``chargeback`` events, in the order they become known.
 
     A fraudulent transaction's chargeback arrives ``delay_days`` after it (``ts``), naming
-    the purchase (``ref_event_id``) and its terminal (``item_id``); ``kind`` (ignored by the
-    flow) says which scenario made it. Genuine transactions get none, as a card issuer
-    reports only disputes.
+    the purchase (``ref_event_id``, at ``ref_ts``) and its terminal (``item_id``); ``kind``
+    (ignored by the flow) says which scenario made it. Genuine transactions get none, as a
+    card issuer reports only disputes.
     """
     encoder = msgspec.json.Encoder()
     delay_ms = round(delay_days * DAY_MS)
@@ -184,6 +184,7 @@ def handbook_labels(sim: Simulation, delay_days: float = 7.0) -> Iterator[bytes]
                 "type": "chargeback",
                 "item_id": f"t{int(sim.terminal[i])}",
                 "ref_event_id": transaction_id(i),
+                "ref_ts": int(sim.ts_ms[i]),
                 "kind": f"handbook_scenario_{int(sim.scenario[i])}",
             }
         )

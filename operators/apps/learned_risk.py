@@ -95,10 +95,10 @@ def from_user_event(
 ) -> PurchaseCheck | ItemVerdict | None:
     """What a user's event sends to its item's view (updating ``state`` in place).
 
-    A chargeback does not say when its purchase was: it counts for the item's sales of
-    ``settle_ms`` (the usual verdict delay) before it. It needs no memory of the purchase,
-    so a verdict read before its purchase (a labels file replayed beside the events) counts
-    the same.
+    A chargeback counts for the item's sales of its purchase's time (``ref_ts``), or, when
+    the sender did not say, of ``settle_ms`` (the usual verdict delay) before it. It needs no
+    memory of the purchase, so a verdict read before its purchase (a labels file replayed
+    beside the events) counts the same.
     """
     if event.type == "purchase" and event.item_id is not None and event.price is not None:
         amount = event.price * event.quantity
@@ -113,7 +113,8 @@ def from_user_event(
         state.spend = record_purchase(state.spend, event.ts_ms, amount)
         return check
     if event.type == "chargeback" and event.item_id is not None and event.ref_event_id:
-        return ItemVerdict(event.item_id, event.ref_event_id, event.ts_ms - settle_ms, event.ts_ms)
+        bought_ms = event.ref_ts_ms if event.ref_ts_ms is not None else event.ts_ms - settle_ms
+        return ItemVerdict(event.item_id, event.ref_event_id, bought_ms, event.ts_ms)
     return None
 
 

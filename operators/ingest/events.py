@@ -122,6 +122,7 @@ class _WireEvent(msgspec.Struct):
     ip: Annotated[str, Meta(max_length=64)] | None = None
     channel: Short | None = None
     ref_event_id: Label | None = None
+    ref_ts: int | str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):
@@ -157,8 +158,10 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     source: str = ""
     watermark_ms: int = NO_WATERMARK
     replayed: bool = False
-    #: The event this one is about (a chargeback's purchase). Last: snapshots hold events.
+    #: The event this one is about (a chargeback's purchase) and its time, when the sender
+    #: knows it. Last: snapshots hold events.
     ref_event_id: str | None = None
+    ref_ts_ms: int | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -181,8 +184,9 @@ _decoder = msgspec.json.Decoder(_WireEvent)
 _json_syntax = msgspec.json.Decoder(msgspec.Raw)  # checks the syntax, builds nothing
 
 
-def parse_timestamp_ms(ts: int | str) -> int:
-    """Convert an epoch-ms integer or an RFC 3339 string to epoch milliseconds.
+def parse_timestamp_ms(ts: int | str, name: str = "ts") -> int:
+    """Convert an epoch-ms integer or an RFC 3339 string (the field ``name``) to epoch
+    milliseconds.
 
     >>> parse_timestamp_ms("2024-05-01T12:00:00Z")
     1714564800000
@@ -191,19 +195,24 @@ def parse_timestamp_ms(ts: int | str) -> int:
     """
     if isinstance(ts, str):
         if _RFC3339.fullmatch(ts) is None:
-            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts is not RFC 3339 with a zone: {ts!r}")
+            raise _Rejected(
+                RejectReason.BAD_TIMESTAMP, f"{name} is not RFC 3339 with a zone: {ts!r}"
+            )
         try:
             parsed = datetime.fromisoformat(ts.upper().replace("Z", "+00:00"))
         except ValueError as exc:
-            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts is not a valid time: {ts!r}") from exc
+            error = f"{name} is not a valid time: {ts!r}"
+            raise _Rejected(RejectReason.BAD_TIMESTAMP, error) from exc
         try:
             ms = round(parsed.timestamp() * 1000)
         except (OverflowError, ValueError) as exc:  # year 1 or 9999 shifted past the calendar
-            raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts out of range: {ts!r}") from exc
+            error = f"{name} out of range: {ts!r}"
+            raise _Rejected(RejectReason.BAD_TIMESTAMP, error) from exc
     else:
         ms = ts
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise _Rejected(RejectReason.BAD_TIMESTAMP, f"ts {ts!r} is outside 2000..2100 (epoch ms)")
+        error = f"{name} {ts!r} is outside 2000..2100 (epoch ms)"
+        raise _Rejected(RejectReason.BAD_TIMESTAMP, error)
     return ms
 
 
@@ -215,7 +224,7 @@ def _reason_for(error: msgspec.ValidationError) -> RejectReason:
         return RejectReason.NOT_AN_OBJECT
     if message.endswith("at `$.type`"):
         return RejectReason.UNKNOWN_TYPE
-    if message.endswith("at `$.ts`"):
+    if message.endswith(("at `$.ts`", "at `$.ref_ts`")):
         return RejectReason.BAD_TIMESTAMP
     return RejectReason.INVALID_FIELD
 
@@ -235,10 +244,14 @@ def _validated(
             raise _Rejected(
                 RejectReason.MISSING_FIELD, f"`{wire.type}` event needs a non-empty `{name}`"
             )
+    ts_ms = parse_timestamp_ms(wire.ts)
+    ref_ts_ms = None if wire.ref_ts is None else parse_timestamp_ms(wire.ref_ts, "ref_ts")
+    if ref_ts_ms is not None and ref_ts_ms > ts_ms:
+        raise _Rejected(RejectReason.BAD_TIMESTAMP, "ref_ts is after ts: it names an earlier event")
     return Event(
         event_id=wire.event_id,
         user_id=str(wire.user_id),
-        ts_ms=parse_timestamp_ms(wire.ts),
+        ts_ms=ts_ms,
         type=wire.type,
         item_id=None if wire.item_id is None else str(wire.item_id),
         category=wire.category,
@@ -257,6 +270,7 @@ def _validated(
         source=source,
         watermark_ms=watermark_ms,
         ref_event_id=wire.ref_event_id,
+        ref_ts_ms=ref_ts_ms,
     )
 
 
@@ -358,6 +372,7 @@ def wire_form(event: Event) -> bytes:
     """
     fields = {name: getattr(event, name) for name in _WIRE_FIELDS}
     fields["ts"] = event.ts_ms
+    fields["ref_ts"] = event.ref_ts_ms
     return _wire_encoder.encode({k: v for k, v in fields.items() if v is not None})
 
 

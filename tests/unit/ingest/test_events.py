@@ -89,6 +89,9 @@ C1_CONTROLS = [
         (message(ts="2024-05-01 12:00:00Z"), "bad_timestamp"),
         (message(ts="2024-02-30T12:00:00Z"), "bad_timestamp"),
         (message(ts="9999-12-31T23:59:59-14:00"), "bad_timestamp"),
+        (message(type="chargeback", ref_event_id="p1", ref_ts="last week"), "bad_timestamp"),
+        (message(type="chargeback", ref_event_id="p1", ref_ts=True), "bad_timestamp"),
+        (message(ref_ts=1_714_564_800_001), "bad_timestamp"),  # after the event it names
         *((raw, "invalid_json") for raw in NOT_UTF8),
         *((raw, "invalid_json") for raw in NOT_JSON_BEYOND_A_BAD_FIELD),
         *((raw, "invalid_field") for raw in C1_CONTROLS),
@@ -125,6 +128,11 @@ def test_rejects_with_reason_and_original_bytes(raw: bytes, reason: str) -> None
         ({"type": "login", "item_id": None, "future_field": [1]}, {"type": "login"}),
         ({"brand": "Ä\xa0Zürich"}, {"brand": "Ä\xa0Zürich"}),  # U+00A0 is just past C1
         ({"session_id": "s\x85", "text": "a\x85b"}, {"session_id": "s\x85", "text": "a\x85b"}),
+        (
+            {"type": "chargeback", "ref_event_id": "p1", "ref_ts": "2024-04-24T12:00:00Z"},
+            {"ref_event_id": "p1", "ref_ts_ms": 1_714_564_800_000 - 7 * 86_400_000},
+        ),
+        ({"type": "chargeback", "ref_event_id": "p1"}, {"ref_ts_ms": None}),  # not known
     ],
 )
 def test_accepts_valid_events(changes: dict[str, object], expected: dict[str, object]) -> None:

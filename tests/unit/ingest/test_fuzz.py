@@ -61,7 +61,7 @@ INT64 = (-(2**63), 2**63 - 1)
 COMMON = ("event_id", "user_id", "ts", "type")
 OPTIONAL = ("item_id", "category", "brand", "price", "quantity", "text", "rating", "ref_event_id")
 FREE_STRINGS = {"session_id": 128, "device_id": 128, "channel": 128, "ip": 64}
-KNOWN = frozenset(COMMON + OPTIONAL + tuple(FREE_STRINGS))
+KNOWN = frozenset((*COMMON, *OPTIONAL, *FREE_STRINGS, "ref_ts"))
 
 # --- an independent reading of the README's rules ------------------------------------------
 
@@ -110,6 +110,10 @@ def field_violations(doc: dict[str, Any]) -> set[str]:
         found.add("invalid_field")
     if "ts" in doc and timestamp_ms(doc["ts"]) is None:
         found.add("bad_timestamp")
+    if doc.get("ref_ts") is not None:  # a time like ts, and not after it
+        ref_ms, ts_ms = timestamp_ms(doc["ref_ts"]), timestamp_ms(doc.get("ts"))
+        if ref_ms is None or (ts_ms is not None and ref_ms > ts_ms):
+            found.add("bad_timestamp")
     kind = doc.get("type")
     if "type" in doc and not (isinstance(kind, str) and kind in EVENT_TYPES):
         found.add("unknown_type")
@@ -225,6 +229,7 @@ def assert_documented_event(event: Event) -> None:
     assert event.text is None or event.text == event.text.strip()
     assert all(is_short(getattr(event, name), most) for name, most in FREE_STRINGS.items())
     assert event.ref_event_id is None or is_label(event.ref_event_id)
+    assert event.ref_ts_ms is None or MIN_TS_MS <= event.ref_ts_ms <= event.ts_ms
     present = {
         "item_id": event.item_id,
         "price": event.price,
@@ -248,6 +253,8 @@ def assert_event_is(event: Event, doc: dict[str, Any]) -> None:
         doc["type"],
     )
     assert event.ts_ms == timestamp_ms(doc["ts"])
+    ref_ts = doc.get("ref_ts")
+    assert event.ref_ts_ms == (None if ref_ts is None else timestamp_ms(ref_ts))
     assert event.item_id == (None if item_id is None else str(item_id))
     assert event.text == (text.strip() or None if isinstance(text, str) else None)
     assert event.quantity == (doc.get("quantity") or 1)
@@ -334,6 +341,7 @@ VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "text": st.sampled_from(["red shoes", "  late ", "很好 great", "x" * MAX_TEXT_CHARS]),
     "rating": st.integers(1, 5),
     "ref_event_id": labels,
+    "ref_ts": timestamps,
     "session_id": st.text(chars, max_size=4),
     "device_id": st.sampled_from(["d-1", "", "\x00", "\x85", "x" * 128, "x" * 129]),
     "channel": st.sampled_from(["app", "", "\u202e"]),
