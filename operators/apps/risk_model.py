@@ -34,14 +34,16 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.tree import DecisionTreeClassifier
 
 from operators.apps.risk_features import FEATURES
 from operators.ingest.units import DAY_MS
+
+if TYPE_CHECKING:
+    from sklearn.tree import DecisionTreeClassifier
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,10 @@ def train_risk_model(
     names: Sequence[str] = FEATURES,
 ) -> RiskModel:
     """Fit the forest on settled examples (``verdicts``: 1 fraud, 0 genuine)."""
+    # Imported here: scikit-learn takes ~1 s to import, and only training needs it (the
+    # flow scores with the plain node arrays).
+    from sklearn.ensemble import RandomForestClassifier
+
     forest = RandomForestClassifier(
         n_estimators=params.trees,
         max_depth=params.max_depth,
