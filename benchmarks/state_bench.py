@@ -48,12 +48,12 @@ from benchmarks.common import dated_result, fmt, machine_info, print_header
 from dataflow.sim import build_catalog
 from operators.apps import Applications, RiskParams, after_event, load_segment_book
 from operators.ingest import Event, parse_event
+from operators.ingest.units import WEEK_MS
 from operators.profile import ProfileParams, UserState, apply_event, encode_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = dated_result("state_bench")
 END_MS = 1_717_200_000_000  # 2024-06-01
-WEEK_MS = 7 * 86_400_000
 KINDS = ("view", "view", "view", "click", "click", "add_to_cart", "purchase", "login")
 
 

@@ -16,7 +16,7 @@ it from parts it does have (:mod:`operators.ingest.event_clock` holds the pure o
    worker's :class:`~operators.ingest.event_clock.WatermarkTable` for that step, which the other
    keys' logics on the same worker (same thread) read through :class:`StepTime`.
 4. Bytewax calls every key's ``on_batch`` in an activation before any ``on_notify``. The
-   per-user and per-category logics therefore read the watermark only in timers (and at
+   per-user, per-category and per-item logics therefore read the watermark only in timers (and at
    the end of the input); what ``on_batch`` decides depends on the events alone, so
    nothing they do depends on how markers and events were interleaved in time.
 5. Category demand reads the events the profile step accepted (duplicates never count), so

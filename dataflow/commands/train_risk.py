@@ -13,13 +13,13 @@ import numpy as np
 
 from operators.apps.learned_risk import RiskScore
 from operators.apps.risk_model import (
-    DAY_MS,
     RiskModelParams,
     fit_from_feedback,
     save_model,
     with_alert_budget,
 )
 from operators.ingest import Event, parse_event
+from operators.ingest.units import DAY_MS
 
 
 def add_command(subparsers: Any) -> None:

@@ -94,23 +94,21 @@ def metrics(sim: Simulation, keep: np.ndarray, scores: np.ndarray) -> dict[str, 
 def replayed_features(sim: Simulation, settle_days: int = DELAY_DAYS) -> np.ndarray:
     """Every transaction's features as the flow computes them, verdicts ``DELAY_DAYS`` late.
 
-    As in the flow, a verdict received at *t* counts for the terminal's sales of
-    *t* - ``settle_days``; at the same millisecond a verdict comes first.
+    As in the flow, a verdict received at *t* counts from then on, for the terminal's sales
+    of its purchase's day (the chargebacks name it: ``ref_ts``); at the same millisecond a
+    verdict comes first.
     """
     rows = np.zeros((len(sim.ts_ms), len(FEATURES)), dtype=np.float32)
     spend: dict[int, SpendHistory] = {}
     items: dict[int, ItemHistory | None] = {}
     frauds = np.flatnonzero(sim.fraud).tolist()
     received = (sim.ts_ms[frauds] + DELAY_DAYS * DAY_MS).tolist()
-    settle_ms = settle_days * DAY_MS
     ts, cust, term = sim.ts_ms.tolist(), sim.customer.tolist(), sim.terminal.tolist()
     amount = sim.amount.tolist()
     j = 0
     for i in range(len(ts)):
         while j < len(frauds) and received[j] <= ts[i]:
-            items[term[frauds[j]]] = record_fraud(
-                items.get(term[frauds[j]]), received[j] - settle_ms
-            )
+            items[term[frauds[j]]] = record_fraud(items.get(term[frauds[j]]), ts[frauds[j]])
             j += 1
         c, t = cust[i], term[i]
         rows[i] = purchase_features(spend.get(c), items.get(t), ts[i], amount[i], settle_days)

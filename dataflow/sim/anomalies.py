@@ -12,7 +12,7 @@ import numpy as np
 from dataflow.sim.sessions import Writer
 from dataflow.sim.world import CHANNELS, Draws, World, favourite_categories, random_ip
 from operators.apps import KINDS as ANOMALY_KINDS
-from operators.ingest.units import DAY_MS, HOUR_MS
+from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 Lang = Literal["en", "zh"]
 
@@ -294,7 +294,7 @@ class Injector:
         self.short_history += 1
         free = self.free
         user = free.pop(d.below(len(free))) if free else d.below(len(self.world.users))
-        return user, self._uniform(self.start_ms + 3_600_000, self.end_ms - 8 * 3_600_000)
+        return user, self._uniform(self.start_ms + HOUR_MS, self.end_ms - 8 * HOUR_MS)
 
     def _uniform(self, low: int, high: int) -> int:
         return low + self.d.below(max(high - low, 1))
@@ -422,8 +422,8 @@ class Injector:
         for _ in range(size - 1 - n_buys):
             ts += max(round(d.lognormal(20_000, 0.7)), 1_000)
             events.append(self._event(user, ts, "view", origin, d.choice(self.resellable)[1]))
-        delay_ms = style.ato_delay_min * 60_000
-        longest = round(min(12 * delay_ms, 10 * 3_600_000))
+        delay_ms = style.ato_delay_min * MINUTE_MS
+        longest = round(min(12 * delay_ms, 10 * HOUR_MS))
         ts += min(max(round(d.lognormal(delay_ms, 1.0)), 60_000), longest)
         views = len(events) - 1
         for k in range(n_buys):

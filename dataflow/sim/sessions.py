@@ -13,7 +13,6 @@ from dataflow.sim.world import (
     _NEXT,
     _TZ_HOURS,
     CHANNELS,
-    DAY_MS,
     DELETE_EVERY,
     EPOCH,
     RFC3339_RATE,
@@ -22,7 +21,7 @@ from dataflow.sim.world import (
     _Session,
     cdf,
 )
-from operators.ingest.units import HOUR_MS
+from operators.ingest.units import DAY_MS, HOUR_MS
 
 Lang = Literal["en", "zh"]
 
@@ -42,10 +41,10 @@ def plan_sessions(world: World, n_valid: int, start_ms: int, span_ms: int) -> li
         user = world.user_rank[d.pick(world.user_cdf)] if visitor is None else visitor
         median = 6.0 if visitor is None else 3.0
         length = min(max(round(d.lognormal(median, 0.8)), 1), 80, n_valid - total)
-        local = d.below(days) * DAY_MS + d.pick(hour_cdf) * HOUR_MS + d.below(3_600_000)
+        local = d.below(days) * DAY_MS + d.pick(hour_cdf) * HOUR_MS + d.below(HOUR_MS)
         offset = local - _TZ_HOURS[world.users[user].lang] * HOUR_MS
         # Wrap into the span, leaving an hour at its end for the session to play out.
-        start = start_ms + offset % max(span_ms - 3_600_000, 1)
+        start = start_ms + offset % max(span_ms - HOUR_MS, 1)
         sessions.append((start, user, length))
         total += length
     deletes = set()

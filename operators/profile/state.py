@@ -6,7 +6,7 @@ duplicates and the delta bookkeeping, and carries, without reading it, what the
 applications above the core keep per user (``apps``). :class:`ProfileParams` are the
 model's knobs. States rest between deltas as MessagePack bytes (:func:`encode_state`).
 
-States are stored positionally (MessagePack arrays, no field names: about a fifth of a
+States are stored positionally (MessagePack arrays, no field names: about a sixth of a
 resting state was names), so a field is only ever added at the end of its struct, with a
 default. States written before, as maps, still decode (:func:`decode_state`).
 """
@@ -191,7 +191,7 @@ def encode_state(state: UserState) -> bytes:
 def decode_state(data: bytes, apps: Any = Any) -> UserState[Any]:
     """Inverse of :func:`encode_state`; ``apps`` is the type of what the applications keep
     (``Any``: as plain data). Reads the map-shaped states of earlier releases too."""
-    if 0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF):  # a MessagePack map
+    if data and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF)):  # a MessagePack map
         plain = _positional(UserState, msgspec.msgpack.decode(data))
         return msgspec.convert(plain, UserState[apps], dec_hook=_decode_array)
     return _decoder(apps).decode(data)

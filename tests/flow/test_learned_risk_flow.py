@@ -15,7 +15,6 @@ from dataflow.config import Config
 from dataflow.eval.handbook import replayed_features
 from dataflow.flow import build_flow
 from dataflow.sim.handbook import (
-    DAY_MS,
     HandbookParams,
     Simulation,
     handbook_events,
@@ -26,6 +25,7 @@ from dataflow.sources import JsonlSource
 from operators.apps.learned_risk import LEARNED_KIND
 from operators.apps.risk_model import RiskModelParams, fit_from_feedback, save_model
 from operators.ingest import EventTimeSpeed
+from operators.ingest.units import DAY_MS
 from tests.support.fakes import HashEncoder, WordListSentiment
 
 PARAMS = HandbookParams(customers=150, terminals=300, days=40, seed=5)

@@ -32,10 +32,10 @@ from operators.apps import (
 )
 from operators.apps.demand import _SNAPSHOT_MAGIC
 from operators.ingest import NO_WATERMARK, Event, parse_event
+from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS
 from tests.support.cli import profilestream
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z, a whole hour
-MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 ZERO = {"views": 0, "carts": 0, "purchases": 0, "units": 0, "revenue": 0.0}
 
 
@@ -77,20 +77,22 @@ def test_each_event_type_feeds_its_measure(
     kind: str, price: float | None, quantity: int, expected: dict[str, float]
 ) -> None:
     params = DemandParams()
-    state, late = observe(None, ev(T0 + 5 * MINUTE, kind, price=price, quantity=quantity), params)
+    state, late = observe(
+        None, ev(T0 + 5 * MINUTE_MS, kind, price=price, quantity=quantity), params
+    )
     assert late is None
-    (report,) = close_until(state, T0 + HOUR, params)
+    (report,) = close_until(state, T0 + HOUR_MS, params)
     assert report.actual == ZERO | expected
     assert (report.bucket_start_ms, report.bucket_ms, report.forecast_start_ms) == (
         T0,
-        HOUR,
-        T0 + HOUR,
+        HOUR_MS,
+        T0 + HOUR_MS,
     )
 
 
 def counted(buckets: dict[int, dict[str, float]], event: Event) -> None:
     """Add ``event`` to ``buckets`` by hand, as the documented measures say."""
-    b = buckets.setdefault(event.ts_ms // HOUR * HOUR, dict(ZERO))
+    b = buckets.setdefault(event.ts_ms // HOUR_MS * HOUR_MS, dict(ZERO))
     if event.type in ("view", "click"):
         b["views"] += 1
     elif event.type == "add_to_cart":
@@ -102,7 +104,7 @@ def counted(buckets: dict[int, dict[str, float]], event: Event) -> None:
 
 
 @pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize("lateness_ms", [0, 10 * MINUTE, 3 * HOUR])
+@pytest.mark.parametrize("lateness_ms", [0, 10 * MINUTE_MS, 3 * HOUR_MS])
 def test_first_records_hold_the_on_time_events_and_the_newest_revisions_all_of_them(
     seed: int, lateness_ms: int
 ) -> None:
@@ -120,27 +122,29 @@ def test_first_records_hold_the_on_time_events_and_the_newest_revisions_all_of_t
     for n in range(600):
         stamp = newest - lateness_ms  # the partition's watermark before this event
         if rng.random() < 0.2:  # out of order, some beyond the allowed lateness
-            ts = newest - rng.randrange(1, 4 * lateness_ms + 2 * HOUR)
+            ts = newest - rng.randrange(1, 4 * lateness_ms + 2 * HOUR_MS)
         else:
-            newest += rng.choice([rng.randrange(1, 10 * MINUTE), rng.randrange(HOUR, 9 * HOUR)])
+            newest += rng.choice(
+                [rng.randrange(1, 10 * MINUTE_MS), rng.randrange(HOUR_MS, 9 * HOUR_MS)]
+            )
             ts = newest
         kind = rng.choice(["view", "click", "add_to_cart", "purchase", "search", "login"])
         price = rng.choice([None, round(rng.uniform(1, 99), 2)])
         event = ev(ts, kind, price=price, quantity=rng.randrange(1, 4), n=n, watermark=stamp)
         if state is None and kind in ("search", "login"):
             continue  # start the category on a demand event
-        start = ts // HOUR * HOUR
+        start = ts // HOUR_MS * HOUR_MS
         reported = {r.bucket_start_ms for r in reports}
         state, fate = observe(state, event, params)
         fates.append(fate)
         if kind in ("search", "login"):
             assert fate is None
-        elif ts >= stamp and start + HOUR > closed_to:
+        elif ts >= stamp and start + HOUR_MS > closed_to:
             assert fate is None
             counted(on_time, event)
             counted(everything, event)
         else:
-            open_ = start + HOUR > closed_to
+            open_ = start + HOUR_MS > closed_to
             assert fate == ("correction" if open_ or start in reported else "too_old")
             if fate == "correction":
                 counted(everything, event)
@@ -149,10 +153,10 @@ def test_first_records_hold_the_on_time_events_and_the_newest_revisions_all_of_t
             closed_to = max(closed_to, newest - lateness_ms)
             reports += close_until(state, closed_to, params)
     assert state is not None
-    reports += close_until(state, newest + HOUR, params)
+    reports += close_until(state, newest + HOUR_MS, params)
     first = [r for r in reports if r.revision == 0]
     starts = [r.bucket_start_ms for r in first]
-    assert starts == list(range(starts[0], starts[-1] + HOUR, HOUR)), "every hour, in order"
+    assert starts == list(range(starts[0], starts[-1] + HOUR_MS, HOUR_MS)), "every hour, in order"
     for report in first:
         want = on_time.get(report.bucket_start_ms, ZERO)
         assert report.actual == pytest.approx(want, abs=1e-4), report.bucket_start_ms
@@ -167,68 +171,70 @@ def test_first_records_hold_the_on_time_events_and_the_newest_revisions_all_of_t
 
 def test_quiet_hours_close_as_zeros_in_order_and_an_event_in_a_closed_hour_is_late() -> None:
     params = DemandParams(horizon=4)
-    state, _ = observe(None, ev(T0 + MINUTE, "purchase", price=10.0, quantity=2), params)
-    assert close_until(state, T0 + 59 * MINUTE, params) == []  # the hour has not ended
-    state, late = observe(state, ev(T0 + 59 * MINUTE, "view"), params)  # so this one counts
+    state, _ = observe(None, ev(T0 + MINUTE_MS, "purchase", price=10.0, quantity=2), params)
+    assert close_until(state, T0 + 59 * MINUTE_MS, params) == []  # the hour has not ended
+    state, late = observe(state, ev(T0 + 59 * MINUTE_MS, "view"), params)  # so this one counts
     assert late is None
-    reports = close_until(state, T0 + 4 * HOUR, params)
-    assert [r.bucket_start_ms - T0 for r in reports] == [0, HOUR, 2 * HOUR, 3 * HOUR]
+    reports = close_until(state, T0 + 4 * HOUR_MS, params)
+    assert [r.bucket_start_ms - T0 for r in reports] == [0, HOUR_MS, 2 * HOUR_MS, 3 * HOUR_MS]
     assert reports[0].actual == ZERO | {"views": 1, "purchases": 1, "units": 2, "revenue": 20.0}
     assert [r.actual for r in reports[1:]] == [ZERO] * 3
     assert [r.predicted for r in reports] == [None, 2.0, 1.0, pytest.approx(2 / 3, abs=1e-4)]
-    assert observe(state, ev(T0 + 3 * HOUR + 59 * MINUTE), params)[1] == "correction"
-    assert observe(state, ev(T0 + 4 * HOUR), params)[1] is None
+    assert observe(state, ev(T0 + 3 * HOUR_MS + 59 * MINUTE_MS), params)[1] == "correction"
+    assert observe(state, ev(T0 + 4 * HOUR_MS), params)[1] is None
     assert state.late_events == 1
     (correction,) = corrections(state)
-    assert (correction.bucket_start_ms, correction.revision) == (T0 + 3 * HOUR, 1)
+    assert (correction.bucket_start_ms, correction.revision) == (T0 + 3 * HOUR_MS, 1)
     assert correction.actual == ZERO | {"views": 1} and correction.forecast == []
     assert corrections(state) == []  # sent once
-    assert next_close_ms(state, params) == T0 + 5 * HOUR
+    assert next_close_ms(state, params) == T0 + 5 * HOUR_MS
     assert close_until(state, T0, params) == []  # a watermark behind the state closes nothing
     assert close_until(state, 0, params) == []  # the watermark before the first event
 
 
 def test_a_late_event_of_an_open_hour_waits_for_its_close_and_old_ones_are_too_old() -> None:
     params = DemandParams(horizon=2, correction_buckets=2)
-    stamp = T0 + 2 * HOUR  # its partition had got this far: events before are late
-    state, fate = observe(None, ev(T0 + 2 * HOUR, "view", watermark=stamp), params)
+    stamp = T0 + 2 * HOUR_MS  # its partition had got this far: events before are late
+    state, fate = observe(None, ev(T0 + 2 * HOUR_MS, "view", watermark=stamp), params)
     assert fate is None
-    state, fate = observe(state, ev(T0 + HOUR + 5, "purchase", quantity=3, watermark=stamp), params)
+    state, fate = observe(
+        state, ev(T0 + HOUR_MS + 5, "purchase", quantity=3, watermark=stamp), params
+    )
     assert fate == "correction" and corrections(state) == []  # its hour is still open
-    reports = close_until(state, T0 + 3 * HOUR, params)
+    reports = close_until(state, T0 + 3 * HOUR_MS, params)
     assert [(r.bucket_start_ms - T0, r.revision, r.actual["units"]) for r in reports] == [
-        (HOUR, 0, 0),  # as it closed: the late purchase is not in it, nor in the forecast
-        (2 * HOUR, 0, 0),
-        (HOUR, 1, 3),  # then corrected
+        (HOUR_MS, 0, 0),  # as it closed: the late purchase is not in it, nor in the forecast
+        (2 * HOUR_MS, 0, 0),
+        (HOUR_MS, 1, 3),  # then corrected
     ]
-    close_until(state, T0 + 5 * HOUR, params)  # hours 1-2 leave the two kept for corrections
-    assert observe(state, ev(T0 + HOUR + 9, "view", watermark=stamp), params)[1] == "too_old"
-    assert sorted(state.recent) == [(T0 + 3 * HOUR) // HOUR, (T0 + 4 * HOUR) // HOUR]
+    close_until(state, T0 + 5 * HOUR_MS, params)  # hours 1-2 leave the two kept for corrections
+    assert observe(state, ev(T0 + HOUR_MS + 9, "view", watermark=stamp), params)[1] == "too_old"
+    assert sorted(state.recent) == [(T0 + 3 * HOUR_MS) // HOUR_MS, (T0 + 4 * HOUR_MS) // HOUR_MS]
 
 
 def test_an_earlier_event_before_the_first_close_moves_the_first_bucket_back() -> None:
     params = DemandParams()
-    state, _ = observe(None, ev(T0 + 3 * HOUR), params)
-    state, late = observe(state, ev(T0 + 10 * MINUTE, "add_to_cart"), params)
+    state, _ = observe(None, ev(T0 + 3 * HOUR_MS), params)
+    state, late = observe(state, ev(T0 + 10 * MINUTE_MS, "add_to_cart"), params)
     assert late is None
-    reports = close_until(state, T0 + 4 * HOUR, params)
+    reports = close_until(state, T0 + 4 * HOUR_MS, params)
     assert [(r.bucket_start_ms - T0, r.actual["carts"], r.actual["views"]) for r in reports] == [
         (0, 1, 0),
-        (HOUR, 0, 0),
-        (2 * HOUR, 0, 0),
-        (3 * HOUR, 0, 1),
+        (HOUR_MS, 0, 0),
+        (2 * HOUR_MS, 0, 0),
+        (3 * HOUR_MS, 0, 1),
     ]
 
 
 def test_warm_up_falls_back_to_mean_then_seasonal_naive_then_holt_winters() -> None:
-    params = DemandParams(bucket_ms=HOUR, season=24, horizon=24)
+    params = DemandParams(bucket_ms=HOUR_MS, season=24, horizon=24)
     units = seasonal_units(24 * 3)
-    state = new_demand("shoes", T0 // HOUR, params)
+    state = new_demand("shoes", T0 // HOUR_MS, params)
     models, reports = [], []
     for hour, y in enumerate(units):
         for k in range(int(y)):
-            observe(state, ev(T0 + hour * HOUR + k, "purchase", n=k), params)
-        (report,) = close_until(state, T0 + (hour + 1) * HOUR, params)
+            observe(state, ev(T0 + hour * HOUR_MS + k, "purchase", n=k), params)
+        (report,) = close_until(state, T0 + (hour + 1) * HOUR_MS, params)
         models.append(report.model)
         reports.append(report)
     assert models == (
@@ -267,18 +273,18 @@ def test_holt_winters_starts_from_the_warm_up_and_learns_a_level_shift() -> None
 def test_a_snapshot_round_trip_gives_identical_future_forecasts(model: Any) -> None:
     params = DemandParams(horizon=24, model=model)
     units = seasonal_units(24 * 6, seed=3)
-    state = new_demand("shoes", T0 // HOUR, params)
+    state = new_demand("shoes", T0 // HOUR_MS, params)
 
     def feed(state: CategoryDemand, hours: range) -> list[DemandReport]:
         out = []
         for hour in hours:
             for k in range(int(units[hour])):
-                observe(state, ev(T0 + hour * HOUR + k, "purchase", price=3.0, n=k), params)
-            out += close_until(state, T0 + (hour + 1) * HOUR, params)
+                observe(state, ev(T0 + hour * HOUR_MS + k, "purchase", price=3.0, n=k), params)
+            out += close_until(state, T0 + (hour + 1) * HOUR_MS, params)
         return out
 
     feed(state, range(24 * 3))
-    observe(state, ev(T0 + 72 * HOUR + 5, "view"), params)  # an open bucket travels too
+    observe(state, ev(T0 + 72 * HOUR_MS + 5, "view"), params)  # an open bucket travels too
     data = encode_demand(state)
     restored = decode_demand(data)
     original, resumed = feed(state, range(72, 24 * 6)), feed(restored, range(72, 24 * 6))
@@ -298,12 +304,12 @@ def test_a_snapshot_from_elsewhere_is_refused() -> None:
 def test_state_stays_bounded_after_many_buckets(model: Any) -> None:
     params = DemandParams(horizon=24, model=model)
     units = seasonal_units(24 * 200, seed=1)
-    state = new_demand("shoes", T0 // HOUR, params)
+    state = new_demand("shoes", T0 // HOUR_MS, params)
     sizes = {}
     for hour, y in enumerate(units):
         if y:
-            observe(state, ev(T0 + hour * HOUR, "purchase", quantity=int(y), price=2.5), params)
-        close_until(state, T0 + (hour + 1) * HOUR, params)
+            observe(state, ev(T0 + hour * HOUR_MS, "purchase", quantity=int(y), price=2.5), params)
+        close_until(state, T0 + (hour + 1) * HOUR_MS, params)
         if hour + 1 in (24 * 10, 24 * 200):
             sizes[hour + 1] = len(encode_demand(state))
     assert state.version == 24 * 200 and not state.open
@@ -315,12 +321,12 @@ def test_state_stays_bounded_after_many_buckets(model: Any) -> None:
 def test_error_counters_add_up_the_reports_one_step_errors() -> None:
     params = DemandParams(season=24)
     units = seasonal_units(24 * 5, seed=2)
-    state = new_demand("shoes", T0 // HOUR, params)
+    state = new_demand("shoes", T0 // HOUR_MS, params)
     reports = []
     for hour, y in enumerate(units):
         if y:
-            observe(state, ev(T0 + hour * HOUR, "purchase", quantity=int(y)), params)
-        reports += close_until(state, T0 + (hour + 1) * HOUR, params)
+            observe(state, ev(T0 + hour * HOUR_MS, "purchase", quantity=int(y)), params)
+        reports += close_until(state, T0 + (hour + 1) * HOUR_MS, params)
     scored = [r for i, r in enumerate(reports) if i >= 24]  # naive needs a day of history
     assert state.error.count == len(scored)
     assert state.error.abs_error_sum == pytest.approx(
@@ -334,40 +340,40 @@ def test_error_counters_add_up_the_reports_one_step_errors() -> None:
 
 def test_a_dormant_category_stops_its_timer_and_skips_whole_seasons() -> None:
     params = DemandParams(max_gap_buckets=48, horizon=3)
-    state, _ = observe(None, ev(T0 + 5 * MINUTE, "purchase"), params)
-    assert len(close_until(state, T0 + 47 * HOUR, params)) == 47
-    assert next_close_ms(state, params) == T0 + 48 * HOUR
-    assert len(close_until(state, T0 + 49 * HOUR, params)) == 2
+    state, _ = observe(None, ev(T0 + 5 * MINUTE_MS, "purchase"), params)
+    assert len(close_until(state, T0 + 47 * HOUR_MS, params)) == 47
+    assert next_close_ms(state, params) == T0 + 48 * HOUR_MS
+    assert len(close_until(state, T0 + 49 * HOUR_MS, params)) == 2
     assert state.quiet == 48 and next_close_ms(state, params) is None  # dormant: no timer
-    year = 365 * DAY
-    state, _ = observe(state, ev(T0 + year + 2 * HOUR, "purchase", quantity=4), params)
-    reports = close_until(state, T0 + year + 4 * HOUR, params)
+    year = 365 * DAY_MS
+    state, _ = observe(state, ev(T0 + year + 2 * HOUR_MS, "purchase", quantity=4), params)
+    reports = close_until(state, T0 + year + 4 * HOUR_MS, params)
     assert len(reports) < 24 + 3  # not the year's 8,760 empty hours
-    assert state.skipped_buckets + len(reports) + 49 == year // HOUR + 4
+    assert state.skipped_buckets + len(reports) + 49 == year // HOUR_MS + 4
     assert state.skipped_buckets % 24 == 0  # the daily phase is kept
     assert [r.actual["units"] for r in reports if r.actual["units"]] == [4]
-    assert reports[-1].bucket_start_ms == T0 + year + 3 * HOUR
-    assert next_close_ms(state, params) == T0 + year + 5 * HOUR
+    assert reports[-1].bucket_start_ms == T0 + year + 3 * HOUR_MS
+    assert next_close_ms(state, params) == T0 + year + 5 * HOUR_MS
 
 
 def test_changed_parameters_regroup_open_buckets_and_restart_the_forecaster() -> None:
     hourly = DemandParams()
-    state, _ = observe(None, ev(T0 + 10 * MINUTE, "purchase", quantity=2), hourly)
-    observe(state, ev(T0 + 25 * HOUR), hourly)
-    close_until(state, T0 + HOUR, hourly)
-    daily = DemandParams(bucket_ms=DAY)
-    state, _ = observe(state, ev(T0 + 26 * HOUR, "add_to_cart"), daily)
+    state, _ = observe(None, ev(T0 + 10 * MINUTE_MS, "purchase", quantity=2), hourly)
+    observe(state, ev(T0 + 25 * HOUR_MS), hourly)
+    close_until(state, T0 + HOUR_MS, hourly)
+    daily = DemandParams(bucket_ms=DAY_MS)
+    state, _ = observe(state, ev(T0 + 26 * HOUR_MS, "add_to_cart"), daily)
     assert state.model_version == daily.model_version and state.forecaster.season == 7
-    reports = close_until(state, (T0 // DAY + 2) * DAY, daily)
+    reports = close_until(state, (T0 // DAY_MS + 2) * DAY_MS, daily)
     # The first day's first hour went out hourly; the rest of it closes as a (zero) day.
     assert [(r.bucket_ms, r.actual["views"], r.actual["carts"]) for r in reports] == [
-        (DAY, 0, 0),
-        (DAY, 1, 1),
+        (DAY_MS, 0, 0),
+        (DAY_MS, 1, 1),
     ]
 
 
 def test_params_are_checked_and_seasons_default_to_the_bucket() -> None:
-    assert [default_season(ms) for ms in (MINUTE, HOUR, DAY, 7 * DAY, 5 * HOUR)] == [
+    assert [default_season(ms) for ms in (MINUTE_MS, HOUR_MS, DAY_MS, 7 * DAY_MS, 5 * HOUR_MS)] == [
         1440,
         24,
         7,
@@ -385,14 +391,14 @@ def test_params_are_checked_and_seasons_default_to_the_bucket() -> None:
 def test_a_report_encodes_as_json() -> None:
     params = DemandParams(horizon=2)
     state, _ = observe(None, ev(T0, "purchase", price=4.5, quantity=2), params)
-    (report,) = close_until(state, T0 + HOUR, params)
+    (report,) = close_until(state, T0 + HOUR_MS, params)
     assert json.loads(msgspec.json.encode(report)) == {
         "category": "shoes",
         "bucket_start_ms": T0,
-        "bucket_ms": HOUR,
+        "bucket_ms": HOUR_MS,
         "actual": {"views": 0, "carts": 0, "purchases": 1, "units": 2, "revenue": 9.0},
         "forecast": [2.0, 2.0],
-        "forecast_start_ms": T0 + HOUR,
+        "forecast_start_ms": T0 + HOUR_MS,
         "predicted": None,
         "model": "warm-up:mean",
         "model_version": params.model_version,
@@ -405,7 +411,7 @@ def test_a_report_encodes_as_json() -> None:
 
 def test_rolling_scores_equal_a_direct_computation() -> None:
     values = seasonal_units(24 * 6, seed=4)
-    params = DemandParams(horizon=5, season=24, bucket_ms=HOUR)
+    params = DemandParams(horizon=5, season=24, bucket_ms=HOUR_MS)
     start, stop = 24 * 4, 24 * 6
     scores = rolling_scores(values, params, 24, start, stop)
     forecaster = DemandForecaster(params)
@@ -430,7 +436,7 @@ def test_rolling_scores_equal_a_direct_computation() -> None:
 
 def test_generated_series_are_the_hourly_units_of_the_biggest_categories() -> None:
     series = demand_eval.generated_series(6_000, 2, days=3)
-    start = DEFAULT_END_MS - 3 * DAY
+    start = DEFAULT_END_MS - 3 * DAY_MS
     units: dict[str, list[float]] = defaultdict(lambda: [0.0] * 72)
     for generated in generate_events(6_000, demand_eval.GENERATED_USERS, start_ms=start,
                                      span_days=3):  # fmt: skip
@@ -438,7 +444,7 @@ def test_generated_series_are_the_hourly_units_of_the_biggest_categories() -> No
         if generated.expected_reason is not None or not isinstance(event, Event):
             continue
         if event.type == "purchase" and event.category is not None:
-            units[event.category][(event.ts_ms - start) // HOUR] += event.quantity
+            units[event.category][(event.ts_ms - start) // HOUR_MS] += event.quantity
     biggest = sorted(units, key=lambda c: (-sum(units[c]), c))[:2]  # ties by name
     assert [s.name for s in series] == [f"generated {c} hourly" for c in biggest]
     assert [list(s.values) for s in series] == [units[c] for c in biggest]

@@ -8,7 +8,6 @@ import random
 import pytest
 
 from operators.apps.risk_features import (
-    DAY_MS,
     FEATURES,
     HISTORY_DAYS,
     ItemHistory,
@@ -18,6 +17,7 @@ from operators.apps.risk_features import (
     record_purchase,
     record_sale,
 )
+from operators.ingest.units import DAY_MS
 
 T0 = 20_001 * DAY_MS  # a Saturday at midnight, UTC
 

@@ -9,7 +9,6 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from operators.apps.risk_model import (
-    DAY_MS,
     FeedbackLedger,
     RiskModelParams,
     alert_threshold,
@@ -17,6 +16,7 @@ from operators.apps.risk_model import (
     save_model,
     train_risk_model,
 )
+from operators.ingest.units import DAY_MS
 
 SETTLE = 7 * DAY_MS
 

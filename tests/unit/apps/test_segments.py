@@ -36,7 +36,7 @@ from operators.apps.segments import (
     update_memberships,
 )
 from operators.ingest import Event, parse_event
-from operators.ingest.units import DAY_MS
+from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS
 from operators.profile import (
     ProfileDelta,
     ProfileParams,
@@ -59,7 +59,6 @@ from operators.profile.windows import (
 from tests.support.cli import profilestream
 
 T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z: whole days, hours and 6-hour steps
-MINUTE, HOUR = 60_000, 3_600_000
 PARAMS = ProfileParams()
 SPECS = PARAMS.windows  # 1h:5m, 24h:1h, 7d:6h
 CUTS: dict[str, Any] = {
@@ -95,14 +94,14 @@ def holds(when: Any, profile: UserProfile, now: int = T0) -> bool:
 # Knit 2 hours ago and looked at one 30 minutes ago (top category Knits). Spend 80 + 25.5.
 BUYER = fold(
     (T0 - 10 * DAY_MS, "view", {"item_id": "d1", "category": "Dresses"}),
-    (T0 - 10 * DAY_MS + HOUR, "purchase", {"item_id": "d1", "category": "Dresses", "price": 40.0,
+    (T0 - 10 * DAY_MS + HOUR_MS, "purchase", {"item_id": "d1", "category": "Dresses", "price": 40.0,
                                            "quantity": 2}),
     (T0 - 3 * DAY_MS, "purchase", {"item_id": "k1", "category": "Knits", "price": 25.5}),
-    (T0 - 2 * HOUR, "add_to_cart", {"item_id": "k2", "category": "Knits"}),
-    (T0 - 30 * MINUTE, "view", {"item_id": "k2", "category": "Knits"}),
+    (T0 - 2 * HOUR_MS, "add_to_cart", {"item_id": "k2", "category": "Knits"}),
+    (T0 - 30 * MINUTE_MS, "view", {"item_id": "k2", "category": "Knits"}),
 )  # fmt: skip
 # Looked once, never bought.
-LOOKER = fold((T0 - HOUR, "view", {"item_id": "d1", "category": "Dresses"}), user="u2")
+LOOKER = fold((T0 - HOUR_MS, "view", {"item_id": "d1", "category": "Dresses"}), user="u2")
 
 
 def test_the_fixture_profiles_are_what_the_table_assumes() -> None:
@@ -218,7 +217,7 @@ def random_window_state(seed: int) -> tuple[Any, list[Event]]:
     events = []
     t = T0
     for i in range(rng.randrange(1, 60)):
-        t += rng.choice([0, 1, 7 * MINUTE, HOUR, 5 * HOUR, DAY_MS // 3])
+        t += rng.choice([0, 1, 7 * MINUTE_MS, HOUR_MS, 5 * HOUR_MS, DAY_MS // 3])
         kind = rng.choice(["view", "add_to_cart", "purchase"])
         price = round(rng.uniform(1, 99), 2) if kind == "purchase" else None
         event = Event(f"e{i}", "u", t, kind, item_id=f"i{i}", price=price)
@@ -233,8 +232,20 @@ def test_counts_as_of_later_times_equal_the_windows_after_a_neutral_event(seed: 
     that counts for nothing we read (a login): the same hopping-window semantics."""
     state, _ = random_window_state(seed)
     rng = random.Random(seed)
-    offsets = [0, 1, 4 * MINUTE, 59 * MINUTE, HOUR, 23 * HOUR, DAY_MS, 3 * DAY_MS, 8 * DAY_MS]
-    for as_of in [state.latest_ms + o for o in offsets] + [state.latest_ms - rng.randrange(HOUR)]:
+    offsets = [
+        0,
+        1,
+        4 * MINUTE_MS,
+        59 * MINUTE_MS,
+        HOUR_MS,
+        23 * HOUR_MS,
+        DAY_MS,
+        3 * DAY_MS,
+        8 * DAY_MS,
+    ]
+    for as_of in [state.latest_ms + o for o in offsets] + [
+        state.latest_ms - rng.randrange(HOUR_MS)
+    ]:
         later = copy.deepcopy(state)
         add(later, SPECS, Event("tick", "u", max(as_of, state.latest_ms), "login"), 0)
         expected = result(later, SPECS)
@@ -297,9 +308,11 @@ def test_the_next_flip_is_exactly_when_a_condition_on_a_window_changes(seed: int
 
 def test_a_quiet_users_cart_leaves_the_day_as_time_passes() -> None:
     state = initialize(SPECS)
-    add(state, SPECS, Event("c", "u", T0 + 10 * MINUTE, "add_to_cart", item_id="i"), 0)
+    add(state, SPECS, Event("c", "u", T0 + 10 * MINUTE_MS, "add_to_cart", item_id="i"), 0)
     day = span_index(SPECS, "24h")
-    assert [count_as_of(state, SPECS, day, "add_to_cart", T0 + h * HOUR) for h in (0, 23, 24)] == [
+    assert [
+        count_as_of(state, SPECS, day, "add_to_cart", T0 + h * HOUR_MS) for h in (0, 23, 24)
+    ] == [
         1,
         1,
         0,
@@ -313,15 +326,15 @@ def test_a_quiet_users_cart_leaves_the_day_as_time_passes() -> None:
 
 # --- next_check_ms -----------------------------------------------------------------------------
 
-CART_AT = T0 + 10 * MINUTE
+CART_AT = T0 + 10 * MINUTE_MS
 CARTER = fold((CART_AT, "add_to_cart", {"item_id": "i1", "category": "Knits"}), user="u3")
-BOUGHT_AT = T0 + 3 * HOUR
+BOUGHT_AT = T0 + 3 * HOUR_MS
 SPENDER = fold(
     (BOUGHT_AT, "purchase", {"item_id": "i1", "category": "Knits", "price": 150.0}),
-    (BOUGHT_AT + MINUTE, "purchase", {"item_id": "i2", "category": "Knits", "price": 400.0}),
+    (BOUGHT_AT + MINUTE_MS, "purchase", {"item_id": "i2", "category": "Knits", "price": 400.0}),
     user="u4",
 )  # R 5 F 3 M 5 -> FM 4: champions, until the recency days pass the first cut (2)
-LAST_BUY = BOUGHT_AT + MINUTE
+LAST_BUY = BOUGHT_AT + MINUTE_MS
 
 
 @pytest.mark.parametrize(
@@ -344,7 +357,7 @@ LAST_BUY = BOUGHT_AT + MINUTE
         (CARTER, {"count": "add_to_cart", "window": "24h", "op": ">", "value": 0}, CART_AT,
          T0 + DAY_MS),  # its hour bucket [T0, T0 + 1h) leaves the day
         (CARTER, {"count": "add_to_cart", "window": "1h", "op": "==", "value": 0}, CART_AT,
-         CART_AT + HOUR),  # its 5-minute bucket leaves the hour
+         CART_AT + HOUR_MS),  # its 5-minute bucket leaves the hour
         (SPENDER, {"window_spend": "7d", "op": ">=", "value": 100}, LAST_BUY,
          T0 + 7 * DAY_MS),  # its 6-hour bucket [T0, T0 + 6h) leaves the week
         (SPENDER, {"rfm_group": "champions"}, LAST_BUY, LAST_BUY + 3 * DAY_MS),
@@ -372,7 +385,7 @@ def test_next_check_is_when_membership_flips(
 def test_a_combination_waits_for_the_parts_that_keep_it_as_it_is() -> None:
     """A cart abandoner who bought: the cart leaving the hour changes nothing while the
     purchase is in the day, so the next check is when the purchase leaves it."""
-    bought = T0 + 20 * MINUTE
+    bought = T0 + 20 * MINUTE_MS
     buyer = fold(
         (CART_AT, "add_to_cart", {"item_id": "i1", "category": "Knits"}),
         (bought, "purchase", {"item_id": "i1", "category": "Knits", "price": 10.0}),
@@ -527,9 +540,9 @@ def test_rfm_cuts_are_checked(cuts: tuple[tuple[float, ...]]) -> None:
 
 SCRIPT: list[tuple[int, str, dict[str, Any]]] = [
     (T0, "view", {"item_id": "i1", "category": "Dresses"}),
-    (T0 + MINUTE, "add_to_cart", {"item_id": "i1", "category": "Dresses"}),
-    (T0 + 3 * HOUR, "view", {"item_id": "i2", "category": "Headphones"}),
-    (T0 + 3 * HOUR + MINUTE, "purchase", {"item_id": "i2", "category": "Headphones",
+    (T0 + MINUTE_MS, "add_to_cart", {"item_id": "i1", "category": "Dresses"}),
+    (T0 + 3 * HOUR_MS, "view", {"item_id": "i2", "category": "Headphones"}),
+    (T0 + 3 * HOUR_MS + MINUTE_MS, "purchase", {"item_id": "i2", "category": "Headphones",
                                           "price": 1200.0}),
     (T0 + 40 * DAY_MS, "view", {"item_id": "i3", "category": "Skincare"}),
 ]  # fmt: skip
@@ -560,11 +573,11 @@ def test_the_default_book_walks_a_user_through_segments() -> None:
     book = load_segment_book()
     profile, moves = run_script(book)
     story = [(m.event_time_ms - T0, m.segment, m.direction, m.event_id) for m in moves]
-    bought = 3 * HOUR + MINUTE
+    bought = 3 * HOUR_MS + MINUTE_MS
     assert story == [
         (0, "new_users", "enter", "u9-e0"),
         (0, "fashion_lovers", "enter", "u9-e0"),
-        (HOUR, "cart_abandoners", "enter", None),  # the cart left the last hour (a timer)
+        (HOUR_MS, "cart_abandoners", "enter", None),  # the cart left the last hour (a timer)
         (bought, "cart_abandoners", "exit", "u9-e3"),
         (bought, "high_value", "enter", "u9-e3"),
         (bought, "big_spenders_this_week", "enter", "u9-e3"),

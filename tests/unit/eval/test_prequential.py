@@ -13,11 +13,11 @@ from matplotlib.image import imread
 
 from dataflow.eval.datasets import Benchmark, load_amazon
 from dataflow.eval.prequential import run_prequential, write_plot
+from operators.ingest.units import DAY_MS
 from operators.recsys import ItemInteraction
 from tests.support import ROOT
 
 T0 = 1_700_000_000_000
-DAY = 86_400_000
 
 
 def drifting_histories(n_users: int = 120, seed: int = 0) -> dict[str, list[str]]:
@@ -38,7 +38,7 @@ def drifting_histories(n_users: int = 120, seed: int = 0) -> dict[str, list[str]
 def drifting_benchmark() -> Benchmark:
     histories = {
         user: [
-            ItemInteraction(item, "purchase", T0 + (int(user[1:]) % 12 + k) * DAY)
+            ItemInteraction(item, "purchase", T0 + (int(user[1:]) % 12 + k) * DAY_MS)
             for k, item in enumerate(items)
         ]
         for user, items in drifting_histories().items()
@@ -71,7 +71,9 @@ def test_no_prediction_uses_a_model_trained_after_the_cut_off() -> None:
     """Items first seen after the cut-off are unknown to the model: nothing can hit them."""
     histories = {
         f"u{u}": [
-            ItemInteraction(f"{'old' if k < 7 else 'new'}{(u + k) % 10}", "purchase", T0 + k * DAY)
+            ItemInteraction(
+                f"{'old' if k < 7 else 'new'}{(u + k) % 10}", "purchase", T0 + k * DAY_MS
+            )
             for k in range(12)
         ]
         for u in range(40)
@@ -79,7 +81,7 @@ def test_no_prediction_uses_a_model_trained_after_the_cut_off() -> None:
     # 11 replayed events a user, one a day for all: the cut falls between days 6 and 7.
     report = run_prequential(Benchmark("fresh", histories, {}), cutoff=7 / 11, log=quiet)
     assert report.cutoff_position == 7 * 40 and report.predictions == 4 * 40
-    assert report.cutoff_ts_ms == T0 + 7 * DAY
+    assert report.cutoff_ts_ms == T0 + 7 * DAY_MS
     assert all(v == 0.0 for k, v in report.overall.items() if k.startswith("hr20")), report
 
 

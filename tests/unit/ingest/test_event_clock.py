@@ -12,8 +12,8 @@ from operators.ingest import (
     Progress,
     WatermarkTable,
 )
+from operators.ingest.units import HOUR_MS
 
-HOUR = 3_600_000
 A, B = "0-events", "1-events"
 
 
@@ -24,22 +24,25 @@ def partition(lateness_ms: int = 0, idle_after_ms: int = 1_000) -> PartitionCloc
 def test_every_message_moves_its_partition_and_is_stamped_with_the_watermark_before_it() -> None:
     part = partition(lateness_ms=10 * 60_000)
     stamps = []
-    for ts in (5 * HOUR, 7 * HOUR, 6 * HOUR, 7 * HOUR - 60_000):
+    for ts in (5 * HOUR_MS, 7 * HOUR_MS, 6 * HOUR_MS, 7 * HOUR_MS - 60_000):
         stamps.append(part.watermark_ms)
         part.stamp(ts)
-    assert stamps[1:] == [5 * HOUR - 600_000, 7 * HOUR - 600_000, 7 * HOUR - 600_000]
-    assert part.newest_ms == 7 * HOUR  # older events never move it back
-    late = [ts < stamp for ts, stamp in zip((6 * HOUR, 7 * HOUR - 60_000), stamps[2:], strict=True)]
+    assert stamps[1:] == [5 * HOUR_MS - 600_000, 7 * HOUR_MS - 600_000, 7 * HOUR_MS - 600_000]
+    assert part.newest_ms == 7 * HOUR_MS  # older events never move it back
+    late = [
+        ts < stamp
+        for ts, stamp in zip((6 * HOUR_MS, 7 * HOUR_MS - 60_000), stamps[2:], strict=True)
+    ]
     assert late == [True, False]  # an hour behind is late; a minute is within the lateness
 
 
 def test_an_event_from_a_broken_clock_does_not_move_its_partition() -> None:
     part = partition()
-    part.stamp(10 * HOUR, ingest_ms=10 * HOUR)
-    part.stamp(10 * HOUR + 2 * HOUR, ingest_ms=10 * HOUR)  # two hours ahead of its ingest
-    assert part.newest_ms == 10 * HOUR
-    part.stamp(11 * HOUR)  # no ingest time known: trusted
-    assert part.newest_ms == 11 * HOUR
+    part.stamp(10 * HOUR_MS, ingest_ms=10 * HOUR_MS)
+    part.stamp(10 * HOUR_MS + 2 * HOUR_MS, ingest_ms=10 * HOUR_MS)  # two hours ahead of its ingest
+    assert part.newest_ms == 10 * HOUR_MS
+    part.stamp(11 * HOUR_MS)  # no ingest time known: trusted
+    assert part.newest_ms == 11 * HOUR_MS
 
 
 def test_markers_say_only_what_changed_and_idleness_needs_the_end_and_the_quiet() -> None:
@@ -104,7 +107,7 @@ def test_a_resumed_table_merges_per_channel_the_further_marker() -> None:
 
 @pytest.mark.parametrize(
     ("rate", "ahead", "waits"),
-    [(60.0, 600_000, 10_000), (1.0, 5 * 60_000, 300_000), (1_000_000.0, HOUR, 1_000)],
+    [(60.0, 600_000, 10_000), (1.0, 5 * 60_000, 300_000), (1_000_000.0, HOUR_MS, 1_000)],
 )
 def test_timers_wait_by_the_measured_speed_within_bounds(
     rate: float, ahead: int, waits: int
@@ -123,23 +126,23 @@ def test_a_due_time_some_input_has_passed_is_looked_at_again_soon() -> None:
     speed.note(1_000, wall_ms=1_000)  # real time
     # One partition is an hour ahead of the slowest: when the slow one goes idle the
     # watermark jumps, so a check due within that hour does not wait an hour.
-    assert speed.wall_due(30 * 60_000, 1_000, HOUR, wall_ms=5_000) == 7_000
-    assert speed.wall_due(2 * HOUR, 1_000, HOUR, wall_ms=5_000) == 5_000 + 300_000 * 2
+    assert speed.wall_due(30 * 60_000, 1_000, HOUR_MS, wall_ms=5_000) == 7_000
+    assert speed.wall_due(2 * HOUR_MS, 1_000, HOUR_MS, wall_ms=5_000) == 5_000 + 300_000 * 2
 
 
 def test_a_pause_keeps_the_speed_and_a_standing_watermark_slows_to_real_time() -> None:
     speed = EventTimeSpeed(max_wait_ms=10**9, half_life_ms=60_000)
     speed.note(0, wall_ms=0)
-    speed.note(HOUR, wall_ms=1_000)  # a replay: an hour a second
+    speed.note(HOUR_MS, wall_ms=1_000)  # a replay: an hour a second
     # An 8-second broker outage: the stream resumes as fast as before, so a check due an
     # hour of event time ahead still looks again within about a second, not in an hour.
-    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=9_000) - 9_000 == 1_096
+    assert speed.wall_due(2 * HOUR_MS, HOUR_MS, HOUR_MS, wall_ms=9_000) - 9_000 == 1_096
     # The outage's slow second does not pull the speed down either.
-    speed.note(HOUR + 1_000, wall_ms=9_000)
-    speed.note(HOUR + 2_000, wall_ms=10_000)
-    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=10_000) - 10_000 == 1_109
+    speed.note(HOUR_MS + 1_000, wall_ms=9_000)
+    speed.note(HOUR_MS + 2_000, wall_ms=10_000)
+    assert speed.wall_due(2 * HOUR_MS, HOUR_MS, HOUR_MS, wall_ms=10_000) - 10_000 == 1_109
     # Twenty minutes later nothing moved (the replay ended): wait in real time.
-    assert speed.wall_due(2 * HOUR, HOUR, HOUR, wall_ms=1_210_000) == 1_210_000 + HOUR
+    assert speed.wall_due(2 * HOUR_MS, HOUR_MS, HOUR_MS, wall_ms=1_210_000) == 1_210_000 + HOUR_MS
 
 
 def test_an_idle_partition_repeats_its_marker_while_it_stays_idle() -> None:

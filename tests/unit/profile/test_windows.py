@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from operators.ingest import Event
+from operators.ingest.units import HOUR_MS, MINUTE_MS
 from operators.profile import WindowSpec, parse_duration_ms, parse_windows
 from operators.profile.windows import (
     LAST_ITEMS,
@@ -21,7 +22,6 @@ from operators.profile.windows import (
 )
 
 T0 = 1_714_564_800_000
-MINUTE, HOUR = 60_000, 3_600_000
 SPECS = parse_windows("1h:5m,24h:1h,7d:6h")
 KINDS = ["view", "click", "purchase", "refund", "login", "add_to_cart"]
 
@@ -68,7 +68,9 @@ def random_stream(seed: int, n: int, items: int, lateness_ms: int) -> list[Event
         if rng.random() < 0.15:  # out of order: some within the allowed lateness, some beyond
             ts = clock - rng.randrange(1, 3 * lateness_ms)
         else:
-            clock += rng.choice([rng.randrange(1, 10 * MINUTE), rng.randrange(HOUR, 30 * HOUR)])
+            clock += rng.choice(
+                [rng.randrange(1, 10 * MINUTE_MS), rng.randrange(HOUR_MS, 30 * HOUR_MS)]
+            )
             ts = clock
         kind = rng.choice(KINDS)
         events.append(
@@ -88,9 +90,9 @@ def random_stream(seed: int, n: int, items: int, lateness_ms: int) -> list[Event
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("lateness_ms", [0, 10 * MINUTE, 2 * HOUR])
+@pytest.mark.parametrize("lateness_ms", [0, 10 * MINUTE_MS, 2 * HOUR_MS])
 def test_windows_equal_a_brute_force_recomputation(seed: int, lateness_ms: int) -> None:
-    events = random_stream(seed, 300, items=40, lateness_ms=lateness_ms or 10 * MINUTE)
+    events = random_stream(seed, 300, items=40, lateness_ms=lateness_ms or 10 * MINUTE_MS)
     state = initialize(SPECS)
     late = []
     for i, event in enumerate(events):
@@ -136,7 +138,7 @@ def test_state_stays_bounded_and_distinct_counts_saturate_at_the_cap() -> None:
 def test_old_buckets_and_keys_leave_when_time_moves_on() -> None:
     state = initialize(SPECS)
     add(state, SPECS, Event("a", "u", T0, "purchase", item_id="i1", price=5.0), 0)
-    add(state, SPECS, Event("b", "u", T0 + 8 * 24 * HOUR, "login"), 0)
+    add(state, SPECS, Event("b", "u", T0 + 8 * 24 * HOUR_MS, "login"), 0)
     assert [len(ring) for ring in state.rings] == [1, 1, 1]
     assert state.items == {}
     windows = result(state, SPECS)
@@ -145,8 +147,8 @@ def test_old_buckets_and_keys_leave_when_time_moves_on() -> None:
 
 def test_an_event_older_than_a_span_but_on_time_counts_in_the_longer_spans() -> None:
     state = initialize(SPECS)
-    add(state, SPECS, Event("a", "u", T0 + 5 * HOUR, "view", item_id="i1"), 0)
-    assert add(state, SPECS, Event("b", "u", T0, "view", item_id="i2"), 6 * HOUR)
+    add(state, SPECS, Event("a", "u", T0 + 5 * HOUR_MS, "view", item_id="i1"), 0)
+    assert add(state, SPECS, Event("b", "u", T0, "view", item_id="i2"), 6 * HOUR_MS)
     windows = result(state, SPECS)
     assert windows["1h"]["counts"] == {"view": 1}
     assert windows["24h"]["counts"] == {"view": 2}

@@ -101,7 +101,7 @@ def test_command_writes_valid_purchases_and_late_verdicts(tmp_path: Path) -> Non
     for v in verdicts:
         assert isinstance(v, Event) and v.ref_event_id is not None
         purchase = by_id[v.ref_event_id]
-        assert v.ts_ms - purchase.ts_ms == 7 * DAY_MS
+        assert v.ts_ms - purchase.ts_ms == 7 * DAY_MS and v.ref_ts_ms == purchase.ts_ms
         assert (v.user_id, v.item_id) == (purchase.user_id, purchase.item_id)
     times = [v.ts_ms for v in verdicts if isinstance(v, Event)]
     assert times == sorted(times)
