@@ -17,6 +17,7 @@ from dataflow.sim import (
     GeneratedEvent,
     GenerationSummary,
     build_catalog,
+    chargebacks_for,
     episode_style,
     generate_events,
     write_catalog,
@@ -58,6 +59,10 @@ def add_command(subparsers: Any) -> None:
                         "(every number drawn from wide ranges: held-out streams)")  # fmt: skip
     parser.add_argument("--labels", type=Path, default=None,
                         help="write the anomalous events' ids and kinds (JSONL)")  # fmt: skip
+    parser.add_argument("--chargebacks", type=Path, default=None,
+                        help="also write chargeback events for the purchases of takeovers, "
+                        "amount anomalies and card tests, days later (a --labels-path feed "
+                        "for the learned risk score); needs --anomalies")  # fmt: skip
     parser.set_defaults(handler=_generate_command)
 
 
@@ -66,6 +71,8 @@ def _generate_command(args: argparse.Namespace) -> None:
         raise ValueError("--catalog-items must be at least 1")
     if args.anomalies != (args.labels is not None):
         raise ValueError("--anomalies and --labels go together")
+    if args.chargebacks is not None and not args.anomalies:
+        raise ValueError("--chargebacks needs --anomalies")
     anomalies = None
     if args.anomalies:
         kinds = tuple(k.strip() for k in args.anomaly_kinds.split(",") if k.strip())
@@ -101,6 +108,11 @@ def _generate_command(args: argparse.Namespace) -> None:
     if args.labels is not None:
         args.labels.parent.mkdir(parents=True, exist_ok=True)
         print(f"wrote {write_labels(args.labels, anomalous)} anomaly labels to {args.labels}")
+    if args.chargebacks is not None:
+        lines = chargebacks_for(anomalous, DEFAULT_END_MS, args.seed)
+        args.chargebacks.parent.mkdir(parents=True, exist_ok=True)
+        args.chargebacks.write_bytes(b"".join(line + b"\n" for line in lines))
+        print(f"wrote {len(lines)} chargebacks to {args.chargebacks}")
     if args.catalog is not None:
         print(f"wrote {len(catalog)} catalog items to {args.catalog}")
     print("\n".join(summary.lines_out()))

@@ -65,6 +65,7 @@ from dataflow.sim.world import (
 )
 from dataflow.sim.writers import (
     GenerationSummary,
+    chargebacks_for,
     read_catalog,
     write_catalog,
     write_events,
@@ -87,6 +88,7 @@ __all__ = [
     "GeneratedEvent",
     "GenerationSummary",
     "build_catalog",
+    "chargebacks_for",
     "episode_style",
     "generate_events",
     "read_catalog",

@@ -6,12 +6,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
+import numpy as np
 
 from dataflow.sim.world import CatalogItem, GeneratedEvent
-from operators.ingest import DeadLetter, parse_event
+from operators.ingest import DeadLetter, Event, parse_event
+from operators.ingest.units import DAY_MS
 
 Lang = Literal["en", "zh"]
 
@@ -42,6 +44,49 @@ def write_labels(path: str | Path, events: Iterable[GeneratedEvent]) -> int:
                 f.write(encoder.encode({"event_id": event_id, "kind": event.anomaly}) + b"\n")
                 count += 1
     return count
+
+
+#: Episodes whose purchases a card's owner disputes: the fraud a chargeback confirms.
+CHARGED_BACK: Final = frozenset({"account_takeover", "amount_anomaly", "card_testing"})
+
+
+def chargebacks_for(
+    events: Iterable[GeneratedEvent],
+    end_ms: int,
+    seed: int,
+    median_days: float = 10.0,
+    sigma: float = 0.6,
+) -> list[bytes]:
+    """``chargeback`` events for the purchases of fraud episodes (:data:`CHARGED_BACK`),
+    in time order: each arrives a lognormal delay after its purchase (median
+    ``median_days``, 1 to 60 days), names it (``ref_event_id``, ``ref_ts``) and its item,
+    and is kept only if it arrives by ``end_ms``, as a labels feed read at the stream's end
+    would hold. Genuine purchases get none (issuers report disputes, not clean sales).
+    """
+    rng = np.random.default_rng([seed, 5])  # its own stream: the events stay as they are
+    encoder = msgspec.json.Encoder()
+    out: list[tuple[int, bytes]] = []
+    for generated in events:
+        if generated.anomaly not in CHARGED_BACK:
+            continue
+        event = parse_event(generated.line)
+        if not isinstance(event, Event) or event.type != "purchase":
+            continue
+        days = min(max(float(rng.lognormal(np.log(median_days), sigma)), 1.0), 60.0)
+        arrives = event.ts_ms + round(days * DAY_MS)
+        if arrives <= end_ms:
+            chargeback = {
+                "event_id": f"cb-{event.event_id}",
+                "user_id": event.user_id,
+                "ts": arrives,
+                "type": "chargeback",
+                "item_id": event.item_id,
+                "ref_event_id": event.event_id,
+                "ref_ts": event.ts_ms,
+            }
+            out.append((arrives, encoder.encode(chargeback)))
+    out.sort(key=lambda pair: pair[0])
+    return [line for _, line in out]
 
 
 def write_catalog(path: str | Path, catalog: Iterable[CatalogItem]) -> int:

@@ -15,11 +15,13 @@ from dataflow import sim as generator
 from dataflow.sim import (
     ANOMALY_KINDS,
     CATEGORIES,
+    DEFAULT_END_MS,
     DUPLICATE_LOOKBACK,
     EPISODE_STYLES,
     AnomalyConfig,
     GeneratedEvent,
     build_catalog,
+    chargebacks_for,
     episode_style,
     generate_events,
     read_catalog,
@@ -281,6 +283,37 @@ def test_anomalies_are_labelled_valid_events_of_every_kind(
     assert sum(victims.values()) == round(0.1 * ANOMALY_USERS)  # one episode per victim
 
 
+def test_chargebacks_confirm_the_fraud_purchases_days_later(
+    anomalous: list[tuple[GeneratedEvent, Event | DeadLetter]],
+) -> None:
+    charged = {"account_takeover", "amount_anomaly", "card_testing"}
+    fraud = {
+        e.event_id: e
+        for g, e in anomalous
+        if isinstance(e, Event) and e.type == "purchase" and g.anomaly in charged
+    }
+    assert {g.anomaly for g, e in anomalous if isinstance(e, Event) and e.event_id in fraud} == (
+        charged
+    )
+    # A feed read 60 days after the stream's end holds a chargeback for every such purchase.
+    read_late = chargebacks_for((g for g, _ in anomalous), DEFAULT_END_MS + 60 * DAY_MS, seed=7)
+    late = [parse_event(line) for line in read_late]
+    assert sorted(str(v.ref_event_id) for v in late if isinstance(v, Event)) == sorted(fraud)
+    for verdict in late:
+        assert isinstance(verdict, Event) and verdict.type == "chargeback"
+        purchase = fraud[str(verdict.ref_event_id)]
+        assert (verdict.user_id, verdict.item_id) == (purchase.user_id, purchase.item_id)
+        assert verdict.ref_ts_ms == purchase.ts_ms
+        assert DAY_MS <= verdict.ts_ms - purchase.ts_ms <= 60 * DAY_MS
+    times = [v.ts_ms for v in late if isinstance(v, Event)]
+    assert times == sorted(times) and len(set(times)) > 1
+    # Read at the stream's end, it holds those that had arrived by then, and the same ones.
+    end = DEFAULT_END_MS
+    early = chargebacks_for((g for g, _ in anomalous), end, seed=7)
+    arrived = [line for line, t in zip(read_late, times, strict=True) if t <= end]
+    assert early == arrived and 0 < len(early) < len(late)
+
+
 def test_anomalies_are_seeded() -> None:
     config = AnomalyConfig(0.2)
     first = list(generate_events(3_000, 60, seed=4, anomalies=config))
@@ -430,6 +463,16 @@ def test_generate_command_writes_labels(tmp_path: Path) -> None:
     ids = {e.event_id for e in map(parse_event, lines) if isinstance(e, Event)}
     assert {r["event_id"] for r in rows} <= ids and len({r["event_id"] for r in rows}) == len(rows)
     assert f"wrote {len(rows)} anomaly labels" in done.stdout
+    charged = tmp_path / "chargebacks.jsonl"
+    again = profilestream(
+        *argv, "--anomalies", "--anomaly-rate", "0.1", "--labels", str(labels),
+        "--chargebacks", str(charged),
+    )  # fmt: skip
+    verdicts = [parse_event(line) for line in charged.read_bytes().splitlines()]
+    assert again.returncode == 0 and verdicts, again.stderr
+    assert all(isinstance(v, Event) and v.ref_event_id in ids for v in verdicts)
+    assert f"wrote {len(verdicts)} chargebacks" in again.stdout
+    assert profilestream(*argv, "--chargebacks", str(charged)).returncode == 2
     assert "anomalies by kind" in done.stdout
     assert profilestream(*argv, "--anomalies").returncode == 2  # labels are required
     assert profilestream(*argv, "--labels", str(labels)).returncode == 2
