@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from dataflow.sim.writers import chargeback_line
 from operators.ingest.units import DAY_MS
 
 DAY_S = 86_400
@@ -173,18 +174,14 @@ def handbook_labels(sim: Simulation, delay_days: float = 7.0) -> Iterator[bytes]
     (ignored by the flow) says which scenario made it. Genuine transactions get none, as a
     card issuer reports only disputes.
     """
-    encoder = msgspec.json.Encoder()
     delay_ms = round(delay_days * DAY_MS)
     for i in np.flatnonzero(sim.fraud).tolist():
-        yield encoder.encode(
-            {
-                "event_id": f"cb-{transaction_id(i)}",
-                "user_id": f"c{int(sim.customer[i])}",
-                "ts": int(sim.ts_ms[i]) + delay_ms,
-                "type": "chargeback",
-                "item_id": f"t{int(sim.terminal[i])}",
-                "ref_event_id": transaction_id(i),
-                "ref_ts": int(sim.ts_ms[i]),
-                "kind": f"handbook_scenario_{int(sim.scenario[i])}",
-            }
+        bought = int(sim.ts_ms[i])
+        yield chargeback_line(
+            transaction_id(i),
+            f"c{int(sim.customer[i])}",
+            f"t{int(sim.terminal[i])}",
+            bought,
+            bought + delay_ms,
+            kind=f"handbook_scenario_{int(sim.scenario[i])}",
         )

@@ -50,6 +50,38 @@ def write_labels(path: str | Path, events: Iterable[GeneratedEvent]) -> int:
 CHARGED_BACK: Final = frozenset({"account_takeover", "amount_anomaly", "card_testing"})
 
 
+_json = msgspec.json.Encoder()
+
+
+def chargeback_line(
+    purchase_id: str,
+    user_id: str,
+    item_id: str,
+    bought_ms: int,
+    known_ms: int,
+    kind: str | None = None,
+) -> bytes:
+    """A ``chargeback`` event (a JSON line without its newline) on the purchase
+    ``purchase_id`` of ``item_id``, made at ``bought_ms`` and known at ``known_ms``;
+    ``kind``, if given, says which scenario made the fraud (the flow ignores it).
+
+    >>> chargeback_line("p1", "u1", "i1", 1_000, 2_000)
+    b'{"event_id":"cb-p1","user_id":"u1","ts":2000,"type":"chargeback","item_id":"i1","ref_event_id":"p1","ref_ts":1000}'
+    """
+    body: dict[str, str | int] = {
+        "event_id": f"cb-{purchase_id}",
+        "user_id": user_id,
+        "ts": known_ms,
+        "type": "chargeback",
+        "item_id": item_id,
+        "ref_event_id": purchase_id,
+        "ref_ts": bought_ms,
+    }
+    if kind is not None:
+        body["kind"] = kind
+    return _json.encode(body)
+
+
 def chargebacks_for(
     events: Iterable[GeneratedEvent],
     end_ms: int,
@@ -64,7 +96,6 @@ def chargebacks_for(
     would hold. Genuine purchases get none (issuers report disputes, not clean sales).
     """
     rng = np.random.default_rng([seed, 5])  # its own stream: the events stay as they are
-    encoder = msgspec.json.Encoder()
     out: list[tuple[int, bytes]] = []
     for generated in events:
         if generated.anomaly not in CHARGED_BACK:
@@ -75,16 +106,10 @@ def chargebacks_for(
         days = min(max(float(rng.lognormal(np.log(median_days), sigma)), 1.0), 60.0)
         arrives = event.ts_ms + round(days * DAY_MS)
         if arrives <= end_ms:
-            chargeback = {
-                "event_id": f"cb-{event.event_id}",
-                "user_id": event.user_id,
-                "ts": arrives,
-                "type": "chargeback",
-                "item_id": event.item_id,
-                "ref_event_id": event.event_id,
-                "ref_ts": event.ts_ms,
-            }
-            out.append((arrives, encoder.encode(chargeback)))
+            line = chargeback_line(
+                event.event_id, event.user_id, str(event.item_id), event.ts_ms, arrives
+            )
+            out.append((arrives, line))
     out.sort(key=lambda pair: pair[0])
     return [line for _, line in out]
 
