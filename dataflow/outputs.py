@@ -126,7 +126,11 @@ def route_outputs(
                     ),
                 )
             )
-        output = KafkaOutput(config.brokers, config.kafka_properties())
+        output = KafkaOutput(
+            config.brokers,
+            config.kafka_properties(),
+            [deltas_topic, config.dlq_topic, *(topics[name] for name in records)],
+        )
         op.output("kafka_out", op.merge("to_kafka", *messages), output)
         return
     chosen = dict(sinks)

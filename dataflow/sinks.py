@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Sequence
 
 import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Gauge
 
 from dataflow import metrics
@@ -65,17 +66,45 @@ class KafkaOutput(DynamicSink[OutputMessage]):
     to take messages, and a message Kafka gave up on (after ``message.timeout.ms``) stops the
     flow, which then resumes from its last snapshot and sends it again: never a silent loss.
     Each batch is flushed before ``write_batch`` returns, because Bytewax may snapshot the
-    epoch as soon as it does: what a snapshot covers has reached the broker.
+    epoch as soon as it does: what a snapshot covers has reached the broker. ``topics``, the
+    topics the flow will write, are looked up when a worker's producer is built
+    (:func:`look_up`); a missing one is a warning at start-up.
     """
 
-    def __init__(self, brokers: str, properties: dict[str, str]) -> None:
+    #: How long building a partition waits for each topic's metadata.
+    LOOKUP_S = 10.0
+
+    def __init__(
+        self, brokers: str, properties: dict[str, str], topics: Sequence[str] = ()
+    ) -> None:
         # Idempotent: retries can neither duplicate nor reorder a partition, so consumers
         # see each user's versions in order.
         self.config = {"bootstrap.servers": brokers, "enable.idempotence": "true", **properties}
+        self.topics = tuple(topics)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
         queue = metrics.SINK_QUEUE_MESSAGES.labels(str(worker_index))
-        return _ProducerPartition(Producer(self.config), queue)
+        producer = Producer(self.config)
+        for topic in self.topics:
+            look_up(producer, topic, self.LOOKUP_S)
+        return _ProducerPartition(producer, queue)
+
+
+def look_up(producer: Producer, topic: str, timeout_s: float) -> None:
+    """Learn ``topic``'s partitions and leaders now, so that its first message -- the first
+    alert or demand report, maybe hours into a run -- does not hold the worker while the
+    producer asks (measured: 100-150 ms per topic, longer where the broker creates it)."""
+    try:
+        found = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as error:
+        log.warning("Kafka output: cannot look up topic %s: %s", topic, error)
+        return
+    if found is None or found.error is not None:
+        log.warning(
+            "Kafka output: topic %s is not there (%s): create it, or let the broker create it",
+            topic,
+            "unknown" if found is None else found.error,
+        )
 
 
 class _ProducerPartition(StatelessSinkPartition[OutputMessage]):
