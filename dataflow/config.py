@@ -130,7 +130,8 @@ class Config:
     emit_interval_ms: int = field(
         default=1_000,
         metadata=_opt(
-            "a user's changes within this interval go out as one delta (0: a delta per event)"
+            "a user's changes go out as one delta this long after the first of them entered "
+            "Kafka (from arrival if it waited longer; 0: a delta per event)"
         ),
     )
     full_every: int = field(default=100, metadata=_opt("every N-th delta of a user is full"))

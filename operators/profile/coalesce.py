@@ -2,8 +2,9 @@
 
 A busy user changes their profile many times a second; consumers need the result, not
 every step. The flow folds each event into the state at once (:mod:`operators.profile`) and
-notes it in the user's :class:`PendingChanges`; when the interval since the first pending
-change has passed -- or at once with an interval of 0 -- :func:`emit` turns the changes
+notes it in the user's :class:`PendingChanges`; when the interval has passed since the first
+of them entered the system (:func:`due_after`) -- or at once with an interval of 0 --
+:func:`emit` turns the changes
 into one :class:`~operators.profile.deltas.ProfileDelta` listing every event it covers. The patch
 is computed once per delta, between the fields the last delta published (:func:`published`,
 taken when the first change of the interval arrives) and now, so the per-event path never
@@ -68,6 +69,25 @@ def encode_pending(pending: PendingChanges) -> bytes:
 def decode_pending(data: bytes) -> PendingChanges:
     """Inverse of :func:`encode_pending`."""
     return _pending_decoder.decode(data)
+
+
+def due_after(now_ms: int, ingest_ms: int, interval_ms: int) -> int:
+    """When a delta whose first event entered the system at ``ingest_ms`` (its Kafka
+    timestamp; 0: unknown) and reached the user at ``now_ms`` goes out.
+
+    One interval after it entered: time it queued before the user (in the broker, behind a
+    busy batch, waiting for its text vector) counts against the interval instead of adding
+    to it, so the interval bounds the wait from producer to delta. An event that has already
+    waited an interval or more -- a backlog being caught up -- or that says it entered in
+    the future (a producer's clock ahead) waits a whole interval from now, so a catching-up
+    flow still coalesces.
+
+    >>> [due_after(10_000, ingest, 1_000) for ingest in (9_800, 8_000, 12_000, 0)]
+    [10800, 11000, 11000, 11000]
+    """
+    if 0 < ingest_ms <= now_ms < ingest_ms + interval_ms:
+        return ingest_ms + interval_ms
+    return now_ms + interval_ms
 
 
 def note(pending: PendingChanges, event: Event, in_windows: bool = True) -> None:

@@ -66,6 +66,7 @@ from operators.profile import (
     UserState,
     apply_event,
     decode_pending,
+    due_after,
     emit,
     encode_pending,
     encode_state,
@@ -445,7 +446,9 @@ class UserMachine:
         if event.category is not None and event.type in DEMAND_TYPES:
             out.append(event)  # category demand counts what the profile accepted
         if self.pending is None:
-            self.pending = PendingChanges(due_ms=now + settings.emit_interval_ms)
+            self.pending = PendingChanges(
+                due_ms=due_after(now, event.ingest_ms, settings.emit_interval_ms)
+            )
         note(self.pending, event, in_windows=outcome is Outcome.APPLIED)
         self.pending.dropped |= dropped
         if settings.emit_interval_ms == 0:

@@ -183,6 +183,29 @@ def test_timers_follow_the_watermark_not_the_wall_clock() -> None:
     assert machine.next_due().wall_ms == 10**12 + 1_000
 
 
+@pytest.mark.parametrize(
+    ("ingest_ms", "wall_ms"),
+    [
+        (9_700, 10_700),  # it queued 300 ms before the user: 700 ms left of the interval
+        (8_000, 11_000),  # a backlog: a whole interval from now, so catching up coalesces
+        (12_000, 11_000),  # a producer's clock ahead: no longer than from now
+        (0, 11_000),  # no ingest time
+    ],
+)
+def test_the_interval_counts_from_when_the_first_event_entered(
+    ingest_ms: int, wall_ms: int
+) -> None:
+    machine = UserMachine(settings(emit_interval_ms=1_000), Ports(vectors=None))
+    first = Event("e1", "u1", T0, "login", ingest_ms=ingest_ms)
+    machine.receive([first], now_ms=10_000)
+    assert machine.next_due().wall_ms == wall_ms
+    machine.receive([Event("e2", "u1", T0 + 1, "login", ingest_ms=10_400)], now_ms=10_450)
+    assert machine.next_due().wall_ms == wall_ms  # a later event does not move it
+    assert machine.on_time(now_ms=wall_ms - 1, watermark_ms=T0) == []
+    (delta,) = machine.on_time(now_ms=wall_ms, watermark_ms=T0)
+    assert isinstance(delta, ProfileDelta) and delta.event_ids == ["e1", "e2"]
+
+
 def test_everything_it_does_is_reported_to_the_observer() -> None:
     recorder = Recorder()
     stream = events(7)
