@@ -93,7 +93,7 @@ class KafkaOutput(DynamicSink[OutputMessage]):
 def look_up(producer: Producer, topic: str, timeout_s: float) -> None:
     """Learn ``topic``'s partitions and leaders now, so that its first message -- the first
     alert or demand report, maybe hours into a run -- does not hold the worker while the
-    producer asks (measured: 100-150 ms per topic, longer where the broker creates it)."""
+    producer asks (measured: 100-150 ms per topic)."""
     try:
         found = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     except KafkaException as error:
@@ -101,9 +101,10 @@ def look_up(producer: Producer, topic: str, timeout_s: float) -> None:
         return
     if found is None or found.error is not None:
         log.warning(
-            "Kafka output: topic %s is not there (%s): create it, or let the broker create it",
+            "Kafka output: topic %s is not there (%s): create it before the flow writes to it "
+            "(a broker that creates topics on demand makes the first message wait for that)",
             topic,
-            "unknown" if found is None else found.error,
+            "unknown" if found is None else found.error.name(),
         )
 
 
