@@ -16,6 +16,20 @@ from dataflow.ports import ensure_free
 from operators.apps.demand import FORECASTING_LIBRARY
 
 
+def load_lazy_parts() -> None:
+    """Load what the flow otherwise loads the first time an event needs it, on the worker's
+    thread, where each stopped every user for 0.3-1.3 s (found by printing the worker's
+    stack whenever it had not polled its source for 150-300 ms, in open loops). The runner
+    calls this on a thread of its own at start."""
+    from operators.text.keywords import background_idf
+    from operators.text.tokens import chinese_segmenter, stop_words
+
+    importlib.import_module(FORECASTING_LIBRARY)  # a category's first forecast
+    background_idf()  # the first text with keywords: jieba.analyse and the IDF tables
+    chinese_segmenter()  # the first Chinese text: jieba's dictionary
+    stop_words()  # the first keywords: scikit-learn's English list
+
+
 def run_flow(config: Config) -> None:
     """Run the dataflow in this process with ``config.workers`` worker threads.
 
@@ -39,12 +53,7 @@ def run_flow(config: Config) -> None:
             init_db_dir(config.recovery_dir, 1)
         recovery = RecoveryConfig(str(config.recovery_dir))
     flow = build_flow(config)
-    # The demand forecaster's library loads on a thread of its own while the worker starts:
-    # imported by the worker when the first category had learned enough hours, it stopped
-    # every user for ~1 s (open loop at 3,500 events/s: the delta p99 went to 1.3-2.3 s).
-    preload = threading.Thread(
-        target=importlib.import_module, args=(FORECASTING_LIBRARY,), name="preload"
-    )
+    preload = threading.Thread(target=load_lazy_parts, name="preload")
     preload.start()
     metrics_server = None  # started once the flow is built: a failed build leaves none behind
     if every_interface:

@@ -75,7 +75,7 @@ DEMAND_TYPES: Final = {"view": 0, "click": 0, "add_to_cart": 1, "purchase": 2}
 ModelName = Literal["holt-winters", "snarimax"]
 #: What the forecasters import when a category first needs one. The import takes about a
 #: second, so it is left out of start-up; a flow loads it beside its worker instead
-#: (:func:`dataflow.runner.run_flow`), or the first forecast stalls every user for that long.
+#: (:func:`dataflow.runner.load_lazy_parts`), or the first forecast stalls every user that long.
 FORECASTING_LIBRARY: Final = "river.time_series"
 #: What became of a late event: in its bucket's correction, or in no record.
 Lateness = Literal["correction", "too_old"]

@@ -57,7 +57,8 @@ def normalize_text(text: str) -> str:
 
 
 @cache
-def _segmenter() -> object:
+def chinese_segmenter() -> object:
+    """jieba's tokenizer with its dictionary loaded: once per process (about a second)."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # its dictionary-loading chatter is noise in a stream
@@ -79,7 +80,7 @@ def segment_chinese(run: str) -> list[str]:
 # repeat heavily: segmentation, the costly part, is done once per distinct run.
 @lru_cache(maxsize=16_384)
 def _segmented(run: str) -> tuple[str, ...]:
-    tokenizer = _segmenter()
+    tokenizer = chinese_segmenter()
     # jieba's tokenizer keeps mutable caches; Bytewax worker threads share this one.
     with _jieba_lock:
         return tuple(tokenizer.cut(run, HMM=True))  # type: ignore[attr-defined]

@@ -7,8 +7,6 @@ import json
 import math
 import pickle
 import random
-import subprocess
-import sys
 from collections import defaultdict
 from typing import Any
 
@@ -35,7 +33,6 @@ from operators.apps import (
 from operators.apps.demand import _SNAPSHOT_MAGIC
 from operators.ingest import NO_WATERMARK, Event, parse_event
 from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS
-from tests.support import ROOT
 from tests.support.cli import profilestream
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z, a whole hour
@@ -473,27 +470,3 @@ def test_a_periodic_series_is_forecast_exactly_and_split_in_thirds() -> None:
     toy = Series("toy", [float(i % 3) for i in range(90)], 3, 3, 3)
     row = demand_eval.evaluate_series(toy, DemandParams(bucket_ms=1, horizon=3, season=3))
     assert row.mae_naive == 0.0 and row.mae_model < 0.05 and row.fit == 60 and row.tail == 30
-
-
-@pytest.mark.parametrize("model", ["holt-winters", "snarimax"])
-def test_the_preloaded_library_is_all_a_forecaster_imports(model: str) -> None:
-    # The flow imports FORECASTING_LIBRARY beside its worker (dataflow.runner): whatever a
-    # forecaster imports beyond it would load on the worker's thread, mid-stream.
-    script = f"""
-import sys
-from operators.apps.demand import FORECASTING_LIBRARY, DemandForecaster, DemandParams
-__import__(FORECASTING_LIBRARY)
-before = set(sys.modules)
-params = DemandParams(season=3, horizon=3, model={model!r}, warm_up_seasons=2)
-forecaster = DemandForecaster(params)
-for y in [1.0, 2.0, 6.0] * 4:
-    forecaster.learn_one(y)
-    forecaster.forecast(3)
-assert forecaster.model == {model!r}, forecaster.model
-print(sorted(set(sys.modules) - before))
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
