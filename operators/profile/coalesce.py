@@ -4,12 +4,11 @@ A busy user changes their profile many times a second; consumers need the result
 every step. The flow folds each event into the state at once (:mod:`operators.profile`) and
 notes it in the user's :class:`PendingChanges`; when the interval has passed since the first
 of them entered the system (:func:`due_after`) -- or at once with an interval of 0 --
-:func:`emit` turns the changes
-into one :class:`~operators.profile.deltas.ProfileDelta` listing every event it covers. The patch
-is computed once per delta, between the fields the last delta published (:func:`published`,
-taken when the first change of the interval arrives) and now, so the per-event path never
-copies or compares the profile; the windows, which change as a whole with every on-time
-event, are sent whole.
+:func:`emit` turns the changes into one :class:`~operators.profile.deltas.ProfileDelta`
+listing every event it covers. The patch is computed once per delta, between the fields the
+last delta published (:func:`published`, taken when the first change of the interval
+arrives) and now, so the per-event path never copies or compares the profile; the windows,
+which change as a whole with every on-time event, are sent whole.
 
 Pending changes are part of the state the flow snapshots, so a restart neither loses nor
 repeats them: the resumed flow sends them when they fall due.
