@@ -86,19 +86,20 @@ class KafkaOutput(DynamicSink[OutputMessage]):
         queue = metrics.SINK_QUEUE_MESSAGES.labels(str(worker_index))
         producer = Producer(self.config)
         for topic in self.topics:
-            look_up(producer, topic, self.LOOKUP_S)
+            if not look_up(producer, topic, self.LOOKUP_S):
+                break  # the broker did not answer: the others would wait as long for nothing
         return _ProducerPartition(producer, queue)
 
 
-def look_up(producer: Producer, topic: str, timeout_s: float) -> None:
+def look_up(producer: Producer, topic: str, timeout_s: float) -> bool:
     """Learn ``topic``'s partitions and leaders now, so that its first message -- the first
     alert or demand report, maybe hours into a run -- does not hold the worker while the
-    producer asks (measured: 100-150 ms per topic)."""
+    producer asks (measured: 100-150 ms per topic); ``False`` if the broker did not answer."""
     try:
         found = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     except KafkaException as error:
         log.warning("Kafka output: cannot look up topic %s: %s", topic, error)
-        return
+        return False
     if found is None or found.error is not None:
         log.warning(
             "Kafka output: topic %s is not there (%s): create it before the flow writes to it "
@@ -106,6 +107,7 @@ def look_up(producer: Producer, topic: str, timeout_s: float) -> None:
             topic,
             "unknown" if found is None else found.error.name(),
         )
+    return True
 
 
 class _ProducerPartition(StatelessSinkPartition[OutputMessage]):
