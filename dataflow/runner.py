@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import tempfile
 import threading
@@ -15,6 +16,8 @@ from dataflow.config import Config
 from dataflow.ports import ensure_free
 from operators.apps.demand import FORECASTING_LIBRARY
 
+log = logging.getLogger(__name__)
+
 
 def load_lazy_parts() -> None:
     """Load what the flow otherwise loads the first time an event needs it, on the worker's
@@ -24,10 +27,19 @@ def load_lazy_parts() -> None:
     from operators.text.keywords import background_idf
     from operators.text.tokens import chinese_segmenter, stop_words
 
-    importlib.import_module(FORECASTING_LIBRARY)  # a category's first forecast
-    background_idf()  # the first text with keywords: jieba.analyse and the IDF tables
-    chinese_segmenter()  # the first Chinese text: jieba's dictionary
-    stop_words()  # the first keywords: scikit-learn's English list
+    parts = (
+        lambda: importlib.import_module(FORECASTING_LIBRARY),  # a category's first forecast
+        background_idf,  # the first text with keywords: jieba.analyse and the IDF tables
+        chinese_segmenter,  # the first Chinese text: jieba's dictionary
+        stop_words,  # the first keywords: scikit-learn's English list
+    )
+    for part in parts:
+        try:
+            part()
+        except Exception as error:
+            # SciPy, imported by River and scikit-learn, reads torch while the embedder's
+            # thread may be importing it (seen once: "partially initialized module 'torch'").
+            log.warning("preloading failed (%s); it will load when first needed", error)
 
 
 def run_flow(config: Config) -> None:
