@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from dataflow.config import Config
 from dataflow.ports import ensure_free
 from operators.apps.demand import FORECASTING_LIBRARY
+from operators.text.embedding.encoder import LIBRARY_IMPORTS
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,9 @@ def load_lazy_parts() -> None:
     )
     for part in parts:
         try:
-            part()
+            with LIBRARY_IMPORTS:  # not beside the embedder's import of torch
+                part()
         except Exception as error:
-            # SciPy, imported by River and scikit-learn, reads torch while the embedder's
-            # thread may be importing it (seen once: "partially initialized module 'torch'").
             log.warning("preloading failed (%s); it will load when first needed", error)
 
 

@@ -39,3 +39,29 @@ def test_after_the_lazy_parts_are_loaded_no_event_loads_anything() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[]", "1 1 1"]  # one load each: the one at start
+
+
+SERIALISED = """
+import sys, threading, time
+from dataflow.runner import load_lazy_parts
+from operators.text.embedding.encoder import LIBRARY_IMPORTS, Embedder
+
+embedder = Embedder(cache_size=0, lazy=True)
+with LIBRARY_IMPORTS:
+    preload = threading.Thread(target=load_lazy_parts)
+    preload.start()
+    embedder.ready()  # starts the model's load on its own thread
+    time.sleep(1.0)
+    print(sorted(m for m in ("torch", "river", "sklearn") if m in sys.modules))
+preload.join()
+print(embedder.device, "river" in sys.modules)
+"""
+
+
+def test_the_preload_and_the_models_load_import_one_at_a_time() -> None:
+    # SciPy, under River and scikit-learn, reads a half-imported torch if they overlap.
+    done = subprocess.run(
+        [sys.executable, "-c", SERIALISED], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "cpu True"]

@@ -34,6 +34,12 @@ import numpy as np
 
 from operators.ingest import Event
 
+#: Held while a thread imports the large libraries: torch here, River and scikit-learn
+#: where the flow preloads them. SciPy (under both of the latter) reads ``sys.modules["torch"]``
+#: without importing it, so beside a half-done torch import it fails with "partially
+#: initialized module 'torch'" (seen once, under two CI runs at a time).
+LIBRARY_IMPORTS: Final = threading.Lock()
+
 
 class TextEncoder(Protocol):
     """What the dataflow needs from an embedding model."""
@@ -263,9 +269,10 @@ class Embedder:
 
     def _load(self) -> None:
         try:
-            import torch
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
+            with LIBRARY_IMPORTS:
+                import torch
+                from transformers import AutoModel, AutoTokenizer
+                from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # a progress bar per load is noise in logs
             device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
