@@ -9,10 +9,13 @@ Each stream is legitimate traffic from the project's generator with labelled epi
   browsing first, takeovers from known devices, slower card tests, refunds and bots; what
   ``risk-v3`` was tuned on), seeds 1-3, 200k events each; and ``drawn:101``-``drawn:103``,
   the first held-out draws, which became tuning streams when their takeover errors were
-  read (the known-device suspicion's once-a-month limit came from them);
-- **held out**: ``drawn:104``-``drawn:106``, every episode number drawn at random from wide
-  ranges (:func:`~dataflow.sim.anomalies.drawn_style`), generator seeds 104-106 and three
-  stream sizes. No rule was chosen with these streams or their style values.
+  read (the known-device suspicion's once-a-month limit came from them); ``drawn:201``-
+  ``drawn:206``, on which ``risk-v4``'s changes were first measured and then tuned (its
+  takeover window and its amount threshold);
+- **held out**: ``drawn:104``-``drawn:109``, every episode number drawn at random from wide
+  ranges (:func:`~dataflow.sim.anomalies.drawn_style`), generator seeds 104-109 and three
+  stream sizes. No rule was chosen with these streams or their style values: 104-106 held
+  ``risk-v3`` out, 107-109 were first drawn for ``risk-v4``'s figures.
 
 Tuning streams are scored by folding them through ``assess`` (``eval-risk --replay``, the
 same logic in-process); held-out streams through the real dataflow, as a user runs
@@ -66,6 +69,8 @@ class Stream:
         return f"{self.style}/seed {self.seed}"
 
 
+#: The held-out streams' sizes (events, users, days), in turn.
+SIZES = ((200_000, 5_000, 14), (300_000, 8_000, 30), (160_000, 4_000, 14))
 STREAMS = (
     *(
         Stream("tuning", style, seed, 200_000, 5_000, 14)
@@ -75,9 +80,11 @@ STREAMS = (
     Stream("tuning", "drawn:101", 101, 200_000, 5_000, 14),
     Stream("tuning", "drawn:102", 102, 300_000, 8_000, 30),
     Stream("tuning", "drawn:103", 103, 160_000, 4_000, 14),
-    Stream("held out", "drawn:104", 104, 200_000, 5_000, 14),
-    Stream("held out", "drawn:105", 105, 300_000, 8_000, 30),
-    Stream("held out", "drawn:106", 106, 160_000, 4_000, 14),
+    *(Stream("tuning", f"drawn:{seed}", seed, 200_000, 5_000, 14) for seed in range(201, 207)),
+    *(
+        Stream("held out", f"drawn:{seed}", seed, *SIZES[(seed - 104) % 3])
+        for seed in range(104, 110)
+    ),
 )
 
 

@@ -13,7 +13,10 @@ returns. Seven detectors share one bounded :class:`RiskState`:
   with ``ato_new_ip_history`` amounts: it escalates only on purchases in a category new to
   the user (first seen within ``category_new_ms``) at ``ato_known_device_ratio`` times
   their median, or in any category at ``ato_known_device_any_ratio`` times, since phones
-  change addresses all the time. The score is
+  change addresses all the time; a later login from another new IP replaces such a
+  suspicion while it has found nothing. Purchases from the suspected origin stay out of the
+  amount history (an intruder's spending is not the owner's habit), and only new evidence
+  (the opening event, an unusual purchase) triggers. The score is
   ``1 - 0.5 ** (1 + unusual purchases)``: 0.5 for the new device and IP alone, which alerts
   only if ``ato_min_score`` is lowered to 0.5.
 - ``amount_anomaly``: a purchase far above the user's *own* amounts --
@@ -109,7 +112,7 @@ Evidence = dict[str, float | int | str]
 class RiskParams:
     """Thresholds and memory sizes of the detectors; changing any is a new ``model_version``."""
 
-    model_version: str = "risk-v3"
+    model_version: str = "risk-v4"
     #: An episode of a kind ends after this long without a trigger of that kind.
     episode_quiet_ms: int = 6 * HOUR_MS
     #: Most event ids an alert cites (the most recent of its window; the trigger last).
@@ -126,7 +129,7 @@ class RiskParams:
     # Account takeover.
     ato_grace_logins: int = 3
     ato_quiet_ms: int = DAY_MS
-    ato_window_ms: int = 6 * HOUR_MS
+    ato_window_ms: int = 12 * HOUR_MS
     ato_unusual_ratio: float = 3.0
     ato_fallback_amount: float = 1_000.0  # "unusual" before amount_grace purchases are known
     ato_min_score: float = 0.7
@@ -145,7 +148,7 @@ class RiskParams:
     #: A browsed outlier counts only if its session went straight to it, for a user with
     #: this many amounts.
     amount_browsed_history: int = 6
-    amount_over_median: float = 10.0
+    amount_over_median: float = 8.0
     amount_over_max: float = 2.0
     amount_z: float = 1.0  # robust z of the log amount: users whose amounts vary widely need more
     amount_mad_floor: float = 0.25  # in natural-log units: amounts within ~25% look alike
@@ -200,7 +203,7 @@ def load_risk_params(path: str | Path | None) -> RiskParams:
     """The defaults, overridden by the JSON object in ``path`` (``None``: the defaults).
 
     >>> load_risk_params(None).model_version
-    'risk-v3'
+    'risk-v4'
     """
     if path is None:
         return RiskParams()
@@ -480,6 +483,15 @@ def _unusual(state: RiskState, amount: float, params: RiskParams) -> tuple[bool,
     return amount >= params.ato_fallback_amount, 0.0
 
 
+def _from_suspect(state: RiskState, event: Event) -> bool:
+    """Whether the event comes from the origin of the open takeover suspicion: its IP, or
+    its device when that device is new to the user."""
+    suspect = state.suspect
+    return suspect is not None and (
+        event.ip == suspect.ip or (event.device_id == suspect.device_id and suspect.new_device)
+    )
+
+
 def _takeover(
     state: RiskState,
     event: Event,
@@ -511,7 +523,7 @@ def _takeover(
             ):
                 state.suspect = suspect = Suspect(event.event_id, t, device, ip)
             elif (
-                suspect is None
+                (suspect is None or weak)
                 and not new_device
                 and event.type == "login"
                 and len(state.amount.amounts) >= params.ato_new_ip_history
@@ -524,10 +536,10 @@ def _takeover(
             state.known_logins += 1
         _remember(state.devices, device, t, params.max_devices)
         _remember(state.ips, ip, t, params.max_ips)
-    if suspect is None or (
-        ip != suspect.ip and (device != suspect.device_id or not suspect.new_device)
-    ):
+    if not _from_suspect(state, event):
         return None, False
+    assert suspect is not None
+    raised = event.event_id == suspect.event_id  # the new origin itself is evidence
     if event.type == "purchase" and amount is not None:
         unusual, ratio = _unusual(state, amount, params)
         if unusual and (
@@ -536,12 +548,18 @@ def _takeover(
             or ratio >= params.ato_known_device_any_ratio
         ):
             suspect.unusual += 1
+            raised = True
             suspect.top_amount = max(suspect.top_amount, amount)
             suspect.top_ratio = max(suspect.top_ratio, ratio)
             _push(suspect.cited, event.event_id, params.max_cited - 1)
     score = 1.0 - 0.5 ** (1 + suspect.unusual)
     if score < params.ato_min_score:
         return None, suspect.new_device
+    if not raised:
+        # Only new evidence triggers: the intruder's (or the owner's) later browsing from
+        # the origin would re-open the episode after a quiet spell, a second alert for one
+        # suspicion.
+        return None, True
     if not suspect.new_device:
         state.known_device_alert_ms = max(state.known_device_alert_ms, t)
     evidence: Evidence = {
@@ -800,7 +818,10 @@ def assess(
                 )
             if outlier is not None:
                 findings.append(outlier)
-            state.amount.learn_one(amount, t, params)
+            # What a suspected intruder spends is not the owner's habit: learnt, it would
+            # make their next purchase look usual (the median doubled within three buys).
+            if not _from_suspect(state, event):
+                state.amount.learn_one(amount, t, params)
     elif kind == "refund":
         _decayed_counts(state, t, params)
         state.refund_weight += 1.0
