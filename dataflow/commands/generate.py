@@ -55,8 +55,9 @@ def add_command(subparsers: Any) -> None:
     parser.add_argument("--anomaly-style", default="tuned",
                         help="how episodes behave: 'tuned' (what the rules were first tuned "
                         "on), 'shifted' (other amounts, browsing first, known devices, slower "
-                        "card testing and bots; risk-v3 was tuned on it too) or 'drawn:<seed>' "
-                        "(every number drawn from wide ranges: held-out streams)")  # fmt: skip
+                        "card testing and bots; the rules since risk-v3 were tuned on it too) "
+                        "or 'drawn:<seed>' (every number drawn from wide ranges: held-out "
+                        "streams)")  # fmt: skip
     parser.add_argument("--labels", type=Path, default=None,
                         help="write the anomalous events' ids and kinds (JSONL)")  # fmt: skip
     parser.add_argument("--chargebacks", type=Path, default=None,

@@ -70,7 +70,8 @@ class EpisodeStyle:
 
 
 TUNED: Final = EpisodeStyle("tuned")
-#: ``risk-v3`` was tuned on it and ``TUNED`` (and on ``drawn_style(101..103)``).
+#: ``risk-v3`` and ``risk-v4`` were tuned on it and ``TUNED`` (and on ``drawn_style``'s
+#: seeds 101-103; v4 also on 201-206).
 SHIFTED: Final = EpisodeStyle(
     "shifted",
     sizes=(("amount_anomaly", 1, 3),),  # 0-2 views of the item before the purchase
@@ -92,9 +93,9 @@ EPISODE_STYLES: Final = {s.name: s for s in (TUNED, SHIFTED)}
 
 def drawn_style(seed: int) -> EpisodeStyle:
     """A style whose every number is drawn at random from wide ranges around (and beyond)
-    ``TUNED`` and ``SHIFTED``: held-out streams (``benchmarks/risk_bench.py`` judges
-    risk-v3 on seeds 104-106; 101-103 became tuning data). A held-out seed's values are not
-    to be looked at while tuning; the ranges are the whole design.
+    ``TUNED`` and ``SHIFTED``: held-out streams (``benchmarks/risk_bench.py`` judges the
+    rules on seeds 104-109; 101-103 and 201-206 became tuning data). A held-out seed's values
+    are not to be looked at while tuning; the ranges are the whole design.
 
     >>> style = drawn_style(101)
     >>> style.name, style == drawn_style(101), 0.0 <= style.ato_known_device <= 0.8
