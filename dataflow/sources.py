@@ -1,7 +1,7 @@
 """Where events come from: Kafka or JSONL files, parsed with their partition's event time.
 
 Two raw sources hand over messages as bytes with their origin (``topic/partition/offset`` or
-``path:byte_offset``, stable across replays) and resume from a snapshotted position:
+``file-name:byte_offset``, stable across replays) and resume from a snapshotted position:
 
 * :class:`KafkaSource` -- one librdkafka consumer per topic partition, assigned (no consumer
   group), as Bytewax's own Kafka source does; it also says when a partition has been read
@@ -231,7 +231,8 @@ class KafkaSource(FixedPartitionedSource[KafkaRecord | DeadLetter, int]):
 
 class _JsonlPartition(StatefulSourcePartition[RawLine, int]):
     def __init__(self, path: Path, batch_size: int, offset: int) -> None:
-        self._path = path
+        self._path = path  # origins name the file alone: the same file read from another
+        # folder is the same input, and every delta carries its first event's origin
         self._batch_size = batch_size
         self._file = path.open("rb")
         self._file.seek(offset)
@@ -252,7 +253,7 @@ class _JsonlPartition(StatefulSourcePartition[RawLine, int]):
                 if batch:
                     return batch
                 raise StopIteration
-            batch.append((line.rstrip(b"\r\n"), f"{self._path}:{offset}"))
+            batch.append((line.rstrip(b"\r\n"), f"{self._path.name}:{offset}"))
         return batch
 
     def snapshot(self) -> int:
@@ -263,7 +264,7 @@ class _JsonlPartition(StatefulSourcePartition[RawLine, int]):
 
 
 class JsonlSource(FixedPartitionedSource[RawLine, int]):
-    """JSONL files, one partition each, as ``(line bytes, "path:offset")`` pairs."""
+    """JSONL files, one partition each, as ``(line bytes, "file name:offset")`` pairs."""
 
     def __init__(self, paths: Path | Sequence[Path], batch_size: int = 1000) -> None:
         self._paths = [paths] if isinstance(paths, Path) else list(paths)

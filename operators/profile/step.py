@@ -127,7 +127,7 @@ def model_version(params: ProfileParams, items: ItemMemoryModel | None) -> str:
 def incarnation_of(event: Event) -> str:
     """Name a profile after the event that created it, and where that event was read.
 
-    The origin (Kafka ``topic/partition/offset`` or ``file:offset``) is stable across
+    The origin (Kafka ``topic/partition/offset`` or ``file name:offset``) is stable across
     replays, and it tells a profile re-created after ``delete_user`` apart from the deleted
     one even when a late re-send repeats the very event that created the first.
 

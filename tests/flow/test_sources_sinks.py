@@ -34,11 +34,11 @@ def test_a_file_with_invalid_utf8_and_blank_lines_is_dead_lettered_not_fatal(
     )
     run_main(flow)
     delta = delta_from_json(deltas[0][1])
-    assert delta.incarnation == f"e1@{path}:0"  # the event id and where it was read
+    assert delta.incarnation == "e1@events.jsonl:0"  # the event id and where it was read
     records = [json.loads(line) for _, line in dead]
     assert [(r["reason"], r["source"]) for r in records] == [
-        ("invalid_json", f"{path}:{len(GOOD) + 1}"),
-        ("invalid_json", f"{path}:{len(GOOD) + len(NOT_UTF8) + 2}"),
+        ("invalid_json", f"events.jsonl:{len(GOOD) + 1}"),
+        ("invalid_json", f"events.jsonl:{len(GOOD) + len(NOT_UTF8) + 2}"),
     ]
     assert base64.b64decode(records[0]["original_b64"]) == NOT_UTF8
     assert records[1]["original"] == ""
