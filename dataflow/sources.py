@@ -231,8 +231,7 @@ class KafkaSource(FixedPartitionedSource[KafkaRecord | DeadLetter, int]):
 
 class _JsonlPartition(StatefulSourcePartition[RawLine, int]):
     def __init__(self, path: Path, batch_size: int, offset: int) -> None:
-        self._path = path  # origins name the file alone: the same file read from another
-        # folder is the same input, and every delta carries its first event's origin
+        self._path = path
         self._batch_size = batch_size
         self._file = path.open("rb")
         self._file.seek(offset)
@@ -253,6 +252,8 @@ class _JsonlPartition(StatefulSourcePartition[RawLine, int]):
                 if batch:
                     return batch
                 raise StopIteration
+            # The file's name alone: read from another folder it is the same input, and
+            # every delta carries its profile's first origin.
             batch.append((line.rstrip(b"\r\n"), f"{self._path.name}:{offset}"))
         return batch
 

@@ -513,7 +513,7 @@ def _takeover(
     device, ip = event.device_id, event.ip
     if device is not None and ip is not None:
         new_device = device not in state.devices
-        # A new device replaces a known device's suspicion that found nothing yet.
+        # A newer suspicion replaces a known device's that found nothing yet.
         weak = suspect is not None and not suspect.new_device and not suspect.unusual
         if ip not in state.ips and state.known_logins >= params.ato_grace_logins:
             if (
