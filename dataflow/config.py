@@ -125,7 +125,11 @@ class Config:
         ),
     )
     model_poll_s: float = field(
-        default=30.0, metadata=_opt("seconds between checks for a newer item model version")
+        default=30.0,
+        metadata=_opt(
+            "seconds between checks for a newer item model, item vectors, segment definitions "
+            "or risk model"
+        ),
     )
     emit_interval_ms: int = field(
         default=1_000,
@@ -191,8 +195,8 @@ class Config:
     risk_model_path: Path | None = field(
         default=None,
         metadata=_opt(
-            "learned risk model from `profilestream train-risk` (without one, purchases' "
-            "features are logged to risk-scores unscored)"
+            "learned risk model from `profilestream train-risk`, reloaded when the file "
+            "changes (without one, purchases' features are logged to risk-scores unscored)"
         ),
     )
     risk_settle_days: int = field(

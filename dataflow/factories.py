@@ -1,12 +1,15 @@
 """The flow's parts made from the one :class:`~dataflow.config.Config`: the shared model, the
-profile and demand parameters, and the hot-reloaded segment book, item model and item
-vectors."""
+profile and demand parameters, and the hot-reloaded segment book, item model, item vectors
+and learned risk model."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client import Counter, Gauge
 
 from dataflow import metrics
 from dataflow.clock import Clock, StepTime
@@ -30,6 +33,8 @@ from operators.recsys import ItemVectors, load_item_model, loader_for
 from operators.text import SentimentScorer, load_sentiment_model
 from operators.text.embedding import Embedder, TextBatcher, TextEncoder
 from operators.user import MachineSettings, Ports
+
+Loaded = TypeVar("Loaded")
 
 
 def shared_embedder(config: Config) -> Embedder:
@@ -81,13 +86,19 @@ def profile_params(config: Config, model_name: str) -> ProfileParams:
     )
 
 
-def risk_model(config: Config) -> RiskModel | None:
-    """The learned risk model the item step scores with (``None``: log features only)."""
+def risk_model(config: Config) -> Callable[[], RiskModel | None]:
+    """The learned risk model the item step scores with now (``None``: log features only),
+    reloaded when ``train-risk`` writes a new one."""
     if config.risk_model_path is None:
-        return None
-    model = load_model(config.risk_model_path, FEATURES)
-    metrics.RISK_MODEL_INFO.labels(model.version).set(1)
-    return model
+        return lambda: None
+    return watched_file(
+        config.risk_model_path,
+        config.model_poll_s,
+        lambda path: load_model(path, FEATURES),
+        lambda model: model.version,
+        metrics.RISK_MODEL_LOADS,
+        metrics.RISK_MODEL_INFO,
+    )
 
 
 def demand_params(config: Config) -> DemandParams:
@@ -113,33 +124,62 @@ def applications(config: Config, books: Callable[[], SegmentBook]) -> Callable[[
 
 def segment_book(config: Config) -> Callable[[], SegmentBook]:
     """The segment definitions in use now: the shipped ones, or a watched file."""
+    windows = parse_windows(config.windows)
     if config.segments_file is None:
-        book = load_segment_book(None, windows=parse_windows(config.windows))
+        book = load_segment_book(None, windows=windows)
         metrics.SEGMENT_DEFINITIONS_INFO.labels(book.version).set(1)
         return lambda: book
-    windows = parse_windows(config.windows)
-    watcher = ModelWatcher(
+    return watched_file(
         config.segments_file,
         config.model_poll_s,
-        load=lambda path: load_segment_book(path, windows=windows),
-        on_load=lambda _path: metrics.SEGMENT_DEFINITIONS_LOADS.labels("ok").inc(),
-        on_error=lambda _path, _exc: metrics.SEGMENT_DEFINITIONS_LOADS.labels("error").inc(),
+        lambda path: load_segment_book(path, windows=windows),
+        lambda book: book.version,
+        metrics.SEGMENT_DEFINITIONS_LOADS,
+        metrics.SEGMENT_DEFINITIONS_INFO,
+    )
+
+
+def watched_file(
+    path: Path,
+    poll_interval_s: float,
+    load: Callable[[Path], Loaded],
+    version: Callable[[Loaded], str],
+    loads: Counter,
+    info: Gauge,
+) -> Callable[[], Loaded]:
+    """What ``path`` holds now: loaded at once (a file that does not load stops the start),
+    then again whenever it changes, checked every ``poll_interval_s``. A change that fails
+    to load is counted and skipped; the last good one stays in use. ``info`` shows the
+    version in use."""
+    errors: list[Exception] = []
+
+    def failed(_path: Path, exc: Exception) -> None:
+        loads.labels("error").inc()
+        errors.append(exc)
+        del errors[:-1]  # the latest says why
+
+    watcher = ModelWatcher(
+        path,
+        poll_interval_s,
+        load=load,
+        on_load=lambda _path: loads.labels("ok").inc(),
+        on_error=failed,
     )
     first = watcher.current()
     if first is None:
-        raise ValueError(f"cannot load segment definitions from {config.segments_file}")
+        raise ValueError(f"cannot load {path}: {errors[-1] if errors else 'not found'}")
     shown = first
 
-    def current() -> SegmentBook:
+    def current() -> Loaded:
         nonlocal shown
-        book = watcher.current() or shown
-        if book is not shown:
-            metrics.SEGMENT_DEFINITIONS_INFO.clear()
-            metrics.SEGMENT_DEFINITIONS_INFO.labels(book.version).set(1)
-            shown = book
-        return book
+        loaded = watcher.current() or shown
+        if loaded is not shown:
+            info.clear()
+            info.labels(version(loaded)).set(1)
+            shown = loaded
+        return loaded
 
-    metrics.SEGMENT_DEFINITIONS_INFO.labels(first.version).set(1)
+    info.labels(version(first)).set(1)
     return current
 
 

@@ -111,7 +111,7 @@ def risk_stream(
     config: Config, results: Stream[Output], cluster: Cluster, step: StepTime
 ) -> Stream[RiskScore | Alert]:
     """The third keyed stream: each item's sales and chargebacks, and each purchase's score."""
-    model = risk_model(config)
+    model_now = risk_model(config)
     settle_days = config.risk_settle_days
 
     def item_of(item: Output) -> str | None:
@@ -127,7 +127,7 @@ def risk_stream(
         "item_risk",
         keyed,
         lambda resume: keyed_logic(
-            step, resume, lambda r: ItemRiskLogic(model, settle_days, step, r), forward=False
+            step, resume, lambda r: ItemRiskLogic(model_now, settle_days, step, r), forward=False
         ),
     )
     return cast(Stream[RiskScore | Alert], op.key_rm("risk_outputs", scored))

@@ -3,6 +3,8 @@ as the watermark passes them, each purchase scored (see :mod:`operators.apps.lea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bytewax.operators import StatefulBatchLogic
 
 from dataflow import metrics
@@ -28,14 +30,15 @@ class ItemRiskLogic(WatermarkDriven[PurchaseCheck | ItemVerdict, ItemOutput]):
 
     ``on_batch`` only queues; records are taken in event-time order as the watermark passes
     them (:class:`~dataflow.clock.WatermarkDriven`), so the scores do not depend on how the
-    users' outputs interleaved.
+    users' outputs interleaved. ``model`` gives the model in use when they are taken: a
+    retrained one takes over without a restart, and each score names its version.
     """
 
     __slots__ = ("model", "settle_days", "state")
 
     def __init__(
         self,
-        model: RiskModel | None,
+        model: Callable[[], RiskModel | None],
         settle_days: int,
         step: StepTime,
         resume: bytes | None,
@@ -62,7 +65,8 @@ class ItemRiskLogic(WatermarkDriven[PurchaseCheck | ItemVerdict, ItemOutput]):
     def take(self, watermark_ms: int) -> list[ItemOutput]:
         if self.state is None:
             return []
-        self.state, outputs = settle_until(self.state, watermark_ms, self.model, self.settle_days)
+        model = self.model()
+        self.state, outputs = settle_until(self.state, watermark_ms, model, self.settle_days)
         for output in outputs:
             if type(output) is RiskScore:
                 metrics.RISK_SCORES.inc()

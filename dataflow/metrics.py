@@ -166,6 +166,13 @@ ALERTS = Counter("profilestream_alerts", "Risk alerts raised, by kind", ["kind"]
 RISK_SCORES = Counter(
     "profilestream_risk_scores", "Purchases given a learned risk score (or logged without a model)"
 )
+RISK_MODEL_LOADS = Counter(
+    "profilestream_risk_model_loads",
+    "Learned risk model files loaded by the running flow, by result (ok, error)",
+    ["result"],
+)
+for _result in ("ok", "error"):
+    RISK_MODEL_LOADS.labels(_result)
 RISK_MODEL_INFO = Gauge(
     "profilestream_risk_model_info", "1 for the learned risk model version in use", ["version"]
 )

@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -113,8 +114,15 @@ class RiskModel(msgspec.Struct, frozen=True):
 
 
 def save_model(model: RiskModel, path: str | Path) -> None:
-    """Write ``model`` as MessagePack (plain numbers: no code runs when it is read)."""
-    Path(path).write_bytes(msgspec.msgpack.encode(model))
+    """Write ``model`` as MessagePack (plain numbers: no code runs when it is read).
+
+    The file is replaced in one step (written beside it, then renamed), so a flow that
+    reloads it on change never reads half a model.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(msgspec.msgpack.encode(model))
+    os.replace(partial, path)
 
 
 def load_model(path: str | Path, features: Sequence[str]) -> RiskModel:

@@ -4,11 +4,13 @@ chargebacks read from their own file, a model trained on the flow's own feature 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, run_main
 
 from dataflow.config import Config
@@ -23,7 +25,7 @@ from dataflow.sim.handbook import (
 )
 from dataflow.sources import JsonlSource
 from operators.apps.learned_risk import LEARNED_KIND
-from operators.apps.risk_model import RiskModelParams, fit_from_feedback, save_model
+from operators.apps.risk_model import RiskModel, RiskModelParams, fit_from_feedback, save_model
 from operators.ingest import EventTimeSpeed
 from operators.ingest.units import DAY_MS
 from tests.support.fakes import HashEncoder, WordListSentiment
@@ -46,17 +48,25 @@ def files(sim: Simulation, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     return events, labels
 
 
-def run(files: tuple[Path, Path], **settings: Any) -> dict[str, list[Any]]:
+def run(
+    files: tuple[Path, Path], retrain: _RetrainAfter | None = None, **settings: Any
+) -> dict[str, list[Any]]:
     """The flow over the events and the chargebacks (two input partitions, as
-    ``--labels-path`` reads them); its outputs as parsed JSON."""
+    ``--labels-path`` reads them); its outputs as parsed JSON. ``retrain`` takes the risk
+    scores' place as their sink."""
     outputs: dict[str, list[Any]] = {name: [] for name in OUTPUTS}
+    sinks: dict[str, DynamicSink[Any]] = {
+        name: TestingSink(items) for name, items in outputs.items()
+    }
+    if retrain is not None:
+        outputs["risk_scores"], sinks["risk_scores"] = retrain.scores, retrain
     config = Config(emit_interval_ms=0, risk_settle_days=7, **settings)
     flow = build_flow(
         config,
         encoder=HashEncoder(),
         sentiment=WordListSentiment(),
         source=JsonlSource(list(files)),
-        sinks={name: TestingSink(items) for name, items in outputs.items()},
+        sinks=sinks,
         timers=lambda: EventTimeSpeed(min_wait_ms=50, max_wait_ms=500),
     )
     run_main(flow)
@@ -112,3 +122,63 @@ def test_a_model_trained_on_the_flows_log_scores_and_alerts(
     mean_fraud = np.mean([s["score"] for s in later if s["event_id"] in fraud])
     mean_genuine = np.mean([s["score"] for s in later if s["event_id"] not in fraud])
     assert mean_fraud > 3 * mean_genuine
+
+
+class _RetrainAfter(DynamicSink[Any]):
+    """The risk scores' sink; once it holds ``after`` scores, ``train-risk`` writes a new
+    model over the one the flow loaded (as a daily job would while the flow runs)."""
+
+    def __init__(self, after: int, path: Path, model: RiskModel) -> None:
+        self.after, self.path, self.model = after, path, model
+        self.scores: list[Any] = []
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
+        return _Partition(self)
+
+
+class _Partition(StatelessSinkPartition[Any]):
+    def __init__(self, sink: _RetrainAfter) -> None:
+        self.sink = sink
+
+    def write_batch(self, items: list[Any]) -> None:
+        sink = self.sink
+        before = len(sink.scores)
+        sink.scores += items
+        if before < sink.after <= len(sink.scores):
+            save_model(sink.model, sink.path)
+            os.utime(sink.path, ns=(2 * 10**18, 2 * 10**18))  # a new mtime, however fast
+
+
+def test_a_retrained_model_takes_over_without_a_restart(
+    sim: Simulation, files: tuple[Path, Path], unscored: dict[str, list[Any]], tmp_path: Path
+) -> None:
+    log = [(s["event_id"], s["event_time_ms"], s["features"]) for s in unscored["risk_scores"]]
+    verdicts = [(f"tx{i}", int(sim.ts_ms[i]) + 7 * DAY_MS) for i in np.flatnonzero(sim.fraud)]
+    params = RiskModelParams(trees=10, max_depth=6, min_frauds=5)
+    old, new = (
+        fit_from_feedback(log, verdicts, PARAMS.start_ms + days * DAY_MS, params)
+        for days in (20, 30)
+    )
+    assert old.version != new.version
+    path = tmp_path / "model.msgpack"
+    save_model(old, path)
+    halfway = len(log) // 2
+    retrain = _RetrainAfter(halfway, path, new)
+
+    out = run(files, retrain, risk_model_path=path, model_poll_s=0.0)
+    versions = [s["model_version"] for s in out["risk_scores"]]
+    switch = versions.index(new.version)
+    # The old model until the file changed, the new one from the next scores on: no restart.
+    assert halfway <= switch < len(versions) - halfway // 2
+    assert set(versions[:switch]) == {old.version} and set(versions[switch:]) == {new.version}
+    models = {old.version: old, new.version: new}
+    for s in out["risk_scores"][switch - 50 : switch + 50]:
+        model = models[s["model_version"]]
+        assert s["score"] == pytest.approx(model.score_one(s["features"]), abs=1e-6)
+    scored = {s["event_id"]: s for s in out["risk_scores"]}
+    learned = [a for a in out["alerts"] if a["kind"] == LEARNED_KIND]
+    assert {a["model_version"] for a in learned} == {old.version, new.version}
+    for alert in learned:
+        score = scored[alert["event_ids"][0]]
+        assert alert["model_version"] == score["model_version"]
+        assert score["score"] >= models[score["model_version"]].threshold

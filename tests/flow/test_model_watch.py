@@ -127,3 +127,41 @@ def test_an_edited_segments_file_is_reloaded_and_a_broken_edit_is_skipped(
     edit('{"segments": {"bad": {"when": {"field": "spend", "op": "=>"}}}}', 2 * 10**18)
     now[0] = 22.0
     assert watcher.current() is second and errors == [path]  # the flow keeps the last good
+
+
+def test_a_broken_risk_model_stops_the_start_and_a_broken_update_is_skipped(
+    tmp_path: Path,
+) -> None:
+    from dataflow import metrics
+    from dataflow.config import Config
+    from dataflow.factories import risk_model
+    from operators.apps.risk_features import FEATURES
+    from operators.apps.risk_model import RiskModelParams, save_model, train_risk_model
+
+    path = tmp_path / "risk-model.msgpack"
+    path.write_bytes(b"\x00\x01")
+    config = Config(risk_model_path=path, model_poll_s=0.0)
+    try:
+        risk_model(config)
+    except ValueError as exc:
+        assert "not a risk model" in str(exc)  # the reason, not only that it failed
+    else:
+        raise AssertionError("a broken model file must stop the flow from starting")
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, len(FEATURES)))
+    y = (x[:, 0] > 1.0).astype(int)
+    good = train_risk_model(x, y, 86_400_000, RiskModelParams(trees=3), names=FEATURES)
+    save_model(good, path)
+    current = risk_model(config)
+    assert current() == good
+
+    def errors() -> float:
+        return metrics.RISK_MODEL_LOADS.labels("error")._value.get()
+
+    failed = errors()
+    path.write_bytes(b"\x00\x02")
+    os.utime(path, ns=(10**18, 10**18))
+    assert current() == good and errors() == failed + 1  # the last good model stays
+    (info,) = metrics.RISK_MODEL_INFO.collect()
+    assert {s.labels["version"] for s in info.samples} == {good.version}
