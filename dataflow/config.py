@@ -192,6 +192,14 @@ class Config:
         default=None,
         metadata=_opt("JSON of risk detector thresholds overriding the defaults"),
     )
+    takeover_model_path: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "the score that decides a suspected takeover's purchases, from `profilestream "
+            "train-takeover` (default: the shipped one; `ato_learned: false` in the rules "
+            "file turns it off)"
+        ),
+    )
     risk_model_path: Path | None = field(
         default=None,
         metadata=_opt(

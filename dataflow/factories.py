@@ -20,6 +20,7 @@ from operators.apps import (
     Applications,
     DemandParams,
     load_risk_params,
+    takeover_scorer,
 )
 from operators.apps.risk_features import FEATURES
 from operators.apps.risk_model import RiskModel, load_model
@@ -110,13 +111,14 @@ def applications(config: Config, books: Callable[[], SegmentBook]) -> Callable[[
     windows = parse_windows(config.windows)
     risk = load_risk_params(config.risk_rules_file)
     settle_ms = config.risk_settle_days * DAY_MS
-    current = Applications(books(), windows, risk, settle_ms)
+    takeover = takeover_scorer(risk, config.takeover_model_path)
+    current = Applications(books(), windows, risk, settle_ms, takeover)
 
     def now() -> Applications:
         nonlocal current
         book = books()
         if book is not current.segments:
-            current = Applications(book, windows, risk, settle_ms)
+            current = Applications(book, windows, risk, settle_ms, takeover)
         return current
 
     return now

@@ -33,6 +33,7 @@ COMMANDS = (
     "segments_check",
     "eval_risk",
     "train_risk",
+    "train_takeover",
     "eval_demand",
     "serve",
     "api_key",

@@ -37,7 +37,9 @@ from typing import Any
 
 import msgspec
 
-from operators.apps import KINDS, Alert, RiskParams, assess
+from operators.apps import KINDS, Alert, RiskParams, RiskState, assess, takeover_scorer
+from operators.apps.learned_risk import from_user_event
+from operators.apps.risk import PurchaseScorer
 from operators.ingest import Event, parse_event
 from operators.ingest.units import DAY_MS, HOUR_MS
 
@@ -71,18 +73,30 @@ def read_events(path: str | Path) -> Iterator[Event]:
                 yield event
 
 
-def replay_alerts(events_path: str | Path, params: RiskParams | None = None) -> list[Alert]:
-    """Fold the file through :func:`~operators.apps.risk.assess`, per user, in file order.
+def replay_alerts(
+    events_path: str | Path, params: RiskParams | None = None, takeover: Path | None = None
+) -> list[Alert]:
+    """Fold the file through :func:`~operators.apps.risk.assess`, per user, in file order,
+    as the user step does (``takeover``: its takeover score, default the shipped one).
 
     Invalid lines and repeated event ids are dropped; ``delete_user`` resets the user.
     """
     params = RiskParams() if params is None else params
-    states: dict[str, Any] = {}
-    alerts: list[Alert] = []
-    for event in read_events(events_path):
-        states[event.user_id], fired = assess(states.get(event.user_id), event, params)
-        alerts += fired
-    return alerts
+    scorer = takeover_scorer(params, takeover)
+    return [a for _, _, fired in fold_risk(read_events(events_path), params, scorer) for a in fired]
+
+
+def fold_risk(
+    events: Iterable[Event], params: RiskParams, takeover: PurchaseScorer | None
+) -> Iterator[tuple[Event, RiskState, list[Alert]]]:
+    """Each event with its user's risk state after it and the alerts it raised: the user
+    step's risk part (:func:`~operators.apps.after_event`), in-process."""
+    states: dict[str, RiskState] = {}
+    for event in events:
+        state, fired = assess(states.get(event.user_id), event, params, takeover)
+        from_user_event(state, event, 7 * DAY_MS)  # the spend history the scores read
+        states[event.user_id] = state
+        yield event, state, fired
 
 
 def read_alerts(path: str | Path) -> list[Alert]:

@@ -24,13 +24,17 @@ from operators.apps.demand import (
 )
 from operators.apps.risk import (
     KINDS,
+    TAKEOVER_FEATURES,
     Alert,
     RiskParams,
     RiskState,
     alert_id,
     assess,
     load_risk_params,
+    load_takeover_model,
     robust_log_stats,
+    takeover_features,
+    takeover_scorer,
 )
 from operators.apps.segments import (
     RFM_GROUPS,
@@ -53,6 +57,7 @@ __all__ = [
     "DEMAND_TYPES",
     "KINDS",
     "RFM_GROUPS",
+    "TAKEOVER_FEATURES",
     "Alert",
     "Applications",
     "CategoryDemand",
@@ -77,10 +82,13 @@ __all__ = [
     "encode_demand",
     "load_risk_params",
     "load_segment_book",
+    "load_takeover_model",
     "memberships_from_transitions",
     "new_demand",
     "next_close_ms",
     "observe",
     "parse_segment_book",
     "robust_log_stats",
+    "takeover_features",
+    "takeover_scorer",
 ]

@@ -6,19 +6,22 @@ returns. Seven detectors share one bounded :class:`RiskState`:
 
 - ``account_takeover``: an event (typically the login) from a device *and* an IP the user
   never used, after an established history (``ato_grace_logins`` logins from known devices)
-  with no other new device for ``ato_quiet_ms``, opens a suspicion; it is escalated to an
-  alert when purchases from that device or IP within ``ato_window_ms`` are unusual for the
-  user (``ato_unusual_ratio`` times their median amount). A *login* from a new IP on a
-  known device (a copied fingerprint, a shared tablet) opens a weaker suspicion for users
-  with ``ato_new_ip_history`` amounts: it escalates only on purchases in a category new to
-  the user (first seen within ``category_new_ms``) at ``ato_known_device_ratio`` times
-  their median, or in any category at ``ato_known_device_any_ratio`` times, since phones
-  change addresses all the time; a later login from another new IP replaces such a
-  suspicion while it has found nothing. Purchases from the suspected origin stay out of the
-  amount history (an intruder's spending is not the owner's habit), and only new evidence
-  (the opening event, an unusual purchase) triggers. The score is
-  ``1 - 0.5 ** (1 + unusual purchases)``: 0.5 for the new device and IP alone, which alerts
-  only if ``ato_min_score`` is lowered to 0.5.
+  with no other new device for ``ato_quiet_ms``, opens a suspicion. A *login* from a new IP
+  on a known device (a copied fingerprint, a shared tablet) opens one too, for users with
+  ``ato_new_ip_history`` amounts; a later login from another new IP replaces it while it
+  has found nothing (phones change addresses all the time). A purchase from the suspected
+  device or IP within ``ato_window_ms`` escalates the suspicion to an alert when the
+  learned takeover score (``risk-v5``; :data:`TAKEOVER_FEATURES`: the buyer's spend, how
+  new and how used the device and IP are, the amount against the user's median and
+  largest, a new category, a blind purchase) reaches its threshold. Without it
+  (``ato_learned`` off) the ratio rules decide: ``ato_unusual_ratio`` times the user's
+  median after a new device; after a known one ``ato_known_device_ratio`` times in a
+  category new to the user (first seen within ``category_new_ms``) or
+  ``ato_known_device_any_ratio`` times in any. Purchases from the suspected origin stay out
+  of the amount history (an intruder's spending is not the owner's habit), and only new
+  evidence (the opening event, an escalating purchase) triggers. The score is
+  ``1 - 0.5 ** (1 + escalating purchases)``: 0.5 for the new device and IP alone, which
+  alerts only if ``ato_min_score`` is lowered to 0.5.
 - ``amount_anomaly``: a purchase far above the user's *own* amounts --
   ``amount_over_median`` times the median of their last ``amount_history`` purchases,
   ``amount_over_max`` times the largest (remembered beyond the ring, slowly decaying), and a
@@ -81,13 +84,16 @@ import hashlib
 import itertools
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
-from operators.apps.risk_features import SpendHistory
+from operators.apps.risk_features import USER_FEATURES, SpendHistory, user_features
+from operators.apps.risk_model import RiskModel, load_model
 from operators.ingest import Event
 from operators.ingest.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
@@ -112,7 +118,7 @@ Evidence = dict[str, float | int | str]
 class RiskParams:
     """Thresholds and memory sizes of the detectors; changing any is a new ``model_version``."""
 
-    model_version: str = "risk-v4"
+    model_version: str = "risk-v5"
     #: An episode of a kind ends after this long without a trigger of that kind.
     episode_quiet_ms: int = 6 * HOUR_MS
     #: Most event ids an alert cites (the most recent of its window; the trigger last).
@@ -142,6 +148,9 @@ class RiskParams:
     #: ... and alerts at most once this long per user: for a user whose new-address logins
     #: keep coming with big purchases, that is their normal.
     ato_known_device_repeat_ms: int = 30 * DAY_MS
+    #: Inside a suspicion, the learned takeover score (:data:`TAKEOVER_FEATURES`) decides
+    #: which purchases escalate, in place of the ratio thresholds above.
+    ato_learned: bool = True
     # Purchase amounts.
     amount_history: int = 32
     amount_grace: int = 4
@@ -186,6 +195,8 @@ class RiskParams:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
             if f.name == "model_version":
                 if not value:
                     raise ValueError("model_version must not be empty")
@@ -203,7 +214,7 @@ def load_risk_params(path: str | Path | None) -> RiskParams:
     """The defaults, overridden by the JSON object in ``path`` (``None``: the defaults).
 
     >>> load_risk_params(None).model_version
-    'risk-v4'
+    'risk-v5'
     """
     if path is None:
         return RiskParams()
@@ -483,6 +494,91 @@ def _unusual(state: RiskState, amount: float, params: RiskParams) -> tuple[bool,
     return amount >= params.ato_fallback_amount, 0.0
 
 
+#: What the learned takeover score sees of a purchase from a suspected origin: the buyer's
+#: spend (the learned purchase score's user part), then the suspicion and the origin.
+TAKEOVER_FEATURES: Final = (
+    *USER_FEATURES,
+    "new_device_suspicion",
+    "minutes_since_suspicion",
+    "device_age_days",
+    "device_uses",
+    "ip_uses",
+    "known_devices",
+    "known_logins",
+    "amount_history",
+    "ratio_to_median",
+    "ratio_to_largest",
+    "new_category",
+    "blind",
+)
+#: The takeover score shipped with the package (``profilestream train-takeover``).
+SHIPPED_TAKEOVER_MODEL: Final = Path(__file__).parents[1] / "data" / "takeover-model.msgpack"
+
+
+class PurchaseScorer(Protocol):
+    """What decides a suspected purchase: a :class:`~operators.apps.risk_model.RiskModel`
+    (or anything that scores a feature row and says the score an alert needs)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def score_one(self, row: Sequence[float]) -> float: ...
+
+
+def load_takeover_model(path: str | Path | None = None) -> RiskModel:
+    """The takeover score in ``path``, or the shipped one (read once per process)."""
+    return _load_takeover(str(path or SHIPPED_TAKEOVER_MODEL))
+
+
+def takeover_scorer(params: RiskParams, path: str | Path | None = None) -> RiskModel | None:
+    """What decides a suspected takeover's purchases under ``params``: the takeover score in
+    ``path`` (default: the shipped one), or ``None`` (the ratio thresholds) when
+    ``params.ato_learned`` is off."""
+    return load_takeover_model(path) if params.ato_learned else None
+
+
+@lru_cache(maxsize=4)
+def _load_takeover(path: str) -> RiskModel:
+    return load_model(path, TAKEOVER_FEATURES)
+
+
+def takeover_features(
+    state: RiskState,
+    event: Event,
+    amount: float,
+    new_category: bool,
+    ratio: float,
+    params: RiskParams,
+) -> tuple[float, ...]:
+    """:data:`TAKEOVER_FEATURES` of a purchase from the open suspicion's origin, after its
+    device and IP were remembered and before the purchase is learned."""
+    suspect = state.suspect
+    assert suspect is not None
+    t = event.ts_ms
+    device = state.devices.get(event.device_id) if event.device_id is not None else None
+    ip = state.ips.get(event.ip) if event.ip is not None else None
+    largest = state.amount.largest(t, params)
+    item = None if event.item_id is None else item_key(event.item_id)
+    return (
+        *user_features(state.spend, t, amount),
+        float(suspect.new_device),
+        min((t - suspect.ts_ms) / MINUTE_MS, 24 * 60.0),
+        min((t - device.first_ms) / DAY_MS, 60.0) if device is not None else 0.0,
+        math.log1p(device.count) if device is not None else 0.0,
+        math.log1p(ip.count) if ip is not None else 0.0,
+        float(len(state.devices)),
+        math.log1p(state.known_logins),
+        float(len(state.amount.amounts)),
+        ratio,
+        amount / largest if largest > 0 else 0.0,
+        float(new_category),
+        float(_blind(state, item)),
+    )
+
+
 def _from_suspect(state: RiskState, event: Event) -> bool:
     """Whether the event comes from the origin of the open takeover suspicion: its IP, or
     its device when that device is new to the user."""
@@ -498,13 +594,16 @@ def _takeover(
     amount: float | None,
     new_category: bool,
     params: RiskParams,
+    scorer: PurchaseScorer | None,
 ) -> tuple[_Finding | None, bool]:
     """Score and learn the event's device and IP; (finding, event is in the suspect session).
 
     A new device with a new IP opens a suspicion; so does a login from a new IP on a known
-    device (a copied fingerprint, a shared tablet), but that one escalates only on
-    purchases far above the user's median (further in a category they know), and hides no
-    other kind until then: phones change addresses all the time.
+    device (a copied fingerprint, a shared tablet), but that one hides no other kind until
+    it escalates: phones change addresses all the time. A purchase from the suspected
+    origin escalates when ``scorer`` scores it at its threshold or more; without one, when
+    it is far above the user's median (further for a known device, further still in a
+    category they know).
     """
     t = event.ts_ms
     suspect = state.suspect
@@ -540,13 +639,20 @@ def _takeover(
         return None, False
     assert suspect is not None
     raised = event.event_id == suspect.event_id  # the new origin itself is evidence
+    learned = None
     if event.type == "purchase" and amount is not None:
         unusual, ratio = _unusual(state, amount, params)
-        if unusual and (
-            suspect.new_device
-            or (new_category and ratio >= params.ato_known_device_ratio)
-            or ratio >= params.ato_known_device_any_ratio
-        ):
+        if scorer is not None:
+            row = takeover_features(state, event, amount, new_category, ratio, params)
+            learned = scorer.score_one(row)
+            escalate = learned >= scorer.threshold
+        else:
+            escalate = unusual and (
+                suspect.new_device
+                or (new_category and ratio >= params.ato_known_device_ratio)
+                or ratio >= params.ato_known_device_any_ratio
+            )
+        if escalate:
             suspect.unusual += 1
             raised = True
             suspect.top_amount = max(suspect.top_amount, amount)
@@ -573,6 +679,9 @@ def _takeover(
         "top_ratio": round(suspect.top_ratio, 2),
         "minutes_since_new_device": round((t - suspect.ts_ms) / MINUTE_MS, 1),
     }
+    if learned is not None and scorer is not None:
+        evidence["takeover_score"] = round(learned, 4)
+        evidence["takeover_model"] = scorer.version
     cited = [suspect.event_id, *suspect.cited]
     if cited[-1] != event.event_id:
         cited.append(event.event_id)
@@ -724,13 +833,18 @@ def _fire(
 
 
 def assess(
-    state: RiskState | None, event: Event, params: RiskParams
+    state: RiskState | None,
+    event: Event,
+    params: RiskParams,
+    takeover: PurchaseScorer | None = None,
 ) -> tuple[RiskState, list[Alert]]:
     """Fold one event of a user into their risk state (in place); return the alerts it raises.
 
     Call it for every applied event of the user, in arrival order (duplicates already
     dropped). ``delete_user`` forgets everything. Each detector scores the event against
-    what it knew before (``score_one``), then learns it (``learn_one``).
+    what it knew before (``score_one``), then learns it (``learn_one``). ``takeover``
+    decides the purchases of a suspected takeover (see :func:`takeover_scorer`); without
+    it the ratio thresholds do.
     """
     if event.type == "delete_user":
         return RiskState(), []
@@ -747,9 +861,9 @@ def assess(
     amount = _amount(event) if kind in ("purchase", "refund") else None
     findings: list[_Finding] = []
 
-    takeover, in_suspect = _takeover(state, event, amount, new_category, params)
-    if takeover is not None:
-        findings.append(takeover)
+    suspected, in_suspect = _takeover(state, event, amount, new_category, params, takeover)
+    if suspected is not None:
+        findings.append(suspected)
     if kind in BROWSE_TYPES:
         _browsed(state, kind, event.item_id, params)
         bot = _bot(state, event, params)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from operators.apps.learned_risk import ItemVerdict, PurchaseCheck, from_user_event
 from operators.apps.risk import Alert, RiskParams, RiskState, assess
+from operators.apps.risk_model import RiskModel
 from operators.apps.segments import (
     SegmentBook,
     SegmentTransition,
@@ -54,6 +55,8 @@ class Applications:
     risk: RiskParams
     #: How long fraud verdicts usually take (the learned score's settled windows).
     risk_settle_ms: int = 7 * DAY_MS
+    #: What decides a suspected takeover's purchases (``None``: the ratio thresholds).
+    takeover: RiskModel | None = None
 
 
 def before_event(
@@ -75,7 +78,7 @@ def after_event(
     segments the event's type can move are tested again
     (:func:`~operators.apps.segments.update_memberships`).
     """
-    state.apps, alerts = assess(state.apps, event, apps.risk)
+    state.apps, alerts = assess(state.apps, event, apps.risk, apps.takeover)
     to_item = from_user_event(state.apps, event, apps.risk_settle_ms)
     profile = state.profile
     now = profile.last_seen_ms

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -26,12 +27,14 @@ from dataflow.sim import AnomalyConfig, generate_events, write_events, write_lab
 from dataflow.sim.anomalies import SHIFTED
 from operators.apps import (
     KINDS,
+    TAKEOVER_FEATURES,
     Alert,
     RiskParams,
     RiskState,
     alert_id,
     assess,
     load_risk_params,
+    load_takeover_model,
     robust_log_stats,
 )
 from operators.apps.risk import decode_state, encode_state
@@ -47,8 +50,8 @@ HOME = {"device_id": "phone", "ip": "10.0.0.1"}
 class Feed:
     """One user's events through :func:`assess`, with the alerts collected."""
 
-    def __init__(self, params: RiskParams = PARAMS, user: str = "u1") -> None:
-        self.params, self.user = params, user
+    def __init__(self, params: RiskParams = PARAMS, user: str = "u1", takeover: Any = None) -> None:
+        self.params, self.user, self.takeover = params, user, takeover
         self.state: RiskState | None = None
         self.alerts: list[Alert] = []
         self.n = 0
@@ -59,7 +62,7 @@ class Feed:
         if kind in ("view", "click", "purchase", "refund"):
             defaults["item_id"] = f"i{self.n}"
         event = Event(f"{self.user}-e{self.n}", self.user, ts, kind, **{**defaults, **fields})
-        self.state, fired = assess(self.state, event, self.params)
+        self.state, fired = assess(self.state, event, self.params, self.takeover)
         self.alerts += fired
         return fired
 
@@ -156,6 +159,69 @@ def test_takeover_from_a_known_device_needs_a_login_and_a_far_unusual_purchase(
     assert feed.kinds() == (["account_takeover"] if fires else []), case
     if fires:
         assert feed.alerts[0].evidence["new_device"] == 0
+
+
+class FixedScore:
+    """A takeover scorer that answers one score and keeps the features it was asked about."""
+
+    version = "fixed-v1"
+    threshold = 0.5
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+        self.asked: list[dict[str, float]] = []
+
+    def score_one(self, row: Sequence[float]) -> float:
+        self.asked.append(dict(zip(TAKEOVER_FEATURES, row, strict=True)))
+        return self.score
+
+
+def test_takeover_a_learned_score_decides_the_suspected_purchases() -> None:
+    """With a scorer, the score decides a suspected purchase, not the ratio thresholds."""
+    # 5x the median in a category the user knows: the rules let it pass; a score of 0.9 not.
+    feed = Feed(takeover=FixedScore(0.9))
+    now = established(feed)
+    feed.send("view", now - DAY_MS, item_id="novel", category="Books")
+    origin = {"device_id": "phone", "ip": "198.51.100.7"}
+    feed.send("login", now, **origin)
+    [alert] = feed.send("purchase", now + 20 * MINUTE_MS, price=250.0, category="Books", **origin)
+    assert alert.kind == "account_takeover"
+    assert (
+        alert.evidence["takeover_score"] == 0.9 and alert.evidence["takeover_model"] == "fixed-v1"
+    )
+    [seen] = feed.takeover.asked  # only the purchase from the suspected origin is scored
+    assert seen["new_device_suspicion"] == 0 and seen["minutes_since_suspicion"] == 20
+    assert seen["ratio_to_median"] == pytest.approx(250 / 50, rel=0.1)
+    assert seen["new_category"] == 0 and seen["blind"] == 1 and seen["known_devices"] == 1
+    assert seen["device_age_days"] > 6 and seen["amount_history"] == 6
+    # 18x from a new device and IP: the rules alert; a score of 0.1 does not.
+    feed = Feed(takeover=FixedScore(0.1))
+    now = established(feed)
+    new = {"device_id": "laptop-x", "ip": "203.0.113.9"}
+    feed.send("login", now, **new)
+    feed.send("purchase", now + 40 * MINUTE_MS, price=900.0, **new)
+    assert "account_takeover" not in feed.kinds()
+    assert feed.takeover.asked[0]["new_device_suspicion"] == 1
+
+
+def test_the_shipped_takeover_score_tells_an_intruder_from_the_owner() -> None:
+    model = load_takeover_model()
+    assert model.features == TAKEOVER_FEATURES and 0 < model.threshold < 1
+    assert model.version.startswith("takeover-v1")
+    score = FixedScore(0.0)  # records the rows the shipped model will be asked about
+    intruder, owner = Feed(takeover=score), Feed(takeover=score, user="u2")
+    for feed in (intruder, owner):
+        established(feed)
+    now = T0 + 7 * DAY_MS
+    new = {"device_id": "laptop-x", "ip": "203.0.113.9"}
+    intruder.send("login", now, **new)
+    intruder.send("purchase", now + 30 * MINUTE_MS, price=1_400.0, category="Phones", **new)
+    moved = {"device_id": "phone", "ip": "198.51.100.7"}  # the owner's phone, a new address
+    owner.send("login", now, **moved)
+    owner.send("view", now + 60_000, item_id="socks", **moved)
+    owner.send("purchase", now + 5 * MINUTE_MS, price=45.0, item_id="socks", **moved)
+    theirs, owners = (model.score_one(list(row.values())) for row in score.asked)
+    assert theirs >= model.threshold > owners
 
 
 def test_takeover_from_a_known_device_alerts_once_a_month_per_user() -> None:
@@ -600,7 +666,7 @@ def test_alert_json_round_trip() -> None:
     now = established(feed)
     [alert] = feed.send("purchase", now, price=2_400.0)
     data = msgspec.json.encode(alert)
-    assert json.loads(data)["model_version"] == "risk-v4"
+    assert json.loads(data)["model_version"] == "risk-v5"
     assert msgspec.json.decode(data, type=Alert) == alert
 
 
