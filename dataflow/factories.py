@@ -181,6 +181,7 @@ def watched_file(
             shown = loaded
         return loaded
 
+    info.clear()  # the version in use, and only it
     info.labels(version(first)).set(1)
     return current
 
