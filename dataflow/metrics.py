@@ -152,9 +152,14 @@ SEGMENT_DEFINITIONS_LOADS = Counter(
     "Segment definition files loaded by the running flow, by result (ok, error)",
     ["result"],
 )
+RISK_MODEL_LOADS = Counter(
+    "profilestream_risk_model_loads",
+    "Learned risk model files loaded by the running flow, by result (ok, error)",
+    ["result"],
+)
 # Both results exist from the start, at 0: a panel or rate() needs the series before the
 # first reload, which may never come.
-for _loads in (ITEM_MODEL_LOADS, ITEM_VECTORS_LOADS, SEGMENT_DEFINITIONS_LOADS):
+for _loads in (ITEM_MODEL_LOADS, ITEM_VECTORS_LOADS, SEGMENT_DEFINITIONS_LOADS, RISK_MODEL_LOADS):
     for _result in ("ok", "error"):
         _loads.labels(_result)
 SEGMENT_DEFINITIONS_INFO = Gauge(
@@ -166,13 +171,6 @@ ALERTS = Counter("profilestream_alerts", "Risk alerts raised, by kind", ["kind"]
 RISK_SCORES = Counter(
     "profilestream_risk_scores", "Purchases given a learned risk score (or logged without a model)"
 )
-RISK_MODEL_LOADS = Counter(
-    "profilestream_risk_model_loads",
-    "Learned risk model files loaded by the running flow, by result (ok, error)",
-    ["result"],
-)
-for _result in ("ok", "error"):
-    RISK_MODEL_LOADS.labels(_result)
 RISK_MODEL_INFO = Gauge(
     "profilestream_risk_model_info", "1 for the learned risk model version in use", ["version"]
 )

@@ -91,7 +91,6 @@ def _train_command(args: argparse.Namespace) -> None:
     if week:
         days = min(7.0, (now - min(s.event_time_ms for s in scores)) / DAY_MS)
         model = with_alert_budget(model, np.array(week), days, args.alerts_per_day)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, args.out)
     print(
         f"wrote {args.out}: {model.version}, {model.examples} examples ({model.frauds} fraud), "

@@ -46,7 +46,6 @@ def _train_command(args: argparse.Namespace) -> None:
         for events, labels in zip(args.events, args.labels, strict=True)
     ]
     model, choice = train_takeover(streams, args.precision)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, args.out)
     print(
         f"wrote {args.out}: {model.version}, {model.examples} suspected purchases "

@@ -120,6 +120,7 @@ def save_model(model: RiskModel, path: str | Path) -> None:
     reloads it on change never reads half a model.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_bytes(msgspec.msgpack.encode(model))
     os.replace(partial, path)
