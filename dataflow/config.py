@@ -90,18 +90,20 @@ class Config:
             "model precision: auto = fp32; fp16 on CUDA; int8 = per-token int8 products (CPU)"
         ),
     )
-    embed_thread: Literal["auto", "on", "off"] = field(
-        default="auto",
+    embed_thread: Literal["on", "off"] = field(
+        default="on",
         metadata=_opt(
             "embed on a thread of the model's own, so workers go on with other users while it "
-            "works: auto = on when the model runs on a GPU; on a CPU the model needs the cores "
-            "the workers would take (2 cores, one event in five with text: 4,812 events/s off, "
-            "3,937-4,305 on)"
+            "works and the next batch fills (off: on the worker that closed the batch, every "
+            "other user waiting)"
         ),
     )
     embed_threads: int = field(
         default=0,
-        metadata=_opt("intra-op threads of the embedding model on CPU (0 = every usable core)"),
+        metadata=_opt(
+            "intra-op threads of the embedding model on CPU (0 = the cores the workers leave "
+            "it, at least one, with --embed-thread on; every usable core with it off)"
+        ),
     )
     embed_batch_size: int = field(
         default=64, metadata=_opt("distinct texts that close an embedding batch")

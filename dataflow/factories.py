@@ -32,7 +32,7 @@ from operators.profile import (
 )
 from operators.recsys import ItemVectors, load_item_model, loader_for
 from operators.text import SentimentScorer, load_sentiment_model
-from operators.text.embedding import Embedder, TextBatcher, TextEncoder
+from operators.text.embedding import Embedder, TextBatcher, TextEncoder, usable_cores
 from operators.user import MachineSettings, Ports
 
 Loaded = TypeVar("Loaded")
@@ -45,10 +45,19 @@ def shared_embedder(config: Config) -> Embedder:
         config.embed_model,
         config.device,
         config.embed_precision,
-        config.embed_threads or None,
+        config.embed_threads or model_threads(config),
         config.embed_cache_size,
         config.embed_batch_size,
     )
+
+
+def model_threads(config: Config) -> int | None:
+    """The model's intra-op threads when not set: on its own thread it gets the cores the
+    workers leave (running beside them, more would fight them for cores at every operator's
+    barrier); on the workers' threads, ``None``: every core, as the workers wait meanwhile."""
+    if config.embed_thread == "off":
+        return None
+    return max(1, usable_cores() - config.workers)
 
 
 @lru_cache(maxsize=4)
@@ -237,7 +246,7 @@ def user_context(
         config.embed_batch_size,
         config.embed_max_wait_ms,
         metrics.observe_batch,
-        background={"on": True, "off": False}.get(config.embed_thread),
+        background=config.embed_thread == "on",
     )
     settings = MachineSettings(
         params=profile_params(config, model.name),

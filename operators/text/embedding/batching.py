@@ -12,11 +12,13 @@ While the model is still loading (:meth:`TextEncoder.ready` is false) batches ar
 texts keep joining the waiting one, its users wait, and everyone else goes on; the batch is
 tried again every ``max_wait_ms``. Only the end of the input waits for the model.
 
-With ``background=True`` (as the flow runs it) a closed batch goes to the batcher's own
-thread, and the worker threads go on with other users while the model works (torch releases
-the GIL); texts asked for meanwhile fill the next batch, which starts as soon as the model is
-free. :meth:`TextBatcher.due_ms` then says when the batch in flight should be done (from how
+With ``background=True`` a closed batch goes to the batcher's own thread, and the worker
+threads go on with other users while the model works (torch releases the GIL); texts asked
+for meanwhile fill the next batch, which the thread starts itself as soon as the model is
+free, if it is full or its first text has waited ``max_wait_ms`` (else a worker closes it when
+due). :meth:`TextBatcher.due_ms` then says when the batch in flight should be done (from how
 long the last ones took), so its waiting users are woken about when their vectors are there.
+A batch never holds more than ``max_batch`` texts: what waits beyond that goes in the next.
 
 The batcher holds no state worth recovering: the waiting events live in the users'
 snapshots, and after a restart their texts are simply registered again. Time is passed in
@@ -38,6 +40,7 @@ array([1., 1.], dtype=float32)
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -69,8 +72,7 @@ class TextBatcher:
         max_batch: Distinct waiting texts that close a batch at once.
         max_wait_ms: Longest time the first text of a batch waits.
         on_batch: Called with a :class:`BatchReport` after each batch (metrics).
-        background: Embed on the batcher's own thread instead of the caller's; ``None``:
-            when the model runs on a GPU (on a CPU it needs the cores the callers use).
+        background: Embed on the batcher's own thread instead of the caller's.
 
     Worker threads share one batcher. Vectors of the last few batches are kept until asked
     for, even with the encoder's cache turned off.
@@ -82,14 +84,13 @@ class TextBatcher:
         max_batch: int,
         max_wait_ms: int,
         on_batch: Callable[[BatchReport], None] | None = None,
-        background: bool | None = False,
+        background: bool = False,
     ) -> None:
         self.encoder = encoder
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         self.on_batch = on_batch
-        self._waiting: dict[str, None] = {}  # an ordered set
-        self._opened_ms: int | None = None
+        self._waiting: dict[str, int] = {}  # text -> when it was first asked for, in order
         self._retry_ms = 0  # while the model loads: when to try the waiting batch again
         self._ready: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = max(4 * max_batch, 256)
@@ -98,7 +99,7 @@ class TextBatcher:
         self._model_free = threading.Condition(self._lock)
         #: The batch handed to the thread, with the time it was closed, until it is done.
         self._in_flight: tuple[list[str], int, int] | None = None  # texts, opened, closed
-        self._submitted: frozenset[str] = frozenset()  # its texts: not registered again
+        self._submitted: set[str] = set()  # texts being embedded: not registered again
         self._embed_ms = max_wait_ms  # how long a batch takes, smoothed: when to look again
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -117,10 +118,9 @@ class TextBatcher:
         with self._lock:
             self._raise_failure()
             if text not in self._ready and text not in self._submitted:
-                self._waiting[text] = None
-                if self._opened_ms is None:
-                    self._opened_ms = now_ms
+                if not self._waiting:
                     self.encoder.ready()  # a lazy model starts loading now, not when due
+                self._waiting.setdefault(text, now_ms)
                 if len(self._waiting) >= self.max_batch and self.encoder.ready():
                     self._flush(now_ms)
             return self._ready.get(text)
@@ -131,8 +131,12 @@ class TextBatcher:
         flight = self._in_flight
         if flight is not None:  # nothing else can start before it is done
             return max(flight[2] + self._embed_ms, now_ms + OVERDUE_POLL_MS)
-        opened = self._opened_ms
+        opened = self._opened_ms()
         return None if opened is None else max(opened + self.max_wait_ms, self._retry_ms)
+
+    def _opened_ms(self) -> int | None:
+        """When the first waiting text was asked for; ``None`` if none waits."""
+        return next(iter(self._waiting.values()), None)
 
     def flush_due(self, now_ms: int) -> bool:
         """Embed the waiting batch if it is due; whether it was."""
@@ -150,45 +154,59 @@ class TextBatcher:
             return True
 
     def flush(self, now_ms: int) -> None:
-        """Embed whatever waits now, on this thread, once the batch in flight is done (at
-        the end of the input)."""
+        """Embed whatever waits now and wait for the batch in flight (at the end of the
+        input). Waiting batches run on this thread too, beside the model's own: the caller
+        has nothing else to do, and a one-thread model leaves it a core."""
         with self._lock:
-            while self._in_flight is not None:
-                self._model_free.wait()
-            self._raise_failure()
-            texts, opened = self._take(now_ms)
-            if texts:
-                self._embed(texts, opened, now_ms)
+            while True:
+                self._raise_failure()
+                if self._waiting:
+                    self._embed(*self._take(now_ms), now_ms)
+                elif self._in_flight is not None:
+                    self._model_free.wait()
+                else:
+                    return
 
     def _flush(self, now_ms: int) -> None:
         """Close the waiting batch (under the lock): embed it here, or hand it to the
         thread if the model is free (else it keeps filling until it is)."""
         if not self._waiting:
             return
-        if self._background is None:  # the model is ready: its device is known
-            self._background = getattr(self.encoder, "device", "cpu") != "cpu"
         if not self._background:
-            texts, opened = self._take(now_ms)
-            self._embed(texts, opened, now_ms)
+            while self._waiting:
+                self._embed(*self._take(now_ms), now_ms)
         elif self._in_flight is None:
-            texts, opened = self._take(now_ms)
-            self._in_flight = (texts, opened, now_ms)
-            self._submitted = frozenset(texts)
+            self._submit(now_ms)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="embedder", daemon=True)
                 self._thread.start()
             self._model_free.notify_all()
 
     def _take(self, now_ms: int) -> tuple[list[str], int]:
-        texts = list(self._waiting)
-        opened = self._opened_ms if self._opened_ms is not None else now_ms
-        self._waiting.clear()
-        self._opened_ms = None
-        return texts, opened
+        """The first ``max_batch`` waiting texts, and when the first of them was asked for."""
+        opened = self._opened_ms()
+        texts = list(itertools.islice(self._waiting, self.max_batch))
+        for text in texts:
+            del self._waiting[text]
+        return texts, now_ms if opened is None else opened
+
+    def _submit(self, now_ms: int) -> None:
+        """Hand the next batch to the model's thread (under the lock)."""
+        texts, opened = self._take(now_ms)
+        self._in_flight = (texts, opened, now_ms)
+        self._submitted.update(texts)
 
     def _embed(self, texts: list[str], opened_ms: int, closed_ms: int) -> None:
-        """Embed ``texts`` on this thread (under the lock) and keep their vectors."""
-        self._keep_vectors(texts, *self._encode(texts), opened_ms, closed_ms)
+        """Embed ``texts`` on this thread and keep their vectors (called under the lock,
+        which is released while the model runs)."""
+        self._submitted.update(texts)
+        self._lock.release()
+        try:
+            vectors, took = self._encode(texts)
+        finally:
+            self._lock.acquire()
+            self._submitted.difference_update(texts)
+        self._keep_vectors(texts, vectors, took, opened_ms, closed_ms)
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
         """The texts' vectors, and the seconds the model took."""
@@ -225,5 +243,12 @@ class TextBatcher:
                 self._lock.acquire()
                 self._keep_vectors(texts, vectors, took, opened, closed)
                 self._embed_ms = round(0.7 * self._embed_ms + 0.3 * took * 1000) + 1
-                self._in_flight, self._submitted = None, frozenset()
+                self._in_flight = None
+                self._submitted.difference_update(texts)
+                # Keep the model busy: the texts that came meanwhile go next if they are due
+                # (``now`` on the callers' clock: the batch closed, then the model took this).
+                now_ms = closed + round(took * 1000)
+                due = self.due_ms(now_ms)
+                if len(self._waiting) >= self.max_batch or (due is not None and due <= now_ms):
+                    self._submit(now_ms)
                 self._model_free.notify_all()

@@ -73,8 +73,8 @@ def test_no_batch_closes_while_the_model_loads_and_the_wait_is_kept() -> None:
     assert not batcher.flush_due(60) and batcher.due_ms() == 110  # tried again a wait later
     assert not batcher.flush_due(109)
     encoder.loaded = True
-    assert batcher.flush_due(110)
-    assert encoder.calls == [["x", "y", "z"]] and reports[0].wait_ms == 100
+    assert batcher.flush_due(110)  # all that waited, a batch of at most two at a time
+    assert encoder.calls == [["x", "y"], ["z"]] and reports[0].wait_ms == 100
     assert batcher.vector("z", 111) is not None and batcher.due_ms() is None
 
 
@@ -127,8 +127,8 @@ def test_in_the_background_the_model_works_while_the_next_batch_fills() -> None:
     assert batcher.due_ms(now_ms=5) == max(1 + 50, 5 + OVERDUE_POLL_MS)  # when it should be done
     assert not batcher.flush_due(1_000)  # the model is busy: the next batch waits for it
     encoder.gate.set()
-    batcher.flush(2_000)  # waits for the batch in flight, then embeds the rest here
-    assert encoder.calls == [["a", "b"], ["c", "d"]]
+    batcher.flush(2_000)  # embeds the rest here, beside the batch in flight, and waits
+    assert sorted(encoder.calls) == [["a", "b"], ["c", "d"]]
     assert all(batcher.vector(t, 2_001) is not None for t in "abcd")
     assert [r.size for r in reports] == [2, 2] and batcher.due_ms() is None
 
@@ -140,3 +140,25 @@ def test_a_model_that_fails_on_its_thread_fails_the_workers() -> None:
     encoder.gate.set()
     with pytest.raises(RuntimeError, match="failed on its thread"):
         batcher.flush(1)
+
+
+def test_the_model_thread_starts_the_next_due_batch_itself() -> None:
+    encoder, reports = GatedEncoder(), list[BatchReport]()
+    # A long wait: "g" (below) must not fall due however slowly the model runs here.
+    batcher = TextBatcher(encoder, 2, 10_000, on_batch=reports.append, background=True)
+    batcher.vector("a", 0)
+    batcher.vector("b", 1)  # full: in flight
+    assert encoder.started.wait(10)
+    for i, text in enumerate("cdefg"):  # five wait while the model works: batches of two
+        batcher.vector(text, 2 + i)
+    encoder.gate.set()
+    for _ in range(1_000):  # no worker asks: the thread goes on with the full batches
+        with batcher._lock:
+            if len(encoder.calls) == 3 and batcher._in_flight is None:
+                break
+        threading.Event().wait(0.01)
+    assert encoder.calls == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert batcher.due_ms() == 6 + 10_000  # "g" alone waits for its wait (or more texts)
+    assert batcher.flush_due(10_006)
+    batcher.flush(10_007)
+    assert encoder.calls[-1] == ["g"] and [r.size for r in reports] == [2, 2, 2, 1]
