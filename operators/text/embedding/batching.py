@@ -154,15 +154,15 @@ class TextBatcher:
             return True
 
     def flush(self, now_ms: int) -> None:
-        """Embed whatever waits now and wait for the batch in flight (at the end of the
-        input). Waiting batches run on this thread too, beside the model's own: the caller
-        has nothing else to do, and a one-thread model leaves it a core."""
+        """Embed whatever waits now and wait for every batch being embedded (at the end of
+        the input). Waiting batches run on this thread too, beside the model's own: the
+        caller has nothing else to do, and a one-thread model leaves it a core."""
         with self._lock:
             while True:
                 self._raise_failure()
                 if self._waiting:
-                    self._embed(*self._take(now_ms), now_ms)
-                elif self._in_flight is not None:
+                    self._embed(*self._take(now_ms), now_ms, beside=True)
+                elif self._submitted:  # the thread's batch, or another worker's
                     self._model_free.wait()
                 else:
                     return
@@ -196,9 +196,15 @@ class TextBatcher:
         self._in_flight = (texts, opened, now_ms)
         self._submitted.update(texts)
 
-    def _embed(self, texts: list[str], opened_ms: int, closed_ms: int) -> None:
-        """Embed ``texts`` on this thread and keep their vectors (called under the lock,
-        which is released while the model runs)."""
+    def _embed(
+        self, texts: list[str], opened_ms: int, closed_ms: int, beside: bool = False
+    ) -> None:
+        """Embed ``texts`` on this thread and keep their vectors, under the lock: other
+        workers asking meanwhile wait for them. ``beside``: the lock is released while the
+        model runs, so the model's own thread goes on beside this one."""
+        if not beside:
+            self._keep_vectors(texts, *self._encode(texts), opened_ms, closed_ms)
+            return
         self._submitted.update(texts)
         self._lock.release()
         try:
@@ -206,6 +212,7 @@ class TextBatcher:
         finally:
             self._lock.acquire()
             self._submitted.difference_update(texts)
+            self._model_free.notify_all()
         self._keep_vectors(texts, vectors, took, opened_ms, closed_ms)
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -238,6 +245,7 @@ class TextBatcher:
                     self._lock.acquire()
                     self._failure = exc
                     self._in_flight = None
+                    self._submitted.difference_update(texts)
                     self._model_free.notify_all()
                     return
                 self._lock.acquire()

@@ -162,3 +162,22 @@ def test_the_model_thread_starts_the_next_due_batch_itself() -> None:
     assert batcher.flush_due(10_006)
     batcher.flush(10_007)
     assert encoder.calls[-1] == ["g"] and [r.size for r in reports] == [2, 2, 2, 1]
+
+
+def test_at_the_end_a_worker_waits_for_a_batch_another_worker_embeds() -> None:
+    encoder = GatedEncoder()
+    batcher = TextBatcher(encoder, 2, max_wait_ms=50)
+    batcher.vector("a", 0)
+    first = threading.Thread(target=batcher.flush, args=(1,))
+    first.start()  # one worker embeds "a" at the end of the input, beside the lock
+    assert encoder.started.wait(10)
+    assert batcher.vector("a", 2) is None  # being embedded: not registered again
+    second = threading.Thread(target=batcher.flush, args=(3,))
+    second.start()  # nothing waits, but "a" is not there yet: it waits, no busy loop
+    second.join(0.2)
+    assert second.is_alive()
+    encoder.gate.set()
+    first.join(10)
+    second.join(10)
+    assert not second.is_alive() and batcher.vector("a", 4) is not None
+    assert encoder.calls == [["a"]]
