@@ -188,9 +188,42 @@ def resolve_precision(precision: str, device: str) -> Precision:
     return cast(Precision, precision)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPU cores this process may use: its affinity mask (not the host's count), and no more
+    than a container's CPU limit allows (:func:`cpu_quota_cores`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cpu_quota_cores(cgroup)
+    return max(1, min(cores or 1, quota or cores or 1))
+
+
+def cpu_quota_cores(cgroup: Path) -> int | None:
+    """Whole cores the CPU quota of the cgroup mounted at ``cgroup`` allows (a Kubernetes CPU
+    limit; at least 1); ``None`` without one. A pod with a 2-CPU limit on a 16-core node sees
+    all 16 in its affinity mask, and 16 model threads under a 2-CPU quota are throttled at
+    every operator's barrier. Reads cgroup v2 (``cpu.max``) or v1 (``cpu/cpu.cfs_*``).
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "cpu.max").write_text("250000 100000")
+    >>> cpu_quota_cores(root)
+    2
+    >>> _ = (root / "cpu.max").write_text("max 100000")
+    >>> cpu_quota_cores(root) is None
+    True
+    """
+    try:
+        if (v2 := cgroup / "cpu.max").exists():
+            quota, period = v2.read_text().split()[:2]
+            if quota == "max":
+                return None
+        else:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+            if int(quota) < 0:  # v1's "no quota"
+                return None
+        return max(1, int(quota) // int(period))
+    except (OSError, ValueError):  # no cgroup file system here, or one we cannot read
+        return None
 
 
 class Embedder:
@@ -204,9 +237,9 @@ class Embedder:
     barrier. On an idle 2-core slice (taskset, H100 host) one pass ran 1.9x faster with 2
     threads than with 1 (fp32 298 vs 158 texts/s, int8 368 vs 218). On a box whose cores are
     busy with other processes the opposite holds: on this project's 2-core machine under a
-    load of 3-5, 2 threads ran 4-5x (fp32) and over 10x (int8) slower than 1. So give
-    ``--embed-threads`` the cores the flow really has (a Kubernetes CPU limit is not visible
-    in the affinity mask), and 1 on a shared box.
+    load of 3-5, 2 threads ran 4-5x (fp32) and over 10x (int8) slower than 1. So the cores
+    counted are those the process may really use (a container's CPU limit included), and a
+    shared box wants ``--embed-threads 1``.
 
     Args:
         model_dir: A local sentence-transformers model directory; ``None`` means ``model``.

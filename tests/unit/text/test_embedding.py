@@ -4,6 +4,7 @@ sentence-transformers and between precisions on real reviews, prompts, thread se
 from __future__ import annotations
 
 import csv
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from dataflow.config import Config
-from dataflow.factories import shared_embedder
+from dataflow.factories import model_threads, shared_embedder
 from operators.text.embedding import MODEL_NAMES, Embedder, packaged_model_dir, usable_cores
+from operators.text.embedding.encoder import cpu_quota_cores
 from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
@@ -104,6 +106,26 @@ def test_thread_setting_is_honoured() -> None:
         assert model.threads == torch.get_num_threads() == default + 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_container_cpu_limit_caps_the_cores_counted(tmp_path: Path) -> None:
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota_cores(tmp_path / "v1") is None  # v1 without a quota
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cpu_quota_cores(tmp_path / "v1") == 1  # half a core still gets one thread
+    assert usable_cores(tmp_path / "v1") == 1
+    assert cpu_quota_cores(tmp_path / "none") is None
+    assert usable_cores(tmp_path / "none") == len(os.sched_getaffinity(0))
+
+
+def test_the_model_thread_gets_the_cores_the_workers_leave() -> None:
+    cores = usable_cores()
+    assert model_threads(Config(workers=1)) == max(1, cores - 1)
+    assert model_threads(Config(workers=cores + 3)) == 1
+    assert model_threads(Config(embed_thread="off")) is None  # every core: the workers wait
 
 
 @pytest.mark.parametrize(("device", "precision"), [("cuda", "int8"), ("cpu", "fp16")])
