@@ -191,9 +191,10 @@ def resolve_precision(precision: str, device: str) -> Precision:
 def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """CPU cores this process may use: its affinity mask (not the host's count), and no more
     than a container's CPU limit allows (:func:`cpu_quota_cores`)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores = affinity or os.cpu_count() or 1
     quota = cpu_quota_cores(cgroup)
-    return max(1, min(cores or 1, quota or cores or 1))
+    return cores if quota is None else min(cores, quota)
 
 
 def cpu_quota_cores(cgroup: Path) -> int | None:
