@@ -271,7 +271,8 @@ class Embedder:
         # int8 runs on the CPU and fp16 on CUDA whatever is present; fp32 picks at load time.
         self._device = device or {"int8": "cpu", "fp16": "cuda"}.get(precision)
         self.precision = resolve_precision(precision, self._device or "cpu")
-        self.threads = threads or usable_cores()
+        cores = usable_cores()  # read once: the affinity mask and the cgroup's quota
+        self.threads = threads or cores
         self.batch_size = batch_size
         self.cache_size = cache_size
         self.dim = int(json.loads((self.model_dir / "config.json").read_text())["hidden_size"])
@@ -289,7 +290,7 @@ class Embedder:
         self._cache_lock = threading.Lock()
         # Fast tokenizers are not thread-safe ("Already borrowed", huggingface/tokenizers#537).
         self._tokenizer_lock = threading.Lock()
-        self._passes = threading.BoundedSemaphore(max(1, usable_cores() // self.threads))
+        self._passes = threading.BoundedSemaphore(max(1, cores // self.threads))
         # Importing torch and reading the weights take seconds. A lazy embedder loads them in
         # a thread when first asked whether it is ready: a flow starts at once on events that
         # need no text vector (and never loads a model it does not use); texts wait.
