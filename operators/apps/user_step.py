@@ -69,7 +69,7 @@ def before_event(
 
 
 def after_event(
-    state: UserState, event: Event, apps: Applications, incremental: bool = False
+    state: UserState, event: Event, apps: Applications, incremental: bool = False, due_ms: int = 0
 ) -> tuple[list[Alert], list[SegmentTransition], int, PurchaseCheck | ItemVerdict | None]:
     """React to an applied event (in place): (alerts, transitions, next check or 0, what the
     event sends to its item's risk view).
@@ -86,5 +86,5 @@ def after_event(
     transitions = update_memberships(
         profile, apps.segments, apps.windows, now, event.event_id, kind
     )
-    due = next_check_ms(apps.segments, profile, apps.windows, now) or 0
+    due = next_check_ms(apps.segments, profile, apps.windows, now, kind, due_ms) or 0
     return alerts, transitions, due, to_item

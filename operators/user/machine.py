@@ -433,7 +433,7 @@ class UserMachine:
             self.expires = new.profile.last_seen_ms + settings.expire_after_ms
         apps = settings.applications()
         alerts, transitions, self.due, to_item = after_event(
-            new, event, apps, incremental=self.book is apps.segments
+            new, event, apps, incremental=self.book is apps.segments, due_ms=self.due
         )
         self.book = apps.segments
         for alert in alerts:

@@ -537,19 +537,25 @@ class SegmentBook:
     checks_after: Mapping[str, tuple[tuple[str, Test], ...]] = field(
         init=False, repr=False, compare=False
     )
+    #: Likewise, the ``timed`` functions whose answer an event of each type can move.
+    timed_after: Mapping[str, tuple[NextChange, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(s.name for s in self.segments))
         timed = tuple(s.next_change for s in self.segments if s.next_change is not None)
         object.__setattr__(self, "timed", timed)
         object.__setattr__(self, "checks", tuple((s.name, s.test) for s in self.segments))
-        after = {
-            kind: tuple(
-                (s.name, s.test) for s in self.segments if "*" in s.reads or kind in s.reads
-            )
+        moved = {
+            kind: [s for s in self.segments if "*" in s.reads or kind in s.reads]
             for kind in EVENT_TYPES
         }
-        object.__setattr__(self, "checks_after", after)
+        checks_after = {kind: tuple((s.name, s.test) for s in moved[kind]) for kind in moved}
+        object.__setattr__(self, "checks_after", checks_after)
+        timed_after = {
+            kind: tuple(s.next_change for s in moved[kind] if s.next_change is not None)
+            for kind in moved
+        }
+        object.__setattr__(self, "timed_after", timed_after)
 
     def check_windows(self, specs: Specs) -> None:
         """Raise ``ValueError`` unless every window span a segment reads is among ``specs``."""

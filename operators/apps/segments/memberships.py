@@ -138,21 +138,41 @@ def exit_all(
     return moves
 
 
-def next_check_ms(book: SegmentBook, profile: UserProfile, specs: Specs, now_ms: int) -> int | None:
+def next_check_ms(
+    book: SegmentBook,
+    profile: UserProfile,
+    specs: Specs,
+    now_ms: int,
+    event_type: str | None = None,
+    due_ms: int = 0,
+) -> int | None:
     """The earliest event time after ``now_ms`` when a membership or the RFM score could
     change without the user acting; ``None`` when only an event can change them.
 
     Conservative: at that time something *may* change (evaluate, then ask again), but
     nothing changes before it.
+
+    With ``event_type``, an event of that type was just applied and ``due_ms`` is what this
+    book answered before it (0: none): only the conditions such an event can move are asked
+    again (see ``SegmentBook.timed_after``), and the RFM score only after a purchase. The
+    others could change no earlier than ``due_ms`` and still cannot, so the earlier of
+    ``due_ms`` and the new answers is as safe; where it is earlier than the full answer, the
+    check finds nothing to change and asks again. Pass it only when this book evaluated the
+    profile before (as for :func:`update_memberships`).
     """
     now = _clamped(now_ms, profile)
+    timed, cuts = book.timed, book.rfm
     best = None
-    for next_change in book.timed:
+    if event_type is not None and (not due_ms or due_ms > now):
+        timed = book.timed_after[event_type]
+        cuts = cuts if event_type in RFM_READS else None
+        best = due_ms or None
+    for next_change in timed:
         t = next_change(profile, now, specs)
         if t is not None and (best is None or t < best):
             best = t
-    if book.rfm is not None:
-        t = next_rfm_change_ms(profile, book.rfm, now)
+    if cuts is not None:
+        t = next_rfm_change_ms(profile, cuts, now)
         if t is not None and (best is None or t < best):
             best = t
     return best

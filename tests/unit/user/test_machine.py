@@ -3,15 +3,22 @@ restarts, timers by the watermark only, and everything it does reported to its o
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from operators.apps import Applications, RiskParams, load_segment_book
-from operators.apps.segments import SegmentTransition, evaluate, parse_segment_book
+from operators.apps.segments import (
+    SegmentBook,
+    SegmentTransition,
+    evaluate,
+    parse_segment_book,
+)
 from operators.apps.segments.rfm import profile_rfm
 from operators.ingest import Event
 from operators.ingest.units import DAY_MS
@@ -289,3 +296,33 @@ class _Ready:
 
     def due_ms(self, now_ms: int = 0) -> int | None:
         return None
+
+
+@pytest.mark.parametrize("book", [BOOK, APPS.segments], ids=["test-book", "default-book"])
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_asking_only_what_an_event_can_move_gives_the_same_transitions(
+    book: SegmentBook, seed: int
+) -> None:
+    """After an event, the machine asks only the timed conditions the event's type can move
+    when the next check is due, keeping the earlier answer of the others. Against a machine
+    that asks every condition every time (its book is new at each call): the same
+    transitions at the same times, and a check never later than the full answer."""
+    apps = Applications(book, PARAMS.windows, RiskParams())
+    asks_only = UserMachine(MachineSettings(PARAMS, lambda: apps, dim=4), Ports(vectors=_Ready()))
+    asks_all = UserMachine(
+        MachineSettings(PARAMS, lambda: replace(apps, segments=copy.copy(book)), dim=4),
+        Ports(vectors=_Ready()),
+    )
+    rng = random.Random(seed)
+    seen: list[list[SegmentTransition]] = [[], []]
+    watermark = T0
+    for event in events(seed, 300):
+        for machine, out in zip((asks_only, asks_all), seen, strict=True):
+            out += [
+                o for o in machine.receive([event], now_ms=0) if isinstance(o, SegmentTransition)
+            ]
+        assert asks_all.due == 0 or 0 < asks_only.due <= asks_all.due, event
+        watermark = max(watermark, event.ts_ms - rng.choice((0, DAY_MS, 3 * DAY_MS)))
+        for machine, out in zip((asks_only, asks_all), seen, strict=True):
+            out += [o for o in machine.on_time(0, watermark) if isinstance(o, SegmentTransition)]
+    assert seen[0] == seen[1] and any(t.event_id is None for t in seen[0])
