@@ -74,9 +74,10 @@ def after_event(
     """React to an applied event (in place): (alerts, transitions, next check or 0, what the
     event sends to its item's risk view).
 
-    ``incremental``: the same segment book evaluated this profile before, so only the
-    segments the event's type can move are tested again
-    (:func:`~operators.apps.segments.update_memberships`).
+    ``incremental``: the same segment book evaluated this profile before and asked for the
+    check at ``due_ms`` (0: none), so only the segments the event's type can move are tested
+    again (:func:`~operators.apps.segments.update_memberships`), and only their next changes
+    asked for (:func:`~operators.apps.segments.next_check_ms`).
     """
     state.apps, alerts = assess(state.apps, event, apps.risk, apps.takeover)
     to_item = from_user_event(state.apps, event, apps.risk_settle_ms)
