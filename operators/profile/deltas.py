@@ -155,7 +155,7 @@ def patch_between(
                 changed[name] = keys
         elif value != old:
             changed[name] = value
-    for name, key in dropped:
+    for name, key in sorted(dropped):  # a set's order changes between processes: sort it
         if key not in after.get(name, ()):
             changed.setdefault(name, {})[key] = None
     return changed
