@@ -17,9 +17,11 @@ seed: the ratio of the two means is the change's effect on the per-event cost, a
 hashes say the change kept every output, byte for byte.
 
 Why: the machine is about four fifths of the flow's time (docs/benchmarks.md), and a
-change of a few percent drowns in the whole flow's run-to-run spread; alternating runs of
-the machine alone, with no broker, sink or Bytewax scheduling, share the VM's drift and
-show it, and the hashes say whether a speed-up changed what users receive.
+change of a few percent drowns in the whole flow's run-to-run spread. Alternating runs of
+the machine alone, with no broker, sink or Bytewax scheduling, share the VM's drift; on
+this VM one tree's runs still spread by up to 15%, so a change of a few percent needs
+more ``--runs`` than the default. The hashes say whether a speed-up changed what users
+receive.
 
     python benchmarks/machine_bench.py                        # this tree, 3 runs
     python benchmarks/machine_bench.py --against HEAD~1       # alternating, 3 runs each
@@ -57,6 +59,7 @@ def run_machines(stream: Path, items: Path) -> dict[str, Any]:
     from dataflow.config import Config
     from dataflow.factories import applications, profile_params, segment_book
     from operators.ingest import Event, parse_event
+    from operators.ingest.units import DAY_MS
     from operators.recsys import ItemVectors
     from operators.user import MachineSettings, Ports, UserMachine
 
@@ -74,6 +77,8 @@ def run_machines(stream: Path, items: Path) -> dict[str, Any]:
         dim=vectors.vectors.shape[1],
         emit_interval_ms=config.emit_interval_ms,
         keywords_per_text=config.keywords_per_text,
+        expire_after_ms=round(config.expire_after_days * DAY_MS),
+        erased_memory_ms=round(config.erased_memory_days * DAY_MS),
         settle_full_ms=round(config.settle_full_after_s * 1000),
     )
     ports = Ports(vectors=None, catalog=Served(), observer=metrics.UserMetrics())
