@@ -26,7 +26,8 @@ receive.
     python benchmarks/machine_bench.py                        # this tree, 3 runs
     python benchmarks/machine_bench.py --against HEAD~1       # alternating, 3 runs each
 
-The revision must have this tree's machine API (``UserMachine``, ``dataflow.factories``).
+The revision must have this tree's machine API: ``UserMachine`` and
+``dataflow.factories.machine_settings`` (from 2026-12-07).
 """
 
 from __future__ import annotations
@@ -57,11 +58,10 @@ def run_machines(stream: Path, items: Path) -> dict[str, Any]:
 
     from dataflow import metrics
     from dataflow.config import Config
-    from dataflow.factories import applications, profile_params, segment_book
+    from dataflow.factories import machine_settings
     from operators.ingest import Event, parse_event
-    from operators.ingest.units import DAY_MS
     from operators.recsys import ItemVectors
-    from operators.user import MachineSettings, Ports, UserMachine
+    from operators.user import Ports, UserMachine
 
     config = Config()
     data = np.load(items)
@@ -71,16 +71,7 @@ def run_machines(stream: Path, items: Path) -> dict[str, Any]:
         def current(self) -> ItemVectors:
             return vectors
 
-    settings = MachineSettings(
-        params=profile_params(config, config.embed_model),
-        applications=applications(config, segment_book(config)),
-        dim=vectors.vectors.shape[1],
-        emit_interval_ms=config.emit_interval_ms,
-        keywords_per_text=config.keywords_per_text,
-        expire_after_ms=round(config.expire_after_days * DAY_MS),
-        erased_memory_ms=round(config.erased_memory_days * DAY_MS),
-        settle_full_ms=round(config.settle_full_after_s * 1000),
-    )
+    settings = machine_settings(config, config.embed_model, vectors.vectors.shape[1], {})
     ports = Ports(vectors=None, catalog=Served(), observer=metrics.UserMetrics())
     lines = stream.read_bytes().splitlines()
     lateness = config.allowed_lateness_ms

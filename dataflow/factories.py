@@ -4,7 +4,7 @@ and learned risk model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -222,6 +222,24 @@ def item_vectors(config: Config, model: TextEncoder) -> ModelWatcher[ItemVectors
     )
 
 
+def machine_settings(
+    config: Config, model_name: str, dim: int, prompts: Mapping[str, str]
+) -> MachineSettings:
+    """What every user's machine shares, from ``config`` and the text model's name, vector
+    size and prompts (``benchmarks/machine_bench.py`` builds its machines with it too)."""
+    return MachineSettings(
+        params=profile_params(config, model_name),
+        applications=applications(config, segment_book(config)),
+        dim=dim,
+        emit_interval_ms=config.emit_interval_ms,
+        keywords_per_text=config.keywords_per_text,
+        expire_after_ms=round(config.expire_after_days * DAY_MS),
+        erased_memory_ms=round(config.erased_memory_days * DAY_MS),
+        settle_full_ms=round(config.settle_full_after_s * 1000),
+        prompts=prompts,
+    )
+
+
 def user_context(
     config: Config,
     encoder: TextEncoder | None,
@@ -248,17 +266,7 @@ def user_context(
         metrics.observe_batch,
         background=config.embed_thread == "on",
     )
-    settings = MachineSettings(
-        params=profile_params(config, model.name),
-        applications=applications(config, segment_book(config)),
-        dim=model.dim,
-        emit_interval_ms=config.emit_interval_ms,
-        keywords_per_text=config.keywords_per_text,
-        expire_after_ms=round(config.expire_after_days * DAY_MS),
-        erased_memory_ms=round(config.erased_memory_days * DAY_MS),
-        settle_full_ms=round(config.settle_full_after_s * 1000),
-        prompts=model.prompts,
-    )
+    settings = machine_settings(config, model.name, model.dim, model.prompts)
     ports = Ports(
         vectors=batcher,
         sentiment=sentiment,
