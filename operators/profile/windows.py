@@ -442,8 +442,3 @@ def _next_flip(
             if holds(total / unit if unit != 1 else total) != now:
                 return (bucket.index + spec.buckets) * spec.step_ms
     return None
-    spec = specs[index]
-    for i in range(_inside(state, spec, ring, as_of_ms), len(ring)):
-        if ring[i].spend:
-            return (ring[i].index + spec.buckets) * spec.step_ms
-    return None
