@@ -200,6 +200,7 @@ class WorkerTime:
     waiting: dict[object, int] = field(default_factory=dict)
     forwarded: Progress | None = None  # the last watermark sent to the next step
     checked: bool = False  # the clock key was found on the worker it was meant for
+    input_ended: bool = False  # the input ended (a file read to its end): the run is ending
 
 
 class StepTime:

@@ -69,6 +69,7 @@ class UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
             self.context.batcher.flush(clock())
             out += machine.advance(clock())
         out += machine.finish(clock(), self.time.table.end_ms())
+        self.time.input_ended = True
         self._note_waiting()
         return out, self._finished()
 
@@ -82,7 +83,9 @@ class UserLogic(StatefulBatchLogic[Event, Output, UserSnapshot]):
         return as_datetime(wall) if wall else None
 
     def snapshot(self) -> UserSnapshot:
-        return self.machine.snapshot()
+        # After on_eof, Bytewax snapshots every key once more and the run ends: the last
+        # snapshot takes the state's bytes (see UserMachine.snapshot).
+        return self.machine.snapshot(final=self.time.input_ended)
 
     def _finished(self) -> bool:
         if self.machine.finished():

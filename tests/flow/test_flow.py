@@ -239,6 +239,20 @@ def test_resume_after_abort_gives_the_uninterrupted_result(
         assert covered == Counter(json.loads(line)["event_id"] for line in lines)
 
 
+def test_a_run_resumes_from_the_snapshots_taken_at_the_end_of_its_input(tmp_path: Path) -> None:
+    """At the end of the input each user's last snapshot takes its state's bytes rather than
+    sharing them (``UserMachine.snapshot``): a later run over more input resumes from it."""
+    lines = stream(200)
+    init_db_dir(tmp_path, 1)
+    first, _ = run_flow(lines[:120], recovery=tmp_path)
+    # The source resumes after line 120: the lines before are junk it must not read again.
+    second, dead = run_flow([*["junk"] * 120, *lines[120:]], recovery=tmp_path)
+    assert dead == []
+    view = ProfileView()
+    assert Applied.GAP not in [view.apply(d) for d in [*first, *second]]
+    assert_profiles_match(view.profiles, reference(lines), PARAMS, atol=0)
+
+
 class _CrashingJsonl(JsonlSource):
     """JSONL, a batch every 40 ms, that aborts the run once ``crash_after`` lines after a
     snapshot, once their deltas had time to go out: a crash in the middle of an epoch, when
