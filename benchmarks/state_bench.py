@@ -10,10 +10,7 @@ recovery on) reads the stream from a file; then:
   (users - 1,000): the model, the runtime and the buffers cancel out, but not the users
   whose state is decoded while a delta is pending (those active in the last emit
   interval: about one second of events); so also the marginal bytes per user between the
-  two populations, where that live set (the same events per second) cancels too. Each
-  stream ends with one search, whose query waits for the text model: the model loads on
-  a thread of its own (~20 s here) and the 1,000-user run used to end before it had, so
-  its peak lacked part of the model, which was counted as the users' (until 2026-12-07);
+  two populations, where that live set (the same events per second) cancels too;
 * recovery store per user = size of the recovery directory after the run / users, and the
   same after ``VACUUM`` (the snapshots alone, without the pages SQLite keeps free);
 * stored state per user = mean length of a user's MessagePack state (what rests in memory
@@ -87,10 +84,6 @@ def write_stream(path: Path, users: int, per_user: int, seed: int) -> int:
                 event["price"] = item.price
             rows.append((ts, msgspec.json.encode(event)))
     rows.sort(key=lambda row: row[0])
-    # Last, one search: its query needs the text model, so every run holds the loaded model
-    # before it ends (see the module docstring).
-    search = {"event_id": "e-search", "user_id": "u0", "ts": END_MS, "type": "search"}
-    rows.append((END_MS, msgspec.json.encode(search | {"text": "running shoes"})))
     path.write_bytes(b"".join(line + b"\n" for _, line in rows))
     return len(rows)
 
@@ -210,14 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         low, high = sizes[0], sizes[-1]
         marginal = (rss_by_users[high] - rss_by_users[low]) / (high - low)
         print(f"\nmarginal memory per user from {low:,} to {high:,} users: {marginal:,.0f} bytes")
-    print(f"the {baseline_users:,}-user run (subtracted): peak RSS {base_rss / 2**20:,.0f} MB")
     print(f"{args.events_per_user} events per user over a week; default windows; target "
           "<= 4,096 bytes per user")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": machine_info(load_before),
         "settings": {"events_per_user": args.events_per_user, "seed": args.seed},
-        "baseline": {"users": baseline_users, "peak_rss_mb": base_rss / 2**20},
         "populations": [asdict(p) for p in populations],
         "marginal_memory_bytes_per_user": marginal,
     }
