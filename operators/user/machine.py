@@ -351,7 +351,7 @@ class UserMachine:
         ``final``: the input has ended and this is the machine's last snapshot, which takes
         the resting state's bytes instead of sharing them. Bytewax pickles every user's
         snapshot at the end of its input; while each machine still held its bytes, every
-        user was in memory twice at that peak (+1.5 KB per user at 200,000 users). Should
+        user was in memory twice at that peak (+1.3 KB per user at 200,000 users). Should
         the machine step again, it takes the bytes back from the snapshot, which the
         stream processor still holds then (a machine whose snapshot is gone raises).
         """

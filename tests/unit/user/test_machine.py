@@ -7,6 +7,7 @@ import copy
 import json
 import random
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 
 import numpy as np
@@ -115,7 +116,7 @@ def drive(
     cuts: set[int],
     restarts: set[int],
     observer: Recorder | None = None,
-    finals: set[int] = frozenset(),  # type: ignore[assignment]
+    finals: Collection[int] = (),
 ) -> list[UserOutput]:
     """Feed ``stream`` in batches cut at ``cuts``, waking the machine when it asks and
     restarting it from its snapshot at ``restarts``; the watermark follows the events. At
