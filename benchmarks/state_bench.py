@@ -50,7 +50,7 @@ import msgspec
 import numpy as np
 
 from benchmarks.common import dated_result, fmt, machine_info, print_header
-from dataflow.sim import build_catalog
+from dataflow.sim import CatalogItem, build_catalog
 from operators.apps import Applications, RiskParams, after_event, load_segment_book
 from operators.ingest import Event, parse_event
 from operators.ingest.units import WEEK_MS
@@ -63,10 +63,12 @@ CATALOG_ITEMS = 2_000
 KINDS = ("view", "view", "view", "click", "click", "add_to_cart", "purchase", "login")
 
 
-def write_stream(path: Path, users: int, per_user: int, seed: int) -> int:
-    """``per_user`` events for each of ``users``, spread over the last week, in time order."""
+def write_stream(
+    path: Path, users: int, per_user: int, seed: int, catalog: list[CatalogItem]
+) -> int:
+    """``per_user`` events for each of ``users`` on ``catalog``'s items, spread over the last
+    week, in time order."""
     rng = random.Random(seed)
-    catalog = build_catalog(CATALOG_ITEMS, np.random.default_rng(seed))
     rows = []
     for u in range(users):
         session = 0
@@ -120,12 +122,11 @@ def stored_state_bytes(path: Path, sample_users: int) -> float:
     return float(np.mean([len(encode_state(s)) for s in states.values() if s is not None]))
 
 
-def serve_catalog(work: Path, seed: int) -> list[str]:
+def serve_catalog(work: Path, items: list[CatalogItem]) -> list[str]:
     """Embed the stream's catalog as a deployment does (``profilestream embed-items``, in a
     process of its own: this one stays small, as its children inherit its RSS at fork) and
     return the flow's arguments that serve the vectors."""
     catalog, vectors = work / "catalog.jsonl", work / "item-vectors"
-    items = build_catalog(CATALOG_ITEMS, np.random.default_rng(seed))
     entries = [
         {"item_id": c.item_id, "title": c.title, "category": c.category, "brand": c.brand}
         for c in items
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="state-bench-"))
-    flow_args = [] if args.model_embeds_items else serve_catalog(work, args.seed)
+    catalog = build_catalog(CATALOG_ITEMS, np.random.default_rng(args.seed))
+    flow_args = [] if args.model_embeds_items else serve_catalog(work, catalog)
     baseline_users = 1_000
     populations = []
     base_rss = 0
@@ -200,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     for users in [baseline_users, *sorted(args.users)]:
         case = work / f"u{users}"
         case.mkdir()
-        events = write_stream(case / "events.jsonl", users, args.events_per_user, args.seed)
-        rss, store, live, seconds = run_flow(case / "events.jsonl", case, flow_args)
+        path = case / "events.jsonl"
+        events = write_stream(path, users, args.events_per_user, args.seed, catalog)
+        rss, store, live, seconds = run_flow(path, case, flow_args)
         print(f"  {users:,} users: {events:,} events in {seconds:.0f} s", file=sys.stderr)
         rss_by_users[users] = rss
         if users == baseline_users:
@@ -216,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                 memory_bytes_per_user=(rss - base_rss) / (users - baseline_users),
                 recovery_bytes_per_user=store / users,
                 recovery_live_bytes_per_user=live / users,
-                stored_state_bytes_per_user=stored_state_bytes(case / "events.jsonl", 2_000),
+                stored_state_bytes_per_user=stored_state_bytes(path, 2_000),
             )
         )
-        (case / "events.jsonl").unlink()
+        path.unlink()
     print_header(
         f"{'users':>10} {'events':>10} {'flow s':>7} {'peak RSS MB':>11} {'memory B/user':>13} "
         f"{'store B/user':>12} {'(live data)':>11} {'state B/user':>12}"
