@@ -237,6 +237,10 @@ class StepTime:
             time = self._times[thread] = WorkerTime(speed=self.timers())
         return time
 
+    def users_waiting(self) -> int:
+        """Users of this process with events waiting for a text vector, over its workers."""
+        return sum(len(time.waiting) for time in list(self._times.values()))
+
     def reset(self) -> None:
         """A run starts on this thread: forget what an earlier run of the flow left."""
         self._times[threading.get_ident()] = WorkerTime(speed=self.timers())

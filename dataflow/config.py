@@ -112,6 +112,14 @@ class Config:
         default=50, metadata=_opt("longest a text waits for its batch to fill")
     )
     embed_cache_size: int = field(default=50_000, metadata=_opt("texts kept in the vector cache"))
+    max_users_waiting: int = field(
+        default=10_000,
+        metadata=_opt(
+            "users of a process whose events may wait for a text vector at once: beyond it the "
+            "process's input partitions stop reading until the model catches up, so a slow "
+            "or loading model bounds memory instead of filling it (0 = no bound)"
+        ),
+    )
     sentiment_model: Path | None = field(
         default=None,
         metadata=_opt("folder of a trained sentiment model (default: the shipped one)"),
@@ -334,6 +342,7 @@ class Config:
             "embed_batch_size": 1,
             "embed_max_wait_ms": 0,
             "embed_cache_size": 0,
+            "max_users_waiting": 0,
             "embed_threads": 0,
             "full_every": 1,
             "emit_interval_ms": 0,

@@ -1,7 +1,8 @@
 """Wire the operators into the profilestream Bytewax dataflow.
 
     input (Kafka | JSONL): parse, stamp each event with its partition's watermark,
-        and send a marker of the partition's event time behind every batch
+        and send a marker of the partition's event time behind every batch (no reading
+        while too many users wait for text vectors: backpressure)
         -> key by user (markers: one copy to every worker)
         -> profile (stateful, per user: wait for text vectors, apply, coalesce) -> deltas sink
                                          segment entries and exits   -> segments sink
@@ -65,6 +66,7 @@ from dataflow.factories import (
 from dataflow.inputs import read_inputs, route_users
 from dataflow.item_risk_logic import ItemRiskLogic
 from dataflow.outputs import Outputs, route_outputs
+from dataflow.sources import Held
 from dataflow.user_logic import Output, UserLogic
 from operators.apps import (
     Alert,
@@ -184,7 +186,14 @@ def build_flow(
 
     flow = Dataflow("profilestream")
     op.input("cluster", flow, ClusterSource(cluster))  # first: each worker learns its place
-    items = read_inputs(flow, config, source, clock, on_partitions=_replace_with(partitions))
+    items = read_inputs(
+        flow,
+        config,
+        source,
+        clock,
+        on_partitions=_replace_with(partitions),
+        held=_too_many_waiting(profile_time, config.max_users_waiting),
+    )
     invalid = op.flat_map_batch("invalid", items, _only(DeadLetter))
     by_user = op.flat_map_batch("by_user", items, lambda b: route_users(b, cluster))
     results: Stream[Output] = op.key_rm(
@@ -225,6 +234,15 @@ def _replace_with(names: list[str]) -> Callable[[list[str]], None]:
         names[:] = listed
 
     return replace
+
+
+def _too_many_waiting(time: StepTime, most: int) -> Held | None:
+    """Hold the input while ``most`` users of this process wait for text vectors (0: never).
+
+    Per process: each holds its own partitions, so a cluster's bound is per process too,
+    as long as partitions spread evenly over the processes.
+    """
+    return None if most == 0 else lambda: time.users_waiting() >= most
 
 
 def _only(kind: type[T]) -> Callable[[list[Any]], list[T]]:

@@ -16,6 +16,7 @@ from dataflow.config import Config
 from dataflow.sources import (
     DynamicEventSource,
     EventSource,
+    Held,
     JsonlSource,
     KafkaSource,
     Parse,
@@ -53,8 +54,10 @@ def read_inputs(
     source: Source | None,
     clock: Clock,
     on_partitions: Callable[[list[str]], None],
+    held: Held | None = None,
 ) -> Stream[SourceItem]:
-    """Parsed events, dead letters and event-time markers, in order per input partition."""
+    """Parsed events, dead letters and event-time markers, in order per input partition;
+    no partition reads while ``held()`` says the flow has too much waiting."""
     if not config.pii_secret and config.sink == "kafka":
         log.warning(
             "PROFILESTREAM_PII_SECRET is not set: IPs and device ids are hashed with the public "
@@ -71,9 +74,9 @@ def read_inputs(
         labels = [config.labels_path] if config.labels_path is not None else []
         source = JsonlSource([config.input_path, *labels])
     if isinstance(source, DynamicSource):
-        events: Source = DynamicEventSource(source, parse, timing, clock, on_partitions)
+        events: Source = DynamicEventSource(source, parse, timing, clock, on_partitions, held)
     elif isinstance(source, FixedPartitionedSource):
-        events = EventSource(source, parse, timing, clock, on_partitions)
+        events = EventSource(source, parse, timing, clock, on_partitions, held)
     else:
         raise TypeError(f"cannot read events from a {type(source).__name__}")
     if config.source == "kafka":

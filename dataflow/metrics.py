@@ -232,6 +232,13 @@ INPUT_LAG_SECONDS = Gauge(
     ["topic", "partition"],
 )
 
+INPUT_HELD_SECONDS = Counter(
+    "profilestream_input_held_seconds",
+    "Seconds each input partition stopped reading because --max-users-waiting users of its "
+    "process waited for text vectors (a slow or loading model)",
+    ["partition"],
+)
+
 SINK_QUEUE_MESSAGES = Gauge(
     "profilestream_sink_queue_messages",
     "Output messages in the Kafka producer's queue when a batch has been handed to it (before "

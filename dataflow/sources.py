@@ -26,6 +26,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -296,8 +297,21 @@ class PartitionTime(msgspec.Struct, frozen=True):
     idle_after_ms: int
 
 
+#: Says whether the flow has too much waiting to take more input now (see ``_EventPartition``).
+Held = Callable[[], bool]
+
+#: How often a held partition looks again whether it may read.
+HELD_POLL_MS = 20
+
+
 class _EventPartition:
-    """Parse one raw partition's messages and track its event time (shared by both kinds)."""
+    """Parse one raw partition's messages and track its event time (shared by both kinds).
+
+    While ``held()`` says so the partition reads nothing, so what waits downstream (users'
+    events waiting for a slow or loading model) stops growing: backpressure, as Flink's
+    bounded buffers give it. It sends no marker meanwhile either: a held partition is not
+    idle, and must not let the watermark pass what it has yet to read.
+    """
 
     def __init__(
         self,
@@ -307,10 +321,12 @@ class _EventPartition:
         timing: PartitionTime,
         wall: Callable[[], int],
         newest_ms: int = 0,
+        held: Held | None = None,
     ) -> None:
         self.reader = reader
         self._parse = parse
         self._wall = wall
+        self._held = held
         self.clock = PartitionClock(
             channel, timing.lateness_ms, timing.idle_after_ms, wall(), newest_ms
         )
@@ -318,10 +334,20 @@ class _EventPartition:
         self._idle = metrics.PARTITION_IDLE.labels(channel)
         self._idle.set(0)
         self._event_time = metrics.PARTITION_EVENT_TIME.labels(channel)
+        self._held_seconds = metrics.INPUT_HELD_SECONDS.labels(channel)
+        self.held_at_ms = 0  # while held: the wall time it last looked (0: not held)
+
+    def awake_at(self) -> datetime | None:
+        """When a held partition should look again (``None``: not held)."""
+        if not self.held_at_ms:
+            return None
+        return datetime.fromtimestamp((self.held_at_ms + HELD_POLL_MS) / 1000, UTC)
 
     def next_batch(self) -> list[SourceItem]:
         if self._finished:
             raise StopIteration
+        if self._held is not None and self._hold(self._held()):
+            return []
         replaying = getattr(self.reader, "replaying", False)
         try:
             raw = list(self.reader.next_batch())
@@ -358,6 +384,15 @@ class _EventPartition:
             self._event_time.set(marker.newest_ms / 1000)
         return out
 
+    def _hold(self, held: bool) -> bool:
+        """Note whether the partition is held now, and count the time it was."""
+        if held or self.held_at_ms:
+            now = self._wall()
+            if self.held_at_ms:
+                self._held_seconds.inc((now - self.held_at_ms) / 1000)
+            self.held_at_ms = now if held else 0
+        return held
+
     def close(self) -> None:
         close = getattr(self.reader, "close", None)
         if close is not None:
@@ -373,7 +408,7 @@ class _FixedEventPartition(StatefulSourcePartition[SourceItem, PartitionSnapshot
         return self._part.next_batch()
 
     def next_awake(self) -> Any:
-        return self._inner.next_awake()
+        return self._part.awake_at() or self._inner.next_awake()
 
     def snapshot(self) -> PartitionSnapshot:
         return PartitionSnapshot(self._inner.snapshot(), self._part.clock.newest_ms)
@@ -391,7 +426,7 @@ class _DynamicEventPartition(StatelessSourcePartition[SourceItem]):
         return self._part.next_batch()
 
     def next_awake(self) -> Any:
-        return self._inner.next_awake()
+        return self._part.awake_at() or self._inner.next_awake()
 
     def close(self) -> None:
         self._part.close()
@@ -400,7 +435,8 @@ class _DynamicEventPartition(StatelessSourcePartition[SourceItem]):
 class EventSource(FixedPartitionedSource[SourceItem, PartitionSnapshot]):
     """Events parsed from a raw source's partitions, each partition followed by markers of
     its event time; ``on_partitions`` learns the names of all partitions (the channels a
-    watermark must wait for) before any is read."""
+    watermark must wait for) before any is read; while ``held()`` is true, no partition
+    reads (backpressure: see ``_EventPartition``)."""
 
     def __init__(
         self,
@@ -409,12 +445,14 @@ class EventSource(FixedPartitionedSource[SourceItem, PartitionSnapshot]):
         timing: PartitionTime,
         wall: Callable[[], int],
         on_partitions: Callable[[list[str]], None],
+        held: Held | None = None,
     ) -> None:
         self._inner = inner
         self._parse = parse
         self._timing = timing
         self._wall = wall
         self._on_partitions = on_partitions
+        self._held = held
 
     def list_parts(self) -> list[str]:
         parts = self._inner.list_parts()
@@ -429,7 +467,9 @@ class EventSource(FixedPartitionedSource[SourceItem, PartitionSnapshot]):
         else:  # nothing yet, or a position saved before partitions kept their event time
             position, newest = resume_state, 0
         inner = self._inner.build_part(step_id, for_part, position)
-        part = _EventPartition(inner, for_part, self._parse, self._timing, self._wall, newest)
+        part = _EventPartition(
+            inner, for_part, self._parse, self._timing, self._wall, newest, self._held
+        )
         return _FixedEventPartition(inner, part)
 
 
@@ -443,16 +483,20 @@ class DynamicEventSource(DynamicSource[SourceItem]):
         timing: PartitionTime,
         wall: Callable[[], int],
         on_partitions: Callable[[list[str]], None],
+        held: Held | None = None,
     ) -> None:
         self._inner = inner
         self._parse = parse
         self._timing = timing
         self._wall = wall
         self._on_partitions = on_partitions
+        self._held = held
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DynamicEventPartition:
         self._on_partitions([f"{step_id}/{i}" for i in range(worker_count)])
         inner = self._inner.build(step_id, worker_index, worker_count)
         channel = f"{step_id}/{worker_index}"
-        part = _EventPartition(inner, channel, self._parse, self._timing, self._wall)
+        part = _EventPartition(
+            inner, channel, self._parse, self._timing, self._wall, held=self._held
+        )
         return _DynamicEventPartition(inner, part)
