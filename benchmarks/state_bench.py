@@ -17,6 +17,11 @@ then:
   item event then waits for the model to embed its item's text, and the users touched
   while the model loads (~20 s, ~45,000 users here) wait with their events -- a start-up
   backlog the 1,000-user baseline does not have, counted per user;
+* the peer: the trivial keyed Bytewax flow (``benchmarks/trivial_flow.py``: ``stateful_map``)
+  keeping the same number of bytes per user as this population's stored state, made anew at
+  every event, with recovery every 5 s, over the same stream and populations: what Bytewax
+  itself needs to hold that state. Its bytes per user are worked out the same way, and the
+  ratio says what the profile flow adds;
 * recovery store per user = size of the recovery directory after the run / users, and the
   same after ``VACUUM`` (the snapshots alone, without the pages SQLite keeps free);
 * stored state per user = mean length of a user's MessagePack state (what rests in memory
@@ -138,6 +143,18 @@ def serve_catalog(work: Path, items: list[CatalogItem]) -> list[str]:
     return ["--item-vectors-dir", str(vectors)]
 
 
+def peak_rss(command: list[str], log_path: Path) -> tuple[int, float]:
+    """Run ``command`` (in this tree); its own peak RSS in bytes and the seconds it took."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{command[1]} failed: see {log_path}")
+    return usage.ru_maxrss * 1024, time.perf_counter() - started
+
+
 def run_flow(events: Path, work: Path, flow_args: list[str]) -> tuple[int, int, int, float]:
     """Run the flow over ``events`` with recovery (and ``flow_args``).
 
@@ -148,23 +165,22 @@ def run_flow(events: Path, work: Path, flow_args: list[str]) -> tuple[int, int, 
     command = [sys.executable, "-m", "dataflow", "run", "--input-path", str(events)]
     command += ["--output-dir", str(out), "--recovery-dir", str(recovery)]
     command += ["--metrics-port", "0", *flow_args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
-    with (work / "flow.log").open("wb") as log:
-        flow = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-        _, status, usage = os.wait4(flow.pid, 0)  # this child's own peak
-        flow.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - started
-    if flow.returncode != 0:
-        raise RuntimeError(f"the flow failed: see {work / 'flow.log'}")
-    peak_kb = usage.ru_maxrss
+    peak, seconds = peak_rss(command, work / "flow.log")
     store = sum(f.stat().st_size for f in recovery.rglob("*") if f.is_file())
     live = 0
     for db in recovery.glob("*.sqlite3"):
         with sqlite3.connect(db) as connection:
             connection.execute("VACUUM")
         live += db.stat().st_size
-    return peak_kb * 1024, store, live, seconds
+    return peak, store, live, seconds
+
+
+def run_trivial(events: Path, work: Path, state_bytes: int) -> int:
+    """The peer's peak RSS over ``events``, holding ``state_bytes`` per user, recovery on."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "trivial_flow.py"), "--input"]
+    command += [str(events), "--output", str(work / "trivial.txt")]
+    command += ["--state-bytes", str(state_bytes), "--recovery-dir", str(work / "trivial-rec")]
+    return peak_rss(command, work / "trivial.log")[0]
 
 
 @dataclass
@@ -177,6 +193,8 @@ class Population:
     recovery_bytes_per_user: float
     recovery_live_bytes_per_user: float
     stored_state_bytes_per_user: float
+    trivial_peak_rss_mb: float  # the peer, holding the stored state's bytes per user
+    trivial_memory_bytes_per_user: float
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,18 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     flow_args = [] if args.model_embeds_items else serve_catalog(work, catalog)
     baseline_users = 1_000
     populations = []
-    base_rss = 0
+    base_rss = base_trivial = 0
     rss_by_users: dict[int, int] = {}
+    trivial_by_users: dict[int, int] = {}
     for users in [baseline_users, *sorted(args.users)]:
         case = work / f"u{users}"
         case.mkdir()
         path = case / "events.jsonl"
         events = write_stream(path, users, args.events_per_user, args.seed, catalog)
+        state = stored_state_bytes(path, 2_000)
         rss, store, live, seconds = run_flow(path, case, flow_args)
+        trivial = run_trivial(path, case, round(state))
         print(f"  {users:,} users: {events:,} events in {seconds:.0f} s", file=sys.stderr)
         rss_by_users[users] = rss
+        trivial_by_users[users] = trivial
         if users == baseline_users:
-            base_rss = rss
+            base_rss, base_trivial = rss, trivial
             continue
         populations.append(
             Population(
@@ -219,27 +241,39 @@ def main(argv: list[str] | None = None) -> int:
                 memory_bytes_per_user=(rss - base_rss) / (users - baseline_users),
                 recovery_bytes_per_user=store / users,
                 recovery_live_bytes_per_user=live / users,
-                stored_state_bytes_per_user=stored_state_bytes(path, 2_000),
+                stored_state_bytes_per_user=state,
+                trivial_peak_rss_mb=trivial / 2**20,
+                trivial_memory_bytes_per_user=(trivial - base_trivial) / (users - baseline_users),
             )
         )
         path.unlink()
     print_header(
         f"{'users':>10} {'events':>10} {'flow s':>7} {'peak RSS MB':>11} {'memory B/user':>13} "
-        f"{'store B/user':>12} {'(live data)':>11} {'state B/user':>12}"
+        f"{'store B/user':>12} {'(live data)':>11} {'state B/user':>12} "
+        f"{'trivial B/user':>14} {'ratio':>5}"
     )
     for p in populations:
         print(
             f"{p.users:>10,} {p.events:>10,} {p.flow_seconds:>7.0f} {fmt(p.peak_rss_mb):>11} "
             f"{fmt(p.memory_bytes_per_user):>13} {fmt(p.recovery_bytes_per_user):>12} "
-            f"{fmt(p.recovery_live_bytes_per_user):>11} {fmt(p.stored_state_bytes_per_user):>12}"
+            f"{fmt(p.recovery_live_bytes_per_user):>11} {fmt(p.stored_state_bytes_per_user):>12} "
+            f"{fmt(p.trivial_memory_bytes_per_user):>14} "
+            f"{p.memory_bytes_per_user / p.trivial_memory_bytes_per_user:>5.2f}"
         )
     sizes = sorted(u for u in rss_by_users if u != baseline_users)
-    marginal = None
+    marginal = trivial_marginal = None
     if len(sizes) >= 2:
         low, high = sizes[0], sizes[-1]
         marginal = (rss_by_users[high] - rss_by_users[low]) / (high - low)
-        print(f"\nmarginal memory per user from {low:,} to {high:,} users: {marginal:,.0f} bytes")
-    print(f"the {baseline_users:,}-user run (subtracted): peak RSS {base_rss / 2**20:,.0f} MB")
+        trivial_marginal = (trivial_by_users[high] - trivial_by_users[low]) / (high - low)
+        print(
+            f"\nmarginal memory per user from {low:,} to {high:,} users: {marginal:,.0f} bytes "
+            f"(the trivial flow: {trivial_marginal:,.0f})"
+        )
+    print(
+        f"the {baseline_users:,}-user runs (subtracted): peak RSS {base_rss / 2**20:,.0f} MB, "
+        f"the trivial flow {base_trivial / 2**20:,.0f} MB"
+    )
     print(f"{args.events_per_user} events per user over a week; default windows; target "
           "<= 4,096 bytes per user")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -250,9 +284,14 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "item_vectors_served": not args.model_embeds_items,
         },
-        "baseline": {"users": baseline_users, "peak_rss_mb": base_rss / 2**20},
+        "baseline": {
+            "users": baseline_users,
+            "peak_rss_mb": base_rss / 2**20,
+            "trivial_peak_rss_mb": base_trivial / 2**20,
+        },
         "populations": [asdict(p) for p in populations],
         "marginal_memory_bytes_per_user": marginal,
+        "trivial_marginal_memory_bytes_per_user": trivial_marginal,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {args.out}")

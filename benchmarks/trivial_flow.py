@@ -7,8 +7,14 @@ the least a keyed stream job can do -- either per item (``map``, ``key_on``,
 the benchmark measures it the way it measures the profile flow: events over the span from
 the first output to the last.
 
+``--state-bytes N`` (item mode) keeps the count in an N-byte state, made anew at every event
+as a re-encoded state is, and ``--recovery-dir`` snapshots it every 5 s as the profile flow
+does: what Bytewax itself needs to hold N bytes per user (``benchmarks/state_bench.py``).
+
     python benchmarks/trivial_flow.py --mode item --input events.jsonl --output out.txt
     python benchmarks/trivial_flow.py --mode batch --brokers HOST:PORT --topic in --out-topic out
+    python benchmarks/trivial_flow.py --input events.jsonl --output out.txt \
+        --state-bytes 2016 --recovery-dir recovery/
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ from bytewax.connectors.files import FileSink, FileSource
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 
@@ -53,8 +61,9 @@ class _Count(op.StatefulBatchLogic[str, str, int]):
         return self.count
 
 
-def counted(mode: str, raw: Stream[Any]) -> Stream[tuple[str, str]]:
-    """``(user, "user count ms")`` for every raw line or message value."""
+def counted(mode: str, raw: Stream[Any], state_bytes: int = 0) -> Stream[tuple[str, str]]:
+    """``(user, "user count ms")`` for every raw line or message value; in item mode with
+    ``state_bytes``, each user's state is that many bytes (the count in the first eight)."""
     if mode == "item":
         keyed = op.key_on("key", op.map("parse", raw, _user), lambda user: user)
 
@@ -62,6 +71,12 @@ def counted(mode: str, raw: Stream[Any]) -> Stream[tuple[str, str]]:
             state = (state or 0) + 1
             return state, _line(user, state)
 
+        def count_in_bytes(state: bytes | None, user: str) -> tuple[bytes, str]:
+            n = int.from_bytes(state[:8], "little") + 1 if state else 1
+            return n.to_bytes(8, "little") + bytes(state_bytes - 8), _line(user, n)
+
+        if state_bytes > 8:
+            return op.stateful_map("count", keyed, count_in_bytes)
         return op.stateful_map("count", keyed, count)
     users = op.flat_map_batch("parse", raw, lambda batch: [(u, u) for u in map(_user, batch)])
     return op.stateful_batch("count", users, _Count)
@@ -76,7 +91,7 @@ def build(args: argparse.Namespace) -> Dataflow:
         messages = op.map("msg", out, lambda kv: KafkaSinkMessage(kv[0].encode(), kv[1].encode()))
         kop.output("out", messages, brokers=[args.brokers], topic=args.out_topic)
     else:
-        out = counted(args.mode, op.input("in", flow, FileSource(args.input)))
+        out = counted(args.mode, op.input("in", flow, FileSource(args.input)), args.state_bytes)
         op.output("out", out, FileSink(args.output))
     return flow
 
@@ -89,7 +104,21 @@ def main() -> None:
     parser.add_argument("--brokers", help="Kafka bootstrap servers (Kafka mode)")
     parser.add_argument("--topic", help="input topic (Kafka mode)")
     parser.add_argument("--out-topic", help="output topic (Kafka mode)")
-    cli_main(build(parser.parse_args()), workers_per_process=1)
+    parser.add_argument("--state-bytes", type=int, default=0, help="bytes of state per user")
+    parser.add_argument("--recovery-dir", type=Path, help="snapshot every 5 s into this folder")
+    args = parser.parse_args()
+    recovery = None
+    if args.recovery_dir is not None:
+        if not args.recovery_dir.exists():
+            args.recovery_dir.mkdir(parents=True)
+            init_db_dir(args.recovery_dir, 1)
+        recovery = RecoveryConfig(str(args.recovery_dir))
+    cli_main(
+        build(args),
+        workers_per_process=1,
+        epoch_interval=timedelta(seconds=5) if recovery else None,  # the profile flow's
+        recovery_config=recovery,
+    )
 
 
 if __name__ == "__main__":
