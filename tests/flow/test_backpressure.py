@@ -19,6 +19,8 @@ from prometheus_client import REGISTRY
 from dataflow.config import Config
 from dataflow.factories import profile_params
 from dataflow.flow import build_flow
+from dataflow.sources import PartitionTime, _EventPartition
+from operators.ingest import ChannelState, DeadLetter, Progress
 from operators.profile import delta_from_json, materialize
 from tests.support.fakes import HashEncoder, WordListSentiment
 from tests.support.reference import assert_profiles_match, reference_states
@@ -110,3 +112,41 @@ def test_the_input_waits_while_too_many_users_wait_for_the_model(most: int) -> N
     expected = reference_states(lines, HashEncoder(), params, WordListSentiment())
     profiles = materialize([delta_from_json(v) for _, v in deltas])
     assert_profiles_match(profiles, expected, params, atol=0)
+
+
+class CaughtUpReader:
+    """A raw partition at its end: it has nothing to hand over."""
+
+    caught_up = True
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def next_batch(self) -> list[tuple[str, str]]:
+        self.reads += 1
+        return []
+
+
+def test_a_held_partition_reads_nothing_and_never_claims_to_be_idle() -> None:
+    """Idle means "read to its end and quiet": a held partition has not read its end, so it
+    must not let the watermark pass what it may still hold."""
+    wall, held = [0], [True]
+    reader = CaughtUpReader()
+    held_before = held_seconds()
+    part = _EventPartition(
+        reader,
+        "events/0",
+        lambda *_: DeadLetter("invalid_json", "never called: nothing is read", b""),
+        PartitionTime(lateness_ms=0, idle_after_ms=100),
+        lambda: wall[0],
+        held=lambda: held[0],
+    )
+    for wall[0] in range(0, 1_000, 50):  # ten idle periods, held throughout
+        assert part.next_batch() == []
+        assert part.awake_at() is not None  # it looks again soon, not at once
+    assert reader.reads == 0
+    assert held_seconds() - held_before == pytest.approx(0.95)  # 0 to 950 ms, held
+    held[0] = False
+    markers = [item for _ in range(3) for item in part.next_batch()]
+    assert reader.reads == 3 and part.awake_at() is None
+    assert [m.state for m in markers if isinstance(m, Progress)] == [ChannelState.IDLE]
