@@ -151,6 +151,9 @@ def start_flow(kafka: KafkaBroker, tag: str, port: int, log: Path) -> subprocess
         ),
         "--segments-topic", topics["segments"], "--alerts-topic", topics["alerts"],
         "--demand-topic", topics["demand"],
+        # Low enough that the users waiting while the model loads hold the input for a
+        # while, so the held-input panel has data; high enough not to hold it afterwards.
+        "--max-users-waiting", "50",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
