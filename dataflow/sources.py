@@ -335,13 +335,13 @@ class _EventPartition:
         self._idle.set(0)
         self._event_time = metrics.PARTITION_EVENT_TIME.labels(channel)
         self._held_seconds = metrics.INPUT_HELD_SECONDS.labels(channel)
-        self.held_at_ms: int | None = None  # while held: the wall time it last looked
+        self._held_at_ms: int | None = None  # while held: the wall time it last looked
 
     def awake_at(self) -> datetime | None:
         """When a held partition should look again (``None``: not held)."""
-        if self.held_at_ms is None:
+        if self._held_at_ms is None:
             return None
-        return datetime.fromtimestamp((self.held_at_ms + HELD_POLL_MS) / 1000, UTC)
+        return datetime.fromtimestamp((self._held_at_ms + HELD_POLL_MS) / 1000, UTC)
 
     def next_batch(self) -> list[SourceItem]:
         if self._finished:
@@ -386,11 +386,11 @@ class _EventPartition:
 
     def _hold(self, held: bool) -> bool:
         """Note whether the partition is held now, and count the time it was."""
-        if held or self.held_at_ms is not None:
+        if held or self._held_at_ms is not None:
             now = self._wall()
-            if self.held_at_ms is not None:
-                self._held_seconds.inc((now - self.held_at_ms) / 1000)
-            self.held_at_ms = now if held else None
+            if self._held_at_ms is not None:
+                self._held_seconds.inc((now - self._held_at_ms) / 1000)
+            self._held_at_ms = now if held else None
         return held
 
     def close(self) -> None:
