@@ -7,7 +7,7 @@ the least a keyed stream job can do -- either per item (``map``, ``key_on``,
 the benchmark measures it the way it measures the profile flow: events over the span from
 the first output to the last.
 
-``--state-bytes N`` (item mode) keeps the count in an N-byte state, made anew at every event
+``--state-bytes N`` (item mode only) keeps the count in an N-byte state, made anew at every event
 as a re-encoded state is, and ``--recovery-dir`` snapshots it every 5 s as the profile flow
 does: what Bytewax itself needs to hold N bytes per user (``benchmarks/state_bench.py``).
 
@@ -87,7 +87,7 @@ def build(args: argparse.Namespace) -> Dataflow:
     if args.brokers:
         kafka = kop.input("in", flow, brokers=[args.brokers], topics=[args.topic], tail=False)
         values = op.map("value", kafka.oks, lambda m: m.value)
-        out = counted(args.mode, values)
+        out = counted(args.mode, values, args.state_bytes)
         messages = op.map("msg", out, lambda kv: KafkaSinkMessage(kv[0].encode(), kv[1].encode()))
         kop.output("out", messages, brokers=[args.brokers], topic=args.out_topic)
     else:
@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--state-bytes", type=int, default=0, help="bytes of state per user")
     parser.add_argument("--recovery-dir", type=Path, help="snapshot every 5 s into this folder")
     args = parser.parse_args()
+    if args.state_bytes and args.mode != "item":
+        parser.error("--state-bytes keeps a state per item: use it with --mode item")
     recovery = None
     if args.recovery_dir is not None:
         if not args.recovery_dir.exists():
