@@ -15,8 +15,9 @@ then:
   two populations, where that live set (the same events per second) cancels too.
   ``--model-embeds-items`` serves no vectors, as this bench did until 2026-12-07: every
   item event then waits for the model to embed its item's text, and the users touched
-  while the model loads (~20 s, ~45,000 users here) wait with their events -- a start-up
-  backlog the 1,000-user baseline does not have, counted per user;
+  while the model loads (~20 s) wait with their events -- a start-up backlog the
+  1,000-user baseline does not have, counted per user (since 2026-12-07 bounded by
+  ``--max-users-waiting``: 10,000 users);
 * the peer: the trivial keyed Bytewax flow (``benchmarks/trivial_flow.py``: ``stateful_map``)
   keeping the same number of bytes per user as this population's stored state, made anew at
   every event, with recovery every 5 s, over the same stream and populations: what Bytewax
