@@ -30,7 +30,7 @@ def load_lazy_parts() -> None:
 
     parts = (
         lambda: importlib.import_module(FORECASTING_LIBRARY),  # a category's first forecast
-        background_idf,  # the first text with keywords: jieba.analyse and the IDF tables
+        background_idf,  # the first text with keywords: the IDF tables
         chinese_segmenter,  # the first Chinese text: jieba's dictionary
         stop_words,  # the first keywords: scikit-learn's English list
     )

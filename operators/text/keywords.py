@@ -67,11 +67,11 @@ def idf_from_corpus(texts: Iterable[str], min_df: int = 2) -> IdfTable:
 @cache
 def background_idf() -> IdfTable:
     """The shipped Chinese and English background tables, merged (their words do not clash)."""
-    import jieba.analyse
-
     idf: dict[str, float] = {}
-    chinese = Path(jieba.analyse.__file__).with_name("idf.txt")
-    for line in chinese.read_text("utf-8").splitlines():
+    # Read the file, not the module: importing jieba.analyse builds its own copy of this
+    # table and jieba.posseg's tag table (about 80 MB that no step uses).
+    chinese = resources.files("jieba").joinpath("analyse/idf.txt").read_text("utf-8")
+    for line in chinese.splitlines():
         word, _, value = line.partition(" ")
         idf[word] = float(value)
     unseen = statistics.median(idf.values())
