@@ -100,9 +100,10 @@ def write_stream(
     rows.sort(key=lambda row: row[0])
     # First, one search: with the item vectors served no other event needs the text model.
     # Its query makes every run hold the loaded model from the start, as a deployment whose
-    # texts arrive at once does, so the baseline cancels it. (Until 2026-12-07 it came last:
-    # the model then loaded at the end into memory the users' churn had left free, which
-    # hid about 1 KB per user at 100,000 users.)
+    # texts arrive at once does, so the baseline cancels it. (Until 2026-12-07 it came last,
+    # and the model loaded at the end into memory the users' churn had left free: one run
+    # each gave 6.4 KB per user first against 5.3 last at 100,000 users, but 5.0 against
+    # 5.1 at 200,000, within the spread between runs.)
     search = {"event_id": "e-search", "user_id": "u0", "ts": END_MS - WEEK_MS, "type": "search"}
     rows.insert(0, (END_MS - WEEK_MS, msgspec.json.encode(search | {"text": "running shoes"})))
     path.write_bytes(b"".join(line + b"\n" for _, line in rows))
