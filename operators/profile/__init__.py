@@ -61,6 +61,7 @@ from operators.profile.state import (
     decode_state,
     encode_state,
     event_key,
+    pack_state,
 )
 from operators.profile.step import (
     DEDUPE_BLOCK,
@@ -123,6 +124,7 @@ __all__ = [
     "new_profile",
     "note",
     "note_clock",
+    "pack_state",
     "parse_duration_ms",
     "parse_windows",
     "patch_between",

@@ -1,0 +1,134 @@
+"""Make the shipped zstd dictionary that resting user states are compressed with.
+
+python benchmarks/train_state_dictionary.py [--out operators/data/state-dictionary.zstd]
+
+Trains on the states of 4,000 users of the demo generator (:mod:`dataflow.sim`, its own
+seed), folded by the profile step and the applications as ``state_bench`` folds them, then
+measures what the dictionary takes off states it was not trained on: ``state_bench``'s
+generator (other event mix, catalog and seed), and two public logs read from
+``../shared/data``: Taobao's UserBehavior sample (43 users, their whole histories) and the
+first 3,000 users of Amazon Beauty (one review a day). Prints the mean bytes per state
+uncompressed and compressed, and writes them as JSON beside the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+# Runnable as `python benchmarks/train_state_dictionary.py`: the project root is not on
+# sys.path then.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, dated_result, fmt, machine_info
+from benchmarks.state_bench import CATALOG_ITEMS, write_stream
+from dataflow.sim import build_catalog, generate_events
+from operators.apps import Applications, RiskParams, after_event, load_segment_book
+from operators.ingest import Event, parse_event
+from operators.profile import ProfileParams, UserState, apply_event, pack_state
+from operators.profile.state import STATE_DICTIONARY
+
+DATA = ROOT.parent / "shared" / "data"
+DICTIONARY_BYTES = 16_384  # 64 KB took no more off (2026-12-07)
+DAY_MS = 86_400_000
+TAOBAO_TYPES = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
+
+
+def fold(events: Iterable[Event], users: int, seed: int) -> list[bytes]:
+    """The final state of each of the first ``users`` users, as MessagePack; events that
+    move the interest vector bring a seeded random unit vector."""
+    params = ProfileParams()
+    apps = Applications(load_segment_book(windows=params.windows), params.windows, RiskParams())
+    rng = np.random.default_rng(seed)
+    states: dict[str, UserState | None] = {}
+    for event in events:
+        state = states.get(event.user_id)
+        if state is None and len(states) >= users:
+            continue
+        vector = None
+        if params.moves_interest(event):
+            vector = rng.standard_normal(384).astype(np.float32)
+            vector /= np.linalg.norm(vector)
+        state, _ = apply_event(state, event, vector, params, dim=384)
+        if state is not None:
+            after_event(state, event, apps)
+        states[event.user_id] = state
+    return [pack_state(state) for state in states.values() if state is not None]
+
+
+def taobao(path: Path) -> Iterator[Event]:
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    rows.sort(key=lambda row: int(row[4]))
+    for k, (user, item, category, kind, seconds) in enumerate(rows):
+        session = f"{user}-{int(seconds) // 1800}"
+        yield Event(f"t{k}", f"u{user}", int(seconds) * 1000, TAOBAO_TYPES[kind], item_id=item,
+                    category=f"c{category}", session_id=session)  # fmt: skip
+
+
+def amazon(folder: Path, users: int) -> Iterator[Event]:
+    attributes = json.loads((folder / "Beauty_item2attributes.json").read_text())
+    for line in (folder / "Beauty.txt").read_text().splitlines()[:users]:
+        user, *items = line.split()
+        for k, item in enumerate(items):
+            found = attributes.get(item) or ["none"]
+            yield Event(f"a{user}-{k}", f"u{user}", 1_700_000_000_000 + k * DAY_MS, "review",
+                        item_id=item, category=f"a{found[0]}", brand=f"a{found[-1]}")  # fmt: skip
+
+
+def state_bench_events(users: int) -> Iterator[Event]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.jsonl"
+        write_stream(path, users, 6, 3, build_catalog(CATALOG_ITEMS, np.random.default_rng(3)))
+        for line in path.read_bytes().splitlines():
+            event = parse_event(line)
+            if isinstance(event, Event):
+                yield event
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "operators" / STATE_DICTIONARY)
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+    if not (args.data / "taobao").is_dir() or not (args.data / "amazon-seq").is_dir():
+        parser.error(f"{args.data} lacks taobao/ and amazon-seq/ (the shared data folder)")
+    load_before = os.getloadavg()[0]
+    lines = (g.line for g in generate_events(120_000, 4_000, seed=20261207))
+    demo = (e for e in map(parse_event, lines) if isinstance(e, Event))
+    training: list[bytes | bytearray | memoryview] = [*fold(demo, 4_000, seed=1)]
+    dictionary = zstandard.train_dictionary(DICTIONARY_BYTES, training)
+    args.out.write_bytes(dictionary.as_bytes())
+    print(f"trained on {len(training):,} demo states -> {args.out} ({DICTIONARY_BYTES:,} bytes)")
+    # encode_state read the dictionary that was shipped before: measure with the new one.
+    compressor = zstandard.ZstdCompressor(level=1, dict_data=dictionary, write_checksum=False)
+    taobao_log = args.data / "taobao" / "UserBehavior_head.csv"
+    held_out = {
+        "state_bench generator (2,000 users)": state_bench_events(2_000),
+        "Taobao UserBehavior sample (43 users)": taobao(taobao_log),
+        "Amazon Beauty (first 3,000 users)": amazon(args.data / "amazon-seq", 3_000),
+    }
+    results = []
+    for name, events in held_out.items():
+        packed = fold(events, 1_000_000, seed=2)
+        raw = float(np.mean([len(p) for p in packed]))
+        compressed = float(np.mean([len(compressor.compress(p)) for p in packed]))
+        results.append({"states": name, "users": len(packed), "msgpack_bytes": raw,
+                        "compressed_bytes": compressed})  # fmt: skip
+        print(f"{name:<40} {fmt(raw):>7} -> {fmt(compressed):>7} bytes ({compressed / raw:.2f})")
+    out = dated_result("train_state_dictionary")
+    info = machine_info(load_before, dictionary_bytes=DICTIONARY_BYTES)
+    out.write_text(json.dumps({"machine": info, "held_out": results}, indent=1))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
