@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,31 +113,34 @@ def write_stream(
     return len(rows)
 
 
-def stored_state_bytes(path: Path, sample_users: int) -> tuple[float, float]:
-    """Mean bytes of the state of the first ``sample_users`` users, folded by ``apply_event``
-    and the applications (``after_event``: risk memory, segment memberships): as it rests
-    (compressed), and as MessagePack."""
+def fold_states(events: Iterable[Event], seed: int) -> list[UserState]:
+    """Each user's final state, folded by ``apply_event`` and the applications
+    (``after_event``: risk memory, segment memberships). An event that moves the interest
+    vector brings a seeded random unit vector, as embeddings are: a constant one would
+    compress to nothing in the resting state (it did: 644 B per user on 2026-12-07)."""
     params = ProfileParams()
     apps = Applications(load_segment_book(windows=params.windows), params.windows, RiskParams())
+    rng = np.random.default_rng(seed)
     states: dict[str, UserState | None] = {}
-    # Unit vectors of random directions, as embeddings are: a constant one would compress
-    # to nothing in the resting state (it did: 644 B per user on 2026-12-07).
-    rng = np.random.default_rng(0)
+    for event in events:
+        vector = None
+        if params.moves_interest(event):
+            vector = rng.standard_normal(384).astype(np.float32)
+            vector /= np.linalg.norm(vector)
+        state, _ = apply_event(states.get(event.user_id), event, vector, params, dim=384)
+        if state is not None:
+            after_event(state, event, apps)
+        states[event.user_id] = state
+    return [state for state in states.values() if state is not None]
+
+
+def stored_state_bytes(path: Path, sample_users: int) -> tuple[float, float]:
+    """Mean bytes of the state of users ``u0`` to ``u<sample_users - 1>`` (see
+    :func:`fold_states`): as it rests (compressed), and as MessagePack."""
     wanted = {f"u{u}" for u in range(sample_users)}
     with path.open("rb") as lines:
-        for line in lines:
-            event = parse_event(line)
-            if isinstance(event, Event) and event.user_id in wanted:
-                state: UserState | None = states.get(event.user_id)
-                vector = None
-                if params.moves_interest(event):
-                    vector = rng.standard_normal(384).astype(np.float32)
-                    vector /= np.linalg.norm(vector)
-                state, _ = apply_event(state, event, vector, params, dim=384)
-                if state is not None:
-                    after_event(state, event, apps)
-                states[event.user_id] = state
-    folded = [s for s in states.values() if s is not None]
+        parsed = map(parse_event, lines)
+        folded = fold_states((e for e in parsed if isinstance(e, Event) and e.user_id in wanted), 0)
     resting = float(np.mean([len(encode_state(s)) for s in folded]))
     return resting, float(np.mean([len(pack_state(s)) for s in folded]))
 

@@ -29,11 +29,10 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, dated_result, fmt, machine_info
-from benchmarks.state_bench import CATALOG_ITEMS, write_stream
+from benchmarks.state_bench import CATALOG_ITEMS, fold_states, write_stream
 from dataflow.sim import build_catalog, generate_events
-from operators.apps import Applications, RiskParams, after_event, load_segment_book
 from operators.ingest import Event, parse_event
-from operators.profile import ProfileParams, UserState, apply_event, pack_state
+from operators.profile import pack_state
 from operators.profile.state import STATE_DICTIONARY
 
 DATA = ROOT.parent / "shared" / "data"
@@ -42,26 +41,13 @@ DAY_MS = 86_400_000
 TAOBAO_TYPES = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
 
 
-def fold(events: Iterable[Event], users: int, seed: int) -> list[bytes]:
-    """The final state of each of the first ``users`` users, as MessagePack; events that
-    move the interest vector bring a seeded random unit vector."""
-    params = ProfileParams()
-    apps = Applications(load_segment_book(windows=params.windows), params.windows, RiskParams())
-    rng = np.random.default_rng(seed)
-    states: dict[str, UserState | None] = {}
+def first_users(events: Iterable[Event], users: int) -> Iterator[Event]:
+    """The events of the first ``users`` users to appear."""
+    seen: set[str] = set()
     for event in events:
-        state = states.get(event.user_id)
-        if state is None and len(states) >= users:
-            continue
-        vector = None
-        if params.moves_interest(event):
-            vector = rng.standard_normal(384).astype(np.float32)
-            vector /= np.linalg.norm(vector)
-        state, _ = apply_event(state, event, vector, params, dim=384)
-        if state is not None:
-            after_event(state, event, apps)
-        states[event.user_id] = state
-    return [pack_state(state) for state in states.values() if state is not None]
+        if event.user_id in seen or len(seen) < users:
+            seen.add(event.user_id)
+            yield event
 
 
 def taobao(path: Path) -> Iterator[Event]:
@@ -103,7 +89,9 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     lines = (g.line for g in generate_events(120_000, 4_000, seed=20261207))
     demo = (e for e in map(parse_event, lines) if isinstance(e, Event))
-    training: list[bytes | bytearray | memoryview] = [*fold(demo, 4_000, seed=1)]
+    training: list[bytes | bytearray | memoryview] = [
+        pack_state(state) for state in fold_states(first_users(demo, 4_000), seed=1)
+    ]
     dictionary = zstandard.train_dictionary(DICTIONARY_BYTES, training)
     args.out.write_bytes(dictionary.as_bytes())
     print(f"trained on {len(training):,} demo states -> {args.out} ({DICTIONARY_BYTES:,} bytes)")
@@ -117,7 +105,7 @@ def main() -> int:
     }
     results = []
     for name, events in held_out.items():
-        packed = fold(events, 1_000_000, seed=2)
+        packed = [pack_state(state) for state in fold_states(events, seed=2)]
         raw = float(np.mean([len(p) for p in packed]))
         compressed = float(np.mean([len(compressor.compress(p)) for p in packed]))
         results.append({"states": name, "users": len(packed), "msgpack_bytes": raw,
