@@ -3,6 +3,9 @@
 ``data/state-as-map.msgpack`` was written by commit ebf57a2 (states stored field by field,
 as maps) from :func:`folded_state` below, with ``encode_state``. A recovery store of that
 time holds such states; they must decode to what the same events give today.
+``data/state-compressed.bin`` was written by commit ba55e1a, compressed against the
+shipped dictionary: a dictionary retrained in its place would fail to read it, as it would
+every recovery store written before.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from operators.profile import (
 
 T0 = 1_714_564_800_000
 MAP_SHAPED = Path(__file__).parent / "data" / "state-as-map.msgpack"
+COMPRESSED = Path(__file__).parent / "data" / "state-compressed.bin"
 
 
 def folded_state() -> UserState:
@@ -77,6 +81,12 @@ def test_a_state_rests_compressed_against_the_shipped_dictionary() -> None:
     again = decode_state(data, RiskState)
     assert pack_state(again) == packed and encode_state(again) == data
     assert np.array_equal(again.profile.interest, state.profile.interest)
+
+
+def test_a_state_compressed_by_an_earlier_build_still_decodes() -> None:
+    assert encode_state(decode_state(COMPRESSED.read_bytes(), RiskState)) == encode_state(
+        folded_state()
+    )
 
 
 def test_a_state_stored_as_a_map_before_decodes_to_what_the_events_give_now() -> None:
