@@ -33,7 +33,7 @@ from benchmarks.state_bench import CATALOG_ITEMS, fold_states, write_stream
 from dataflow.sim import build_catalog, generate_events
 from operators.ingest import Event, parse_event
 from operators.profile import pack_state
-from operators.profile.state import STATE_DICTIONARY
+from operators.profile.state import STATE_DICTIONARY, state_compressor
 
 DATA = ROOT.parent / "shared" / "data"
 DICTIONARY_BYTES = 16_384  # 64 KB took no more off (2026-12-07)
@@ -96,7 +96,7 @@ def main() -> int:
     args.out.write_bytes(dictionary.as_bytes())
     print(f"trained on {len(training):,} demo states -> {args.out} ({DICTIONARY_BYTES:,} bytes)")
     # encode_state read the dictionary that was shipped before: measure with the new one.
-    compressor = zstandard.ZstdCompressor(level=1, dict_data=dictionary, write_checksum=False)
+    compressor = state_compressor(dictionary)
     taobao_log = args.data / "taobao" / "UserBehavior_head.csv"
     held_out = {
         "state_bench generator (2,000 users)": state_bench_events(2_000),

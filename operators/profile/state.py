@@ -207,6 +207,12 @@ def _packed(state: UserState) -> bytearray:
     return buffer
 
 
+def state_compressor(dictionary: zstandard.ZstdCompressionDict) -> zstandard.ZstdCompressor:
+    """How resting states are compressed, against ``dictionary`` (the shipped one, or one
+    being trained)."""
+    return zstandard.ZstdCompressor(level=_LEVEL, dict_data=dictionary, write_checksum=False)
+
+
 def pack_state(state: UserState) -> bytes:
     """The state as uncompressed MessagePack: what the dictionary is trained on."""
     return bytes(_packed(state))
@@ -222,9 +228,7 @@ def encode_state(state: UserState) -> bytes:
     """
     compressor = getattr(_buffers, "compressor", None)
     if compressor is None:
-        compressor = _buffers.compressor = zstandard.ZstdCompressor(
-            level=_LEVEL, dict_data=_dictionary(), write_checksum=False
-        )
+        compressor = _buffers.compressor = state_compressor(_dictionary())
     compressed: bytes = compressor.compress(_packed(state))
     return compressed
 
@@ -233,7 +237,7 @@ def decode_state(data: bytes, apps: Any = Any) -> UserState[Any]:
     """Inverse of :func:`encode_state`; ``apps`` is the type of what the applications keep
     (``Any``: as plain data). Reads the uncompressed and map-shaped states of earlier
     releases too."""
-    if data[:4] == _ZSTD_MAGIC:
+    if data.startswith(_ZSTD_MAGIC):
         decompressor = getattr(_buffers, "decompressor", None)
         if decompressor is None:
             decompressor = _buffers.decompressor = zstandard.ZstdDecompressor(_dictionary())
