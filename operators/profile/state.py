@@ -223,14 +223,16 @@ def encode_state(state: UserState) -> bytes:
     in snapshots.
 
     Encoded into a per-thread buffer and compressed from there: ``encode`` would return
-    bytes whose allocation is half as large again as their length. Compressors are not
-    shared between threads (a process may run several workers).
+    bytes whose allocation is half as large again as their length. The compressor's bytes
+    keep the allocation of its worst case (the uncompressed size, ~2 KB) whatever their
+    length, so a resting state would hold as much memory as before it was compressed; an
+    exact copy lets that go. Compressors are not shared between threads (a process may run
+    several workers).
     """
     compressor = getattr(_buffers, "compressor", None)
     if compressor is None:
         compressor = _buffers.compressor = state_compressor(_dictionary())
-    compressed: bytes = compressor.compress(_packed(state))
-    return compressed
+    return memoryview(compressor.compress(_packed(state))).tobytes()
 
 
 def decode_state(data: bytes, apps: Any = Any) -> UserState[Any]:
