@@ -174,6 +174,29 @@ def vector_of(
     return None, embedding_text(event, settings.prompts)
 
 
+#: Past this many distinct sets of memberships, a new one is not shared (see
+#: :func:`shared_memberships`): a book of many segments cannot grow the table without bound.
+MAX_SHARED_MEMBERSHIPS = 4096
+_memberships: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def shared_memberships(segments: tuple[str, ...]) -> tuple[str, ...]:
+    """The one tuple every machine of the process holds for this set of memberships.
+
+    Most users are members of one of a few sets, and a tuple each cost a user ~60 bytes
+    (more after a restart, when each user's segment names came back as strings of its own).
+
+    >>> shared_memberships(("new_users",)) is shared_memberships(tuple(["new_users"]))
+    True
+    """
+    shared = _memberships.get(segments)
+    if shared is None:
+        if len(_memberships) >= MAX_SHARED_MEMBERSHIPS:
+            return segments
+        shared = _memberships.setdefault(segments, segments)
+    return shared
+
+
 class UserMachine:
     """One user's state and the step that moves it: see the module docstring."""
 
@@ -204,7 +227,7 @@ class UserMachine:
         self.ports = ports
         self.settle_at = snap.settle_at_ms  # wall time a settling full delta is due (0: none)
         self.due = snap.check_due_ms  # event time of the next segment check (0: none)
-        self.members = snap.segments
+        self.members = shared_memberships(snap.segments)
         self.expires = snap.expires_ms  # event time the user expires at (0: never)
         self.erased = snap.erased_ms  # newest event time of an erased user: older re-sends fail
         if self.members:
@@ -546,7 +569,7 @@ class UserMachine:
                 members.add(change.segment)
             else:
                 members.discard(change.segment)
-        self.members = tuple(sorted(members))
+        self.members = shared_memberships(tuple(sorted(members)))
 
     def _emit(self, now: int) -> ProfileDelta:
         assert self.state is not None and self.pending is not None

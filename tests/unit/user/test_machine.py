@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import random
 from collections import Counter
 from collections.abc import Collection
@@ -208,6 +209,20 @@ def test_the_final_snapshot_takes_the_state_bytes_instead_of_sharing_them() -> N
     machine.snapshot(final=True)  # and the stream processor drops this one at once
     with pytest.raises(RuntimeError, match="final snapshot"):
         machine.receive([Event("e2", "u1", T0 + 1, "login")], now_ms=0)
+
+
+def test_users_with_the_same_memberships_share_one_tuple_of_them() -> None:
+    machines = []
+    for user in ("u1", "u2"):
+        machine = UserMachine(settings(), Ports(vectors=None))
+        machine.receive([Event(f"e-{user}", user, T0, "login")], now_ms=0)
+        machines.append(machine)
+    first, second = machines
+    assert first.members == ("new_users",) and first.members is second.members
+    restored = UserMachine(
+        settings(), Ports(vectors=None), pickle.loads(pickle.dumps(first.snapshot()))
+    )
+    assert restored.members is first.members  # not a tuple of its own after a restart
 
 
 def test_timers_follow_the_watermark_not_the_wall_clock() -> None:
