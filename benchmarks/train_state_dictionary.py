@@ -5,9 +5,10 @@ python benchmarks/train_state_dictionary.py [--out operators/data/state-dictiona
 Trains on the states of 4,000 users of the demo generator (:mod:`dataflow.sim`, its own
 seed), folded by the profile step and the applications as ``state_bench`` folds them, then
 measures what the dictionary takes off states it was not trained on: ``state_bench``'s
-generator (other event mix, catalog and seed), and two public logs read from
-``../shared/data``: Taobao's UserBehavior sample (43 users, their whole histories) and the
-first 3,000 users of Amazon Beauty (one review a day). Prints the mean bytes per state
+generator (other event mix, catalog and seed), and two public logs from the shared data
+folder, read and replayed as ``eval-recsys`` does (:mod:`dataflow.eval.datasets`): Taobao's
+UserBehavior sample (43 users, their whole histories) and the first 3,000 users of Amazon
+Beauty (one purchase a day, with each item's category and brand). Prints the mean bytes per state
 uncompressed and compressed, and writes them as JSON beside the results.
 """
 
@@ -19,6 +20,8 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, dated_result, fmt, machine_info
 from benchmarks.state_bench import CATALOG_ITEMS, fold_states, write_stream
+from dataflow.eval.datasets import load_amazon, load_taobao, replay_lines, shared_data_dir
 from dataflow.sim import build_catalog, generate_events
 from operators.ingest import Event, parse_event
 from operators.profile import pack_state
 from operators.profile.state import STATE_DICTIONARY, state_compressor
+from operators.recsys import ItemInteraction
 
-DATA = ROOT.parent / "shared" / "data"
 DICTIONARY_BYTES = 16_384  # 64 KB took no more off (2026-12-07)
-DAY_MS = 86_400_000
-TAOBAO_TYPES = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
 
 
 def first_users(events: Iterable[Event], users: int) -> Iterator[Event]:
@@ -50,23 +52,24 @@ def first_users(events: Iterable[Event], users: int) -> Iterator[Event]:
             yield event
 
 
-def taobao(path: Path) -> Iterator[Event]:
-    rows = [line.split(",") for line in path.read_text().splitlines()]
-    rows.sort(key=lambda row: int(row[4]))
-    for k, (user, item, category, kind, seconds) in enumerate(rows):
-        session = f"{user}-{int(seconds) // 1800}"
-        yield Event(f"t{k}", f"u{user}", int(seconds) * 1000, TAOBAO_TYPES[kind], item_id=item,
-                    category=f"c{category}", session_id=session)  # fmt: skip
+def replayed(histories: dict[str, list[ItemInteraction]]) -> Iterator[Event]:
+    """A public log's histories as the events ``eval-recsys`` replays them."""
+    for line in replay_lines(histories):
+        event = parse_event(line)
+        if isinstance(event, Event):
+            yield event
 
 
-def amazon(folder: Path, users: int) -> Iterator[Event]:
-    attributes = json.loads((folder / "Beauty_item2attributes.json").read_text())
-    for line in (folder / "Beauty.txt").read_text().splitlines()[:users]:
-        user, *items = line.split()
-        for k, item in enumerate(items):
-            found = attributes.get(item) or ["none"]
-            yield Event(f"a{user}-{k}", f"u{user}", 1_700_000_000_000 + k * DAY_MS, "review",
-                        item_id=item, category=f"a{found[0]}", brand=f"a{found[-1]}")  # fmt: skip
+def amazon_beauty(folder: Path, users: int) -> dict[str, list[ItemInteraction]]:
+    """The first ``users`` users of Amazon Beauty, each item with its first attribute (a
+    category-path node) as its category and its last (the brand) as its brand."""
+    beauty = load_amazon(folder / "Beauty.txt", folder / "Beauty_item2attributes.json")
+    histories = dict(islice(beauty.histories.items(), users))
+    for history in histories.values():
+        for k, x in enumerate(history):
+            found = beauty.attributes.get(x.item_id) or ["none"]
+            history[k] = replace(x, category=found[0], brand=found[-1])
+    return histories
 
 
 def state_bench_events(users: int) -> Iterator[Event]:
@@ -82,7 +85,7 @@ def state_bench_events(users: int) -> Iterator[Event]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "operators" / STATE_DICTIONARY)
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=shared_data_dir())
     args = parser.parse_args()
     if not (args.data / "taobao").is_dir() or not (args.data / "amazon-seq").is_dir():
         parser.error(f"{args.data} lacks taobao/ and amazon-seq/ (the shared data folder)")
@@ -100,8 +103,10 @@ def main() -> int:
     taobao_log = args.data / "taobao" / "UserBehavior_head.csv"
     held_out = {
         "state_bench generator (2,000 users)": state_bench_events(2_000),
-        "Taobao UserBehavior sample (43 users)": taobao(taobao_log),
-        "Amazon Beauty (first 3,000 users)": amazon(args.data / "amazon-seq", 3_000),
+        "Taobao UserBehavior sample (43 users)": replayed(load_taobao(taobao_log).histories),
+        "Amazon Beauty (first 3,000 users)": replayed(
+            amazon_beauty(args.data / "amazon-seq", 3_000)
+        ),
     }
     results = []
     for name, events in held_out.items():

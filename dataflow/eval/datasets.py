@@ -105,4 +105,6 @@ def replay_lines(histories: dict[str, list[ItemInteraction]]) -> Iterator[bytes]
         }
         if x.category is not None:
             event["category"] = x.category
+        if x.brand is not None:
+            event["brand"] = x.brand
         yield encode(event)

@@ -55,6 +55,13 @@ def test_amazon_files_become_interleaved_purchase_events(tmp_path: Path) -> None
     assert [e["item_id"] for e in events if e["user_id"] == "1"] == ["10", "11"]
 
 
+def test_the_replay_carries_an_interactions_category_and_brand() -> None:
+    history = [ItemInteraction("10", "view", 5, "c1", "b2"), ItemInteraction("11", ts_ms=6)]
+    first, second = (json.loads(line) for line in replay_lines({"1": history}))
+    assert (first["category"], first["brand"]) == ("c1", "b2")
+    assert "category" not in second and "brand" not in second
+
+
 def test_taobao_behaviours_map_to_event_types(tmp_path: Path) -> None:
     path = tmp_path / "tb.csv"
     path.write_text("7,100,5,pv,1511544070\n7,101,5,buy,1511544000\n7,102,6,cart,1511544100\n")
